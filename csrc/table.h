@@ -1,0 +1,169 @@
+/* syn_mp shared-memory table: the C API bound by syn_mp/_build_native.py.
+ *
+ * One table per scope per node, living in one POSIX shared-memory segment that
+ * the caller maps (Python maps it with posix_ipc + mmap and hands us the base).
+ * The layout and its invariants are specified at the top of table.c.
+ *
+ * Return codes: >= 0 success (see each function), < 0 one of SYNT_E*.
+ */
+#ifndef SYN_MP_TABLE_H
+#define SYN_MP_TABLE_H
+
+#include <stdint.h>
+
+/* entry types */
+#define SYNT_REG 1           /* registry: key = name, unique per table      */
+#define SYNT_PG 2            /* process group: key = group, unique per (key, node, pid) */
+
+/* journal kinds */
+#define SYNT_J_PAD 0
+#define SYNT_J_REGISTERED 1
+#define SYNT_J_REG_UPDATED 2
+#define SYNT_J_UNREGISTERED 3
+#define SYNT_J_JOINED 4
+#define SYNT_J_PG_UPDATED 5
+#define SYNT_J_LEFT 6
+
+/* put() results */
+#define SYNT_INSERTED 1
+#define SYNT_UPDATED 2
+#define SYNT_UNCHANGED 3
+
+/* errors */
+#define SYNT_ENOTFOUND (-1)  /* no such entry                                  */
+#define SYNT_ETAKEN (-2)     /* registry name held by another process          */
+#define SYNT_EFULL (-3)      /* no room (entries, heap or nodes); nothing done  */
+#define SYNT_EMISMATCH (-4)  /* entry changed since read / held by another pid */
+#define SYNT_EBUFSMALL (-5)  /* caller's buffer too small; *needed says how much */
+#define SYNT_EBUSY (-6)      /* a reader waited too long on a writer: call synt_repair */
+#define SYNT_ECORRUPT (-7)   /* an invariant does not hold                     */
+#define SYNT_ELOCK (-8)      /* the mutex is unusable                          */
+#define SYNT_ETOOBIG (-9)    /* key or meta larger than the table accepts      */
+#define SYNT_EOVERRUN (-10)  /* journal reader fell behind the ring; resync    */
+#define SYNT_EBADLAYOUT (-11) /* not a table of this version                   */
+
+/* put() flags */
+#define SYNT_F_FORCE 1        /* registry: replace another holder (conflict resolution) */
+#define SYNT_F_EXPECT_VER 2   /* only update an entry whose version is expect_ver */
+/* delete() flags */
+#define SYNT_F_MATCH_PID 4    /* registry: only if held by (node, pid)          */
+/* collect() flags */
+#define SYNT_F_WITH_KEY 8
+#define SYNT_F_WITH_META 16
+
+/* collect()/count() modes */
+#define SYNT_BY_KEY 1         /* entries of one key (a name, or a group's members), of `node` or SYNT_ALL_NODES */
+#define SYNT_BY_PID 2         /* entries of one (node, pid)                     */
+#define SYNT_BY_NODE 3        /* entries of one node (SYNT_ALL_NODES: every node) */
+#define SYNT_ALL_NODES 0xFFFFFFFFu
+
+#define SYNT_MAX_KEY 1024
+#define SYNT_MAX_META 16384
+#define SYNT_MAX_NODES 256
+#define SYNT_MAX_NODE_NAME 255
+
+/* header flag bits */
+#define SYNT_FLAG_STRICT 1
+
+typedef struct {
+    uint8_t *base;
+    uint64_t size;
+} synt_t;
+
+/* What a read or a write reports about one entry. */
+typedef struct {
+    uint32_t node;
+    uint32_t type;
+    int64_t pid;
+    uint64_t start;     /* process start time (pid identity)            */
+    int64_t time_ns;    /* registration time                              */
+    uint64_t ver;       /* bumped on every change of the entry            */
+    uint32_t keylen;
+    uint32_t metalen;
+    uint32_t wake;      /* writes: the manager sleeps, wake it            */
+    uint32_t pad;
+} synt_info_t;
+
+/* One record of collect(); key then meta follow, the record padded to 8. */
+typedef struct {
+    uint32_t node;
+    uint32_t type;
+    int64_t pid;
+    uint64_t start;
+    int64_t time_ns;
+    uint32_t keylen;
+    uint32_t metalen;
+} synt_item_t;
+
+/* One journal record as copied out by journal_read(); key then meta follow. */
+typedef struct {
+    uint64_t seq;
+    uint32_t reclen;      /* whole record, padded to 8 */
+    uint16_t kind;
+    uint16_t reason;
+    uint32_t node;
+    uint32_t reason_node;
+    int64_t pid;
+    uint64_t start;
+    int64_t time_ns;
+    uint32_t keylen;
+    uint32_t metalen;
+} synt_jrec_t;
+
+typedef struct {
+    uint64_t capacity;
+    uint64_t count;
+    uint64_t reg_count;
+    uint64_t pg_count;
+    uint64_t heap_size;
+    uint64_t heap_used;
+    uint64_t nnodes;
+    uint64_t journal_size;
+    uint64_t journal_head;
+    uint64_t seq;
+    uint64_t flags;
+} synt_stats_t;
+
+uint64_t synt_layout_size(uint64_t capacity, uint64_t heap_size, uint64_t journal_size);
+int synt_init(uint8_t *base, uint64_t size, uint64_t capacity, uint64_t heap_size,
+              uint64_t journal_size, const char *node, uint32_t nodelen, uint64_t flags);
+int synt_open(synt_t *t, uint8_t *base, uint64_t size);
+
+int synt_put(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, uint32_t node,
+             int64_t pid, uint64_t start, int64_t time_ns, const uint8_t *meta, uint32_t metalen,
+             uint32_t flags, uint64_t expect_ver, uint32_t reason, uint32_t reason_node,
+             synt_info_t *out);
+int synt_delete(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, uint32_t node,
+                int64_t pid, uint32_t flags, uint32_t reason, uint32_t reason_node,
+                synt_info_t *out);
+int64_t synt_purge_pid(synt_t *t, uint32_t node, int64_t pid, uint64_t start, uint32_t reason,
+                       uint32_t reason_node);
+int64_t synt_purge_node(synt_t *t, uint32_t node, uint32_t reason, uint32_t reason_node);
+
+int synt_get(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, uint32_t node,
+             int64_t pid, synt_info_t *out, uint8_t *meta, uint32_t cap);
+int64_t synt_collect(synt_t *t, uint32_t mode, uint32_t type, const uint8_t *key,
+                     uint32_t keylen, uint32_t node, int64_t pid, uint32_t flags, uint8_t *buf,
+                     uint64_t cap, uint64_t *needed);
+int64_t synt_count(synt_t *t, uint32_t mode, uint32_t type, const uint8_t *key, uint32_t keylen,
+                   uint32_t node, int64_t pid);
+
+int synt_node_id(synt_t *t, const char *name, uint32_t len, int create);
+int synt_node_name(synt_t *t, uint32_t id, char *buf, uint32_t cap);
+int synt_nnodes(synt_t *t);
+
+uint64_t synt_journal_head(synt_t *t);
+int64_t synt_journal_read(synt_t *t, uint64_t *cursor, uint8_t *buf, uint64_t cap,
+                          uint32_t max_records);
+void synt_set_sleeping(synt_t *t, uint32_t sleeping);
+int synt_set_flags(synt_t *t, uint64_t flags);
+uint64_t synt_flags(synt_t *t);
+
+int synt_repair(synt_t *t);
+int synt_check(synt_t *t, char *err, uint32_t cap);
+int synt_stats(synt_t *t, synt_stats_t *out);
+
+/* test hook: crash-safety tests make a writer stop for good after n undo-logged stores */
+void synt_test_stop_after(int64_t n);
+
+#endif

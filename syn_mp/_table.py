@@ -1,0 +1,319 @@
+"""Thin typed binding of csrc/table.c: one `Table` per attached scope segment.
+
+Policy (errors of API.md, strict mode, encoding) lives above this module; here the
+C return codes come back as they are, except EBUSY, which is handled by repairing.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from typing import Iterator, NamedTuple
+
+import posix_ipc
+
+from ._native import ffi, lib
+
+REG = lib.SYNT_REG
+PG = lib.SYNT_PG
+ALL_NODES = lib.SYNT_ALL_NODES
+BY_KEY, BY_PID, BY_NODE = lib.SYNT_BY_KEY, lib.SYNT_BY_PID, lib.SYNT_BY_NODE
+WITH_KEY, WITH_META = lib.SYNT_F_WITH_KEY, lib.SYNT_F_WITH_META
+F_FORCE, F_EXPECT_VER, F_MATCH_PID = lib.SYNT_F_FORCE, lib.SYNT_F_EXPECT_VER, lib.SYNT_F_MATCH_PID
+INSERTED, UPDATED, UNCHANGED = lib.SYNT_INSERTED, lib.SYNT_UPDATED, lib.SYNT_UNCHANGED
+ENOTFOUND, ETAKEN, EFULL, EMISMATCH = lib.SYNT_ENOTFOUND, lib.SYNT_ETAKEN, lib.SYNT_EFULL, lib.SYNT_EMISMATCH
+EBUFSMALL, EBUSY, ECORRUPT, EOVERRUN = lib.SYNT_EBUFSMALL, lib.SYNT_EBUSY, lib.SYNT_ECORRUPT, lib.SYNT_EOVERRUN
+FLAG_STRICT = lib.SYNT_FLAG_STRICT
+MAX_META = lib.SYNT_MAX_META
+
+# journal kinds and reasons as stored in the segment
+J_KINDS = {
+    lib.SYNT_J_REGISTERED: "registered",
+    lib.SYNT_J_REG_UPDATED: "registry_updated",
+    lib.SYNT_J_UNREGISTERED: "unregistered",
+    lib.SYNT_J_JOINED: "joined",
+    lib.SYNT_J_PG_UPDATED: "group_updated",
+    lib.SYNT_J_LEFT: "left",
+}
+R_NORMAL, R_PROCESS_EXIT, R_MANAGER_RESTART, R_CONFLICT, R_NODE_UP, R_NODE_DOWN = range(6)
+
+
+class TableError(RuntimeError):
+    """The segment is not a usable table (bad layout, unusable lock, corruption)."""
+
+
+class Entry(NamedTuple):
+    node: int
+    pid: int
+    start: int
+    time_ns: int
+    ver: int
+    meta: bytes
+
+
+class Item(NamedTuple):
+    node: int
+    type: int
+    pid: int
+    start: int
+    time_ns: int
+    key: bytes
+    meta: bytes
+
+
+class JournalRecord(NamedTuple):
+    seq: int
+    kind: str
+    reason: int
+    node: int
+    reason_node: int
+    pid: int
+    start: int
+    time_ns: int
+    key: bytes
+    meta: bytes
+
+
+class _Scratch(threading.local):
+    """Per-thread out-buffers: cffi drops the GIL during calls, so threads can't share them."""
+
+    def __init__(self) -> None:
+        self.info = ffi.new("synt_info_t *")
+        self.cap = 4096
+        self.buf = ffi.new("uint8_t[]", self.cap)
+
+    def grow(self, n: int) -> None:
+        self.cap = max(n, self.cap * 2)
+        self.buf = ffi.new("uint8_t[]", self.cap)
+
+
+class Table:
+    """One scope's segment, mapped into this process."""
+
+    def __init__(self, name: str, shm: posix_ipc.SharedMemory, mm: mmap.mmap) -> None:
+        self.name = name
+        self._mm = mm
+        self._base = ffi.from_buffer(mm)
+        self._t = ffi.new("synt_t *")
+        rc = lib.synt_open(self._t, self._base, len(mm))
+        if rc != 0:
+            raise TableError(f"segment {name} is not a syn_mp table of this version")
+        self._tls = _Scratch()
+        self._node_names: list[str] = []
+
+    # ------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def create(cls, name: str, node: str, capacity: int, heap: int, journal: int,
+               mode: int = 0o600, flags: int = 0) -> "Table":
+        size = lib.synt_layout_size(capacity, heap, journal)
+        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=mode, size=size)
+        try:
+            os.fchmod(shm.fd, mode)  # O_CREAT honours the umask; the mode is the contract
+            mm = mmap.mmap(shm.fd, size)
+        finally:
+            shm.close_fd()
+        nb = node.encode()
+        rc = lib.synt_init(ffi.from_buffer(mm), size, capacity, heap, journal, nb, len(nb), flags)
+        if rc != 0:
+            posix_ipc.unlink_shared_memory(name)
+            raise TableError(f"cannot initialise segment {name}: {rc}")
+        return cls(name, shm, mm)
+
+    @classmethod
+    def attach(cls, name: str) -> "Table | None":
+        """Map an existing segment; None when there is none."""
+        try:
+            shm = posix_ipc.SharedMemory(name)
+        except posix_ipc.ExistentialError:
+            return None
+        try:
+            if shm.size == 0:
+                return None
+            mm = mmap.mmap(shm.fd, shm.size)
+        finally:
+            shm.close_fd()
+        return cls(name, shm, mm)
+
+    # ------------------------------------------------------------- nodes
+
+    def node_name(self, node_id: int) -> str:
+        names = self._node_names
+        if node_id < len(names):
+            return names[node_id]
+        buf = ffi.new("char[]", 256)
+        for i in range(len(names), lib.synt_nnodes(self._t)):
+            n = lib.synt_node_name(self._t, i, buf, 256)
+            names.append(ffi.buffer(buf, n)[:].decode("utf-8", "replace"))
+        return names[node_id]
+
+    def node_id(self, name: str, create: bool = False) -> int | None:
+        b = name.encode()
+        rc = lib.synt_node_id(self._t, b, len(b), 1 if create else 0)
+        if rc >= 0:
+            return rc
+        if rc == ENOTFOUND or not create:
+            return None
+        raise TableError(f"node table: {rc}")
+
+    # ------------------------------------------------------------- reads
+
+    def get(self, type_: int, key: bytes, node: int = 0, pid: int = 0) -> Entry | None:
+        s = self._tls
+        while True:
+            rc = lib.synt_get(self._t, type_, key, len(key), node, pid, s.info, s.buf, s.cap)
+            if rc == 1:
+                i = s.info
+                return Entry(i.node, i.pid, i.start, i.time_ns, i.ver, ffi.buffer(s.buf, i.metalen)[:])
+            if rc == 0:
+                return None
+            self._retry(rc, s, s.info.metalen)
+
+    def collect(self, mode: int, type_: int, key: bytes = b"", node: int = ALL_NODES,
+                pid: int = 0, flags: int = WITH_KEY | WITH_META) -> list[Item]:
+        s = self._tls
+        needed = ffi.new("uint64_t *")
+        while True:
+            n = lib.synt_collect(self._t, mode, type_, key, len(key), node, pid, flags, s.buf, s.cap, needed)
+            if n >= 0:
+                return _parse_items(ffi.buffer(s.buf, needed[0])[:], n)
+            self._retry(n, s, needed[0])
+
+    def count(self, mode: int, type_: int, key: bytes = b"", node: int = ALL_NODES, pid: int = 0) -> int:
+        while True:
+            n = lib.synt_count(self._t, mode, type_, key, len(key), node, pid)
+            if n >= 0:
+                return n
+            self._retry(n, self._tls, 0)
+
+    def _retry(self, rc: int, s: _Scratch, need: int) -> None:
+        if rc == EBUFSMALL:
+            s.grow(need)
+        elif rc == EBUSY:
+            self.repair()  # a writer stalled or died mid-write: take the lock once
+        else:
+            raise TableError(f"table {self.name}: read failed ({rc})")
+
+    # ------------------------------------------------------------ writes
+
+    def put(self, type_: int, key: bytes, node: int, pid: int, start: int, time_ns: int,
+            meta: bytes, flags: int = 0, expect_ver: int = 0, reason: int = R_NORMAL,
+            reason_node: int = 0) -> tuple[int, synt_info]:
+        info = self._tls.info
+        rc = lib.synt_put(self._t, type_, key, len(key), node, pid, start, time_ns, meta, len(meta),
+                          flags, expect_ver, reason, reason_node, info)
+        return rc, info
+
+    def delete(self, type_: int, key: bytes, node: int = 0, pid: int = 0, flags: int = 0,
+               reason: int = R_NORMAL, reason_node: int = 0) -> tuple[int, synt_info]:
+        info = self._tls.info
+        rc = lib.synt_delete(self._t, type_, key, len(key), node, pid, flags, reason, reason_node, info)
+        return rc, info
+
+    def purge_pid(self, node: int, pid: int, start: int, reason: int, reason_node: int = 0) -> int:
+        return lib.synt_purge_pid(self._t, node, pid, start, reason, reason_node)
+
+    def purge_node(self, node: int, reason: int, reason_node: int = 0) -> int:
+        return lib.synt_purge_node(self._t, node, reason, reason_node)
+
+    # ------------------------------------------------------------ header
+
+    @property
+    def flags(self) -> int:
+        return lib.synt_flags(self._t)
+
+    def set_flags(self, flags: int) -> None:
+        lib.synt_set_flags(self._t, flags)
+
+    def set_sleeping(self, sleeping: bool) -> None:
+        lib.synt_set_sleeping(self._t, 1 if sleeping else 0)
+
+    def journal_head(self) -> int:
+        return lib.synt_journal_head(self._t)
+
+    def repair(self) -> None:
+        if lib.synt_repair(self._t) != 0:
+            raise TableError(f"table {self.name}: mutex unusable")
+
+    def check(self) -> str | None:
+        """Verify every invariant of csrc/table.c (repairing a dead writer first); None if sound."""
+        err = ffi.new("char[]", 512)
+        rc = lib.synt_check(self._t, err, 512)
+        return None if rc == 0 else (ffi.string(err).decode() or f"error {rc}")
+
+    def stats(self) -> dict[str, int]:
+        st = ffi.new("synt_stats_t *")
+        lib.synt_stats(self._t, st)
+        return {f: getattr(st, f) for f in ("capacity", "count", "reg_count", "pg_count", "heap_size",
+                                            "heap_used", "nnodes", "journal_size", "journal_head")}
+
+    def journal(self, cursor: int | None = None) -> "JournalReader":
+        return JournalReader(self, self.journal_head() if cursor is None else cursor)
+
+
+synt_info = object  # the cffi struct type, for annotations only
+
+_ITEM = ffi.sizeof("synt_item_t")
+_JREC = ffi.sizeof("synt_jrec_t")
+
+
+def _parse_items(data: bytes, n: int) -> list[Item]:
+    import struct
+    out = []
+    off = 0
+    unpack = struct.Struct("=IIqQqII").unpack_from
+    for _ in range(n):
+        node, type_, pid, start, t, kl, ml = unpack(data, off)
+        d = off + _ITEM
+        out.append(Item(node, type_, pid, start, t, data[d:d + kl], data[d + kl:d + kl + ml]))
+        off += (_ITEM + kl + ml + 7) & ~7
+    return out
+
+
+class JournalReader:
+    """A lock-free cursor over a table's journal ring."""
+
+    def __init__(self, table: Table, cursor: int) -> None:
+        self.table = table
+        self.cursor = ffi.new("uint64_t *", cursor)
+        self._cap = 1 << 16
+        self._buf = ffi.new("uint8_t[]", self._cap)
+
+    def pending(self) -> bool:
+        return self.table.journal_head() != self.cursor[0]
+
+    def read(self, max_records: int = 4096) -> list[JournalRecord] | None:
+        """The next records; None when the reader fell behind the ring (resync from the table)."""
+        import struct
+        unpack = struct.Struct("=QIHHIIqQqII").unpack_from
+        while True:
+            n = lib.synt_journal_read(self.table._t, self.cursor, self._buf, self._cap, max_records)
+            if n == EOVERRUN:
+                return None
+            if n == EBUFSMALL:
+                self._cap *= 2
+                self._buf = ffi.new("uint8_t[]", self._cap)
+                continue
+            if n < 0:
+                raise TableError(f"journal of {self.table.name}: {n}")
+            data = ffi.buffer(self._buf, self._cap)
+            out = []
+            off = 0
+            for _ in range(n):
+                seq, reclen, kind, reason, node, rnode, pid, start, t, kl, ml = unpack(data, off)
+                d = off + _JREC
+                out.append(JournalRecord(seq, J_KINDS.get(kind, "?"), reason, node, rnode, pid, start, t,
+                                         data[d:d + kl], data[d + kl:d + kl + ml]))
+                off += reclen
+            return out
+
+
+def iter_segments(prefix: str) -> Iterator[str]:
+    """Names of the shm segments under /dev/shm that start with prefix (Linux)."""
+    try:
+        names = os.listdir("/dev/shm")
+    except FileNotFoundError:
+        return
+    for n in names:
+        if n.startswith(prefix.lstrip("/")):
+            yield "/" + n
