@@ -1,0 +1,144 @@
+"""This process's view of its node: runtime dir, attached tables, the manager link."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from . import _config, _control
+from ._table import Table
+from .errors import InvalidScopeError, ManagerUnavailableError
+
+MANAGER_START_TIMEOUT = 15.0
+
+
+class Node:
+    """Per-process state for one runtime dir (one node)."""
+
+    def __init__(self, rdir: str) -> None:
+        self.rdir = rdir
+        self.paths = _config.Paths(rdir)
+        self.tables: dict[str, Table] = {}
+        self._wake_sock: socket.socket | None = None
+        self._node_name: str | None = None
+
+    # -------------------------------------------------------------- tables
+
+    def table(self, scope: str) -> Table:
+        """The scope's table; attached on first use. InvalidScopeError if the node lacks it."""
+        try:
+            return self.tables[scope]
+        except KeyError:
+            pass
+        _config.check_scope(scope)
+        t = Table.attach(_config.segment_name(self.rdir, scope))
+        if t is None:
+            raise InvalidScopeError(f"scope {scope!r} was not added on this node (runtime dir {self.rdir})")
+        self.tables[scope] = t
+        return t
+
+    def wake_manager(self) -> None:
+        """Called when a write finds the manager asleep: one datagram wakes it."""
+        s = self._wake_sock
+        if s is None:
+            s = self._wake_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            s.setblocking(False)
+        try:
+            s.sendto(b"w", self.paths.wake)
+        except OSError:
+            pass  # manager down or its queue full: it rescans the journal when it runs
+
+    # -------------------------------------------------------------- manager
+
+    def state(self) -> dict[str, Any]:
+        try:
+            with open(self.paths.state, encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def node_name(self) -> str:
+        if self._node_name is None:
+            name = self.state().get("node")
+            if not name:
+                return _config.default_node_name()
+            self._node_name = name
+        return self._node_name
+
+    def request(self, op: str, **args: Any) -> dict[str, Any]:
+        try:
+            reply = _control.request(self.paths.ctl, op, **args)
+        except (OSError, ValueError) as e:
+            raise ManagerUnavailableError(f"manager at {self.rdir} unreachable: {e}") from None
+        if not reply.get("ok"):
+            raise ManagerUnavailableError(f"manager refused {op}: {reply.get('error')}")
+        return reply
+
+    def ping(self) -> dict[str, Any] | None:
+        try:
+            r = _control.request(self.paths.ctl, "ping", timeout=5.0)
+        except (OSError, ValueError):
+            return None
+        return r if r.get("ok") else None
+
+    def ensure_manager(self) -> None:
+        """Make sure a manager serves this runtime dir, starting exactly one if none does."""
+        if self.ping():
+            return
+        try:
+            _config.ensure_runtime_dir(self.rdir)
+            lockfd = os.open(self.paths.start_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise ManagerUnavailableError(f"cannot use runtime dir {self.rdir}: {e}") from None
+        try:
+            fcntl.flock(lockfd, fcntl.LOCK_EX)  # racing starters queue here
+            if self.ping():
+                return
+            self._spawn()
+            deadline = time.monotonic() + MANAGER_START_TIMEOUT
+            while time.monotonic() < deadline:
+                if self.ping():
+                    return
+                time.sleep(0.01)
+            raise ManagerUnavailableError(
+                f"manager for {self.rdir} did not start within {MANAGER_START_TIMEOUT:.0f}s; see {self.paths.log}")
+        finally:
+            os.close(lockfd)
+
+    def _spawn(self) -> None:
+        log = os.open(self.paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            # --detach: the daemon forks away so it is no child of ours and outlives us
+            subprocess.run(
+                [sys.executable, "-m", "syn_mp", "--runtime-dir", self.rdir, "daemon", "--detach"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True, check=False,
+                timeout=MANAGER_START_TIMEOUT,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise ManagerUnavailableError(f"cannot start the manager: {e}") from None
+        finally:
+            os.close(log)
+
+
+_node: Node | None = None
+
+
+def node() -> Node:
+    """This process's node, from SYN_MP_RUNTIME_DIR etc. at first use (kept across fork)."""
+    global _node
+    if _node is None:
+        _node = Node(_config.runtime_dir())
+    return _node
+
+
+def use_runtime_dir(rdir: str) -> Node:
+    """Point this process at another runtime dir (the CLI's --runtime-dir)."""
+    global _node
+    if _node is None or _node.rdir != os.path.abspath(rdir):
+        _node = Node(os.path.abspath(rdir))
+    return _node

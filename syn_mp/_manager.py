@@ -1,0 +1,293 @@
+"""The per-node manager: owns the scopes' segments, watches local processes, serves the CLI.
+
+One asyncio loop. Clients write the tables themselves; the manager follows each
+table's journal to learn of new local processes, watches them, and purges a dead
+one's names and memberships (reason process_exit). A restarted manager rescans the
+tables: the living are watched again, the dead purged (reason manager_restart).
+"""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import resource
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _config, _control, _procinfo
+from ._table import (BY_NODE, BY_PID, R_MANAGER_RESTART, R_PROCESS_EXIT, FLAG_STRICT, Table, TableError,
+                     JournalReader)
+from ._watch import make_watcher
+
+log = logging.getLogger("syn_mp.manager")
+
+SAFETY_TICK = 1.0  # seconds: rescan journals even if a wake datagram was lost
+_WATCHED_KINDS = {"registered", "registry_updated", "joined", "group_updated"}
+_GONE_KINDS = {"unregistered", "left"}
+
+
+class AlreadyRunning(Exception):
+    """Another manager holds this runtime dir."""
+
+
+@dataclass
+class Options:
+    rdir: str
+    node: str
+    strict: bool = False
+    watcher: str = "auto"
+    capacity: int = _config.DEFAULT_CAPACITY
+    heap_per_entry: int = _config.DEFAULT_HEAP_PER_ENTRY
+    journal: int = _config.DEFAULT_JOURNAL
+    mode: int = 0o600
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Manager:
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.paths = _config.Paths(opts.rdir)
+        self.tables: dict[str, Table] = {}
+        self.readers: dict[str, JournalReader] = {}
+        self.started = time.time()
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._lockfd = -1
+        self.purged = {"process_exit": 0, "manager_restart": 0}
+
+    # ------------------------------------------------------------ start / stop
+
+    def _take_lock(self) -> None:
+        _config.ensure_runtime_dir(self.opts.rdir)
+        self._lockfd = os.open(self.paths.manager_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lockfd)
+            raise AlreadyRunning(f"a manager already runs for {self.opts.rdir}") from None
+        os.set_inheritable(self._lockfd, False)
+
+    async def run(self) -> None:
+        self._take_lock()
+        loop = asyncio.get_running_loop()
+        _raise_fd_limit()
+        self.watcher = make_watcher(self.opts.watcher, loop, self._on_exit)
+        for scope in self._known_scopes():
+            self._open_scope(scope, restart=True)
+        self._write_state()
+        for p in (self.paths.ctl, self.paths.wake):
+            _unlink(p)  # stale sockets of a dead manager: we hold the lock, nobody else uses them
+        server = await asyncio.start_unix_server(self._serve, path=self.paths.ctl)
+        os.chmod(self.paths.ctl, 0o600)
+        wake = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        wake.bind(self.paths.wake)
+        os.chmod(self.paths.wake, 0o600)
+        wake.setblocking(False)
+        loop.add_reader(wake.fileno(), self._on_wake_datagram, wake)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        log.info("manager of node %r up: pid %d, runtime dir %s, watcher %s, scopes %s",
+                 self.opts.node, os.getpid(), self.opts.rdir, self.watcher.kind, sorted(self.tables))
+        pump = loop.create_task(self._pump())
+        tick = loop.create_task(self._tick())
+        self._wake.set()
+        try:
+            await self._stop.wait()
+        finally:
+            pump.cancel()
+            tick.cancel()
+            server.close()
+            loop.remove_reader(wake.fileno())
+            wake.close()
+            _unlink(self.paths.ctl)
+            _unlink(self.paths.wake)
+            self.watcher.close()
+            os.close(self._lockfd)
+            log.info("manager of node %r stopped; registrations stay in shared memory", self.opts.node)
+
+    def _known_scopes(self) -> list[str]:
+        try:
+            with open(self.paths.state, encoding="utf-8") as f:
+                return list(json.load(f).get("scopes", []))
+        except (OSError, ValueError):
+            return []
+
+    def _write_state(self) -> None:
+        state = {"node": self.opts.node, "pid": os.getpid(), "scopes": sorted(self.tables),
+                 "strict": self.opts.strict}
+        tmp = self.paths.state + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(state, f)
+        os.replace(tmp, self.paths.state)  # atomic: readers see the old or the new file
+
+    # ------------------------------------------------------------------ scopes
+
+    def _open_scope(self, scope: str, restart: bool = False) -> Table:
+        t = self.tables.get(scope)
+        if t is not None:
+            return t
+        name = _config.segment_name(self.opts.rdir, scope)
+        t = Table.attach(name)
+        if t is None:
+            o = self.opts
+            t = Table.create(name, o.node, o.capacity, max(1 << 20, o.capacity * o.heap_per_entry),
+                             o.journal, o.mode)
+            log.info("scope %r created: segment %s, capacity %d", scope, name, o.capacity)
+        elif t.node_name(0) != self.opts.node:
+            log.warning("scope %r was created by node %r; this manager is %r", scope, t.node_name(0),
+                        self.opts.node)
+        flags = t.flags
+        want = (flags | FLAG_STRICT) if self.opts.strict else (flags & ~FLAG_STRICT)
+        if want != flags:
+            t.set_flags(want)
+        self.tables[scope] = t
+        self.readers[scope] = t.journal()  # from now: older changes are covered by the scan
+        self._scan(scope, R_MANAGER_RESTART if restart else R_PROCESS_EXIT)
+        return t
+
+    def _scan(self, scope: str, reason: int) -> None:
+        """Watch every live local process of the table; purge the dead."""
+        t = self.tables[scope]
+        seen: set[tuple[int, int]] = set()
+        for item in t.collect(BY_NODE, 0, node=0, flags=0):
+            seen.add((item.pid, item.start))
+        for pid, start in seen:
+            self._ensure_watched(pid, start, reason)
+
+    def _ensure_watched(self, pid: int, start: int, reason: int = R_PROCESS_EXIT) -> None:
+        current = self.watcher.watching(pid)
+        if current == start:
+            return
+        if current is not None:
+            # the pid now names another process: the one we watched is gone
+            self.watcher.unwatch(pid)
+            self._purge(pid, current, R_PROCESS_EXIT)
+        if not self.watcher.watch(pid, start):
+            self._purge(pid, start, reason)
+
+    def _on_exit(self, pid: int, start: int) -> None:
+        self._purge(pid, start, R_PROCESS_EXIT)
+
+    def _purge(self, pid: int, start: int, reason: int) -> None:
+        n = sum(max(0, t.purge_pid(0, pid, start, reason)) for t in self.tables.values())
+        key = "manager_restart" if reason == R_MANAGER_RESTART else "process_exit"
+        self.purged[key] += n
+        if n:
+            log.debug("pid %d gone (%s): %d entries removed", pid, key, n)
+
+    # ----------------------------------------------------------------- journal
+
+    def _on_wake_datagram(self, sock: socket.socket) -> None:
+        try:
+            while sock.recv(64):
+                pass
+        except BlockingIOError:
+            pass
+        self._wake.set()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(SAFETY_TICK)
+            self._wake.set()
+
+    async def _pump(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            for t in self.tables.values():
+                t.set_sleeping(False)
+            busy = self._drain()
+            for t in self.tables.values():
+                t.set_sleeping(True)  # then look again: a write between drain and flag is not lost
+            if busy or any(r.pending() for r in self.readers.values()):
+                self._wake.set()
+                await asyncio.sleep(0)  # let pidfd readers and the control socket run
+
+    def _drain(self, budget: int = 20000) -> bool:
+        """Follow every journal; True when there is more than the budget allowed."""
+        for scope, reader in self.readers.items():
+            while budget > 0:
+                recs = reader.read(min(budget, 4096))
+                if recs is None:
+                    log.warning("scope %r: journal overrun, rescanning the table", scope)
+                    self._scan(scope, R_PROCESS_EXIT)
+                    continue
+                if not recs:
+                    break
+                budget -= len(recs)
+                for r in recs:
+                    self._on_record(scope, r)
+        return budget <= 0
+
+    def _on_record(self, scope: str, r: Any) -> None:
+        if r.node != 0:
+            return
+        if r.kind in _WATCHED_KINDS:
+            self._ensure_watched(r.pid, r.start)
+        elif r.kind in _GONE_KINDS and self.watcher.watching(r.pid) == r.start:
+            if all(t.count(BY_PID, 0, node=0, pid=r.pid) == 0 for t in self.tables.values()):
+                self.watcher.unwatch(r.pid)  # holds nothing any more: no need to watch
+
+    # ------------------------------------------------------------ control socket
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readline()
+            try:
+                req = json.loads(line)
+                reply = self._handle(req)
+            except (ValueError, TypeError, KeyError) as e:
+                reply = {"ok": False, "error": f"bad request: {e}"}
+            except TableError as e:
+                reply = {"ok": False, "error": str(e)}
+            writer.write(_control.encode_line(reply))
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    def _handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req["op"]
+        if op == "ping":
+            return {"ok": True, "node": self.opts.node, "pid": os.getpid()}
+        if op == "add_scopes":
+            for s in req["scopes"]:
+                self._open_scope(_config.check_scope(s))
+            self._write_state()
+            self._wake.set()
+            return {"ok": True, "scopes": sorted(self.tables)}
+        if op == "scopes":
+            return {"ok": True, "scopes": sorted(self.tables)}
+        if op == "status":
+            return {"ok": True, "node": self.opts.node, "pid": os.getpid(), "runtime_dir": self.opts.rdir,
+                    "uptime": round(time.time() - self.started, 3), "watcher": self.watcher.kind,
+                    "watched": len(self.watcher), "strict": self.opts.strict, "purged": dict(self.purged),
+                    "scopes": {s: t.stats() for s, t in sorted(self.tables.items())}}
+        if op == "stop":
+            asyncio.get_running_loop().call_soon(self._stop.set)
+            return {"ok": True, "pid": os.getpid()}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _raise_fd_limit() -> None:
+    """One pidfd per watched process: take the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def serve(opts: Options) -> None:
+    asyncio.run(Manager(opts).run())

@@ -1,0 +1,257 @@
+"""`syn-mp`: run a node's manager and look at what it holds.
+
+Exit status: 0 success, 1 a looked-up key is absent, 2 bad usage or no manager.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+from . import _client, _config
+from .errors import EncodingError, InvalidScopeError, ManagerUnavailableError, SynError
+
+EXIT_OK, EXIT_ABSENT, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad usage or an unreachable manager: one line on stderr, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 too; keep it to one line
+        raise UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="syn-mp", description="Syn's process registry for OS processes.")
+    p.add_argument("--runtime-dir", help="the node's runtime dir (default: $SYN_MP_RUNTIME_DIR, "
+                   "$XDG_RUNTIME_DIR/syn_mp, /tmp/syn_mp-<uid>)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--json-key", action="store_true", help="parse NAME and GROUP as JSON (arrays become tuples)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    d = sub.add_parser("daemon", help="run this node's manager in the foreground")
+    d.add_argument("--node", help="node name (default: $SYN_MP_NODE, else the host name)")
+    d.add_argument("--strict", action="store_true", default=None,
+                   help="every write must name the calling process (also SYN_MP_STRICT=1)")
+    d.add_argument("--watcher", choices=["auto", "pidfd", "psutil"], default=None,
+                   help="how to watch processes for death (default: $SYN_MP_WATCHER or auto)")
+    d.add_argument("--capacity", type=int, default=None,
+                   help="entries per scope table for scopes this manager creates (also SYN_MP_CAPACITY)")
+    d.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    d.add_argument("--detach", action="store_true", help=argparse.SUPPRESS)
+
+    sub.add_parser("stop", help="stop the manager (registrations stay in shared memory)")
+    sub.add_parser("status", help="the manager's state")
+    sub.add_parser("scopes", help="the scopes of this node")
+    lk = sub.add_parser("lookup", help="who holds NAME")
+    lk.add_argument("scope")
+    lk.add_argument("name")
+    rg = sub.add_parser("registry", help="the names of a scope")
+    rg.add_argument("scope")
+    rg.add_argument("--node", help="only this node's names")
+    gr = sub.add_parser("groups", help="the groups of a scope")
+    gr.add_argument("scope")
+    mb = sub.add_parser("members", help="the members of a group")
+    mb.add_argument("scope")
+    mb.add_argument("group")
+    nd = sub.add_parser("nodes", help="the nodes a scope's table knows")
+    nd.add_argument("scope")
+    return p
+
+
+# ------------------------------------------------------------------ output
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return {"$bytes": base64.b64encode(v).decode()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {(k if isinstance(k, str) else json.dumps(_jsonable(k))): _jsonable(x) for k, x in v.items()}
+    return v
+
+
+def _show(v: Any) -> str:
+    return v if isinstance(v, str) else repr(v)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    cols = [header] + rows
+    widths = [max(len(r[i]) for r in cols) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cols]
+    return "\n".join(lines)
+
+
+def _emit(args: argparse.Namespace, doc: Any, text: str) -> None:
+    print(json.dumps(_jsonable(doc)) if args.json else text)
+
+
+def _key(args: argparse.Namespace, raw: str) -> Any:
+    if not args.json_key:
+        return raw
+    try:
+        v = json.loads(raw)
+    except ValueError as e:
+        raise UsageError(f"--json-key: {raw!r} is not JSON ({e})") from None
+
+    def tup(x: Any) -> Any:
+        if isinstance(x, list):
+            return tuple(tup(i) for i in x)
+        if isinstance(x, dict):
+            raise UsageError("--json-key: a name can't be a JSON object")
+        return x
+    return tup(v)
+
+
+# ---------------------------------------------------------------- commands
+
+def _cmd_daemon(args: argparse.Namespace) -> int:
+    from . import _manager
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    strict = args.strict if args.strict is not None else os.environ.get("SYN_MP_STRICT", "") in ("1", "true", "yes")
+    capacity = args.capacity or int(os.environ.get("SYN_MP_CAPACITY", _config.DEFAULT_CAPACITY))
+    if capacity <= 0:
+        raise UsageError("--capacity must be positive")
+    opts = _manager.Options(
+        rdir=_config.runtime_dir(args.runtime_dir), node=_config.default_node_name(args.node), strict=strict,
+        watcher=args.watcher or os.environ.get("SYN_MP_WATCHER", "auto"), capacity=capacity)
+    if args.detach and os.fork() > 0:
+        return EXIT_OK  # the client that spawned us waits for the socket, not for this process
+    if args.detach:
+        os.setsid()
+    try:
+        _manager.serve(opts)
+    except _manager.AlreadyRunning as e:
+        print(f"syn-mp: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _cmd_stop(args: argparse.Namespace, node: _client.Node) -> int:
+    pid = node.request("stop")["pid"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.01)
+    _emit(args, {"stopped": pid}, f"manager {pid} stopped")
+    return EXIT_OK
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    from . import _procinfo
+    return _procinfo.start_time(pid) is not None  # a zombie has finished
+
+
+def _cmd_status(args: argparse.Namespace, node: _client.Node) -> int:
+    st = node.request("status")
+    st.pop("ok", None)
+    rows = [[s, str(v["reg_count"]), str(v["pg_count"]), f"{v['count']}/{v['capacity']}",
+             f"{v['heap_used'] // 1024} KiB"] for s, v in st["scopes"].items()]
+    text = (f"node      {st['node']}\nmanager   pid {st['pid']}, up {st['uptime']:.0f}s\n"
+            f"runtime   {st['runtime_dir']}\nwatcher   {st['watcher']} ({st['watched']} processes)\n"
+            f"strict    {'yes' if st['strict'] else 'no'}\n"
+            f"purged    {st['purged']['process_exit']} on exit, {st['purged']['manager_restart']} on restart\n\n"
+            + _table(rows, ["SCOPE", "NAMES", "MEMBERSHIPS", "ENTRIES", "HEAP"]))
+    _emit(args, st, text)
+    return EXIT_OK
+
+
+def _cmd_scopes(args: argparse.Namespace, node: _client.Node) -> int:
+    from . import node_scopes
+    scopes = node_scopes()
+    _emit(args, scopes, "\n".join(scopes))
+    return EXIT_OK
+
+
+def _cmd_lookup(args: argparse.Namespace, node: _client.Node) -> int:
+    from . import lookup
+    found = lookup(args.scope, _key(args, args.name))
+    if found is None:
+        print(f"syn-mp: {args.name!r} is not registered in scope {args.scope!r}", file=sys.stderr)
+        return EXIT_ABSENT
+    pid, meta = found
+    _emit(args, {"node": pid.node, "pid": pid.pid, "meta": meta},
+          _table([[pid.node, str(pid.pid), _show(meta)]], ["NODE", "PID", "META"]))
+    return EXIT_OK
+
+
+def _cmd_registry(args: argparse.Namespace, node: _client.Node) -> int:
+    from . import registry_entries
+    entries = sorted(registry_entries(args.scope, args.node), key=lambda e: (e[1], repr(e[0])))
+    doc = [{"name": n, "node": p.node, "pid": p.pid, "meta": m} for n, p, m in entries]
+    rows = [[_show(n), p.node, str(p.pid), _show(m)] for n, p, m in entries]
+    _emit(args, doc, _table(rows, ["NAME", "NODE", "PID", "META"]))
+    return EXIT_OK
+
+
+def _cmd_groups(args: argparse.Namespace, node: _client.Node) -> int:
+    from . import group_names, local_member_count, member_count
+    groups = sorted(group_names(args.scope), key=repr)
+    doc = [{"group": g, "members": member_count(args.scope, g), "local": local_member_count(args.scope, g)}
+           for g in groups]
+    rows = [[_show(d["group"]), str(d["members"]), str(d["local"])] for d in doc]
+    _emit(args, doc, _table(rows, ["GROUP", "MEMBERS", "LOCAL"]))
+    return EXIT_OK
+
+
+def _cmd_members(args: argparse.Namespace, node: _client.Node) -> int:
+    from . import members
+    ms = members(args.scope, _key(args, args.group))
+    if not ms:
+        print(f"syn-mp: group {args.group!r} has no members in scope {args.scope!r}", file=sys.stderr)
+        return EXIT_ABSENT
+    doc = [{"node": p.node, "pid": p.pid, "meta": m} for p, m in ms]
+    _emit(args, doc, _table([[p.node, str(p.pid), _show(m)] for p, m in ms], ["NODE", "PID", "META"]))
+    return EXIT_OK
+
+
+def _cmd_nodes(args: argparse.Namespace, node: _client.Node) -> int:
+    from . import node_name, subcluster_nodes
+    nodes = [node_name()] + subcluster_nodes(args.scope)
+    _emit(args, nodes, "\n".join(nodes))
+    return EXIT_OK
+
+
+_COMMANDS = {"stop": _cmd_stop, "status": _cmd_status, "scopes": _cmd_scopes, "lookup": _cmd_lookup,
+             "registry": _cmd_registry, "groups": _cmd_groups, "members": _cmd_members, "nodes": _cmd_nodes}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        if args.command is None:
+            raise UsageError("a COMMAND is required (try: syn-mp --help)")
+        if args.command == "daemon":
+            return _cmd_daemon(args)
+        node = _client.use_runtime_dir(_config.runtime_dir(args.runtime_dir))
+        return _COMMANDS[args.command](args, node)
+    except UsageError as e:
+        print(f"syn-mp: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ManagerUnavailableError, InvalidScopeError, EncodingError, ValueError) as e:
+        print(f"syn-mp: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except SynError as e:
+        print(f"syn-mp: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

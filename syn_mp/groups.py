@@ -1,0 +1,151 @@
+"""Process groups: many processes per group, one meta per member (Syn's syn_pg)."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from . import _pids
+from ._table import (BY_KEY, BY_NODE, BY_PID, EFULL, ENOTFOUND, F_EXPECT_VER, PG, WITH_KEY,
+                     WITH_META, Table)
+from ._types import Pid
+from .codec import decode, decode_name, encode_meta, encode_name
+from .errors import CapacityError, NotInGroupError, RemotePidError, UndefinedError
+from .registry import _META_NONE, _after_write, _table
+
+
+def join(scope: str, group: Any, pid: _pids.PidArg = None, meta: Any = None) -> None:
+    """Add a process (the caller by default) to `group`; joining again with other meta updates it."""
+    t = _table(scope)
+    key = encode_name(group)
+    m = _META_NONE if meta is None else encode_meta(meta)
+    p, start = _pids.for_write(t, pid)
+    rc, info = t.put(PG, key, 0, p, start, time.time_ns(), m)
+    if rc == EFULL:
+        raise CapacityError(f"scope {scope!r} is full")
+    if rc < 0:
+        raise RuntimeError(f"join: table error {rc}")
+    _after_write(info)
+
+
+def leave(scope: str, group: Any, pid: _pids.PidArg = None) -> None:
+    t = _table(scope)
+    key = encode_name(group)
+    nid, p = _pids.for_read(t, pid)
+    if nid != 0:
+        raise RemotePidError(f"{pid} belongs to another node: leave on its own node")
+    _pids.check_self(t, p)
+    rc, info = t.delete(PG, key, 0, p)
+    if rc == ENOTFOUND:
+        raise NotInGroupError(f"pid {p} is not a member of {group!r} in scope {scope!r}")
+    if rc < 0:
+        raise RuntimeError(f"leave: table error {rc}")
+    _after_write(info)
+
+
+def _pairs(t: Table, items: list) -> list[tuple[Pid, Any]]:
+    pairs = [(Pid(t.node_name(i.node), i.pid), decode(i.meta)) for i in items]
+    pairs.sort(key=lambda pm: pm[0])
+    return pairs
+
+
+def members(scope: str, group: Any) -> list[tuple[Pid, Any]]:
+    """(Pid, meta) of every member, on every node, sorted by Pid."""
+    t = _table(scope)
+    return _pairs(t, t.collect(BY_KEY, PG, encode_name(group), flags=WITH_META))
+
+
+def local_members(scope: str, group: Any) -> list[tuple[Pid, Any]]:
+    t = _table(scope)
+    return _pairs(t, t.collect(BY_KEY, PG, encode_name(group), node=0, flags=WITH_META))
+
+
+def member(scope: str, group: Any, pid: _pids.PidArg) -> tuple[Pid, Any] | None:
+    t = _table(scope)
+    key = encode_name(group)
+    nid, p = _pids.for_read(t, pid)
+    if nid is None:
+        return None
+    e = t.get(PG, key, nid, p)
+    return None if e is None else (Pid(t.node_name(e.node), e.pid), decode(e.meta))
+
+
+def is_member(scope: str, group: Any, pid: _pids.PidArg) -> bool:
+    t = _table(scope)
+    key = encode_name(group)
+    nid, p = _pids.for_read(t, pid)
+    return nid is not None and t.get(PG, key, nid, p) is not None
+
+
+def is_local_member(scope: str, group: Any, pid: _pids.PidArg) -> bool:
+    t = _table(scope)
+    key = encode_name(group)
+    nid, p = _pids.for_read(t, pid)
+    return nid == 0 and t.get(PG, key, 0, p) is not None
+
+
+def update_member(scope: str, group: Any, pid: _pids.PidArg, fn: Callable[[Any], Any]) -> tuple[Pid, Any]:
+    """Set a member's meta to fn(meta); retried if another write changes it meanwhile."""
+    t = _table(scope)
+    key = encode_name(group)
+    nid, p = _pids.for_read(t, pid)
+    while True:
+        e = None if nid is None else t.get(PG, key, nid, p)
+        if e is None:
+            raise UndefinedError(f"pid {p} is not a member of {group!r} in scope {scope!r}")
+        who = Pid(t.node_name(e.node), e.pid)
+        if e.node != 0:
+            raise RemotePidError(f"{who} belongs to another node: update it there")
+        _pids.check_self(t, p)
+        new_meta = fn(decode(e.meta))
+        rc, info = t.put(PG, key, 0, p, e.start, time.time_ns(), encode_meta(new_meta), F_EXPECT_VER, e.ver)
+        if rc >= 0:
+            _after_write(info)
+            return who, new_meta
+        if rc == EFULL:
+            raise CapacityError(f"scope {scope!r} is full")
+
+
+def member_count(scope: str, group: Any, node: str | None = None) -> int:
+    t = _table(scope)
+    nid = _pids.node_filter(t, node)
+    return 0 if nid is None else t.count(BY_KEY, PG, encode_name(group), node=nid)
+
+
+def local_member_count(scope: str, group: Any) -> int:
+    t = _table(scope)
+    return t.count(BY_KEY, PG, encode_name(group), node=0)
+
+
+def _group_keys(t: Table, nid: int) -> list[bytes]:
+    seen: dict[bytes, None] = {}
+    for i in t.collect(BY_NODE, PG, node=nid, flags=WITH_KEY):
+        seen[i.key] = None
+    return sorted(seen)
+
+
+def group_count(scope: str, node: str | None = None) -> int:
+    t = _table(scope)
+    nid = _pids.node_filter(t, node)
+    return 0 if nid is None else len(_group_keys(t, nid))
+
+
+def local_group_count(scope: str) -> int:
+    return len(_group_keys(_table(scope), 0))
+
+
+def group_names(scope: str, node: str | None = None) -> list[Any]:
+    t = _table(scope)
+    nid = _pids.node_filter(t, node)
+    return [] if nid is None else [decode_name(k) for k in _group_keys(t, nid)]
+
+
+def local_group_names(scope: str) -> list[Any]:
+    return [decode_name(k) for k in _group_keys(_table(scope), 0)]
+
+
+def groups_of(scope: str, pid: _pids.PidArg = None) -> list[Any]:
+    t = _table(scope)
+    nid, p = _pids.for_read(t, pid)
+    if nid is None:
+        return []
+    return [decode_name(i.key) for i in t.collect(BY_PID, PG, node=nid, pid=p, flags=WITH_KEY)]

@@ -1,0 +1,165 @@
+"""The registry: one process per name in a scope (Syn's syn_registry)."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from . import _pids, _procinfo
+from ._client import node as _node
+from ._table import (ALL_NODES, BY_KEY, BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, ETAKEN,
+                     F_EXPECT_VER, F_MATCH_PID, REG, R_PROCESS_EXIT, WITH_KEY, WITH_META, Table)
+from ._types import Pid
+from .codec import decode, decode_name, encode_meta, encode_name
+from .errors import CapacityError, RemotePidError, TakenError, UndefinedError
+
+_META_NONE = encode_meta(None)
+
+
+def _table(scope: str) -> Table:
+    n = _node()
+    t = n.tables.get(scope)
+    return t if t is not None else n.table(scope)
+
+
+def _after_write(info: Any) -> None:
+    if info.wake:
+        _node().wake_manager()
+
+
+def _purge_if_dead(t: Table, node: int, pid: int, start: int) -> bool:
+    """A local holder that died while no manager watched it is purged by whoever trips on it."""
+    if node != 0 or _procinfo.start_time(pid) == start:
+        return False
+    t.purge_pid(0, pid, start, R_PROCESS_EXIT)
+    return True
+
+
+def register(scope: str, name: Any, pid: _pids.PidArg = None, meta: Any = None) -> None:
+    """Register `name` to a process (the caller by default); the same name and pid again updates meta."""
+    t = _table(scope)
+    key = encode_name(name)
+    m = _META_NONE if meta is None else encode_meta(meta)
+    p, start = _pids.for_write(t, pid)
+    while True:
+        rc, info = t.put(REG, key, 0, p, start, time.time_ns(), m)
+        if rc >= 0:
+            _after_write(info)
+            return
+        if rc == ETAKEN:
+            if _purge_if_dead(t, info.node, info.pid, info.start):
+                continue
+            raise TakenError(f"{name!r} is registered to {Pid(t.node_name(info.node), info.pid)}")
+        if rc == EFULL:
+            raise CapacityError(f"scope {scope!r} is full")
+        raise RuntimeError(f"register: table error {rc}")
+
+
+def lookup(scope: str, name: Any) -> tuple[Pid, Any] | None:
+    """(Pid, meta) of the process registered under `name`, from shared memory without locking."""
+    t = _table(scope)
+    e = t.get(REG, encode_name(name))
+    if e is None:
+        return None
+    return Pid(t.node_name(e.node), e.pid), decode(e.meta)
+
+
+def whereis_name(scope: str, name: Any) -> Pid | None:
+    t = _table(scope)
+    e = t.get(REG, encode_name(name))
+    return None if e is None else Pid(t.node_name(e.node), e.pid)
+
+
+def update_registry(scope: str, name: Any, fn: Callable[[Pid, Any], Any]) -> tuple[Pid, Any]:
+    """Set the meta of `name` to fn(pid, meta); retried if another write changes it meanwhile."""
+    t = _table(scope)
+    key = encode_name(name)
+    while True:
+        e = t.get(REG, key)
+        if e is None:
+            raise UndefinedError(f"{name!r} is not registered in scope {scope!r}")
+        pid = Pid(t.node_name(e.node), e.pid)
+        if e.node != 0:
+            raise RemotePidError(f"{name!r} is held by {pid}: update it on its own node")
+        _pids.check_self(t, e.pid)
+        new_meta = fn(pid, decode(e.meta))
+        m = encode_meta(new_meta)
+        rc, info = t.put(REG, key, 0, e.pid, e.start, time.time_ns(), m, F_EXPECT_VER, e.ver)
+        if rc >= 0:
+            _after_write(info)
+            return pid, new_meta
+        if rc == EFULL:
+            raise CapacityError(f"scope {scope!r} is full")
+        # EMISMATCH / ENOTFOUND: changed under us; read again
+
+
+def unregister(scope: str, name: Any) -> None:
+    t = _table(scope)
+    key = encode_name(name)
+    while True:
+        e = t.get(REG, key)
+        if e is None:
+            raise UndefinedError(f"{name!r} is not registered in scope {scope!r}")
+        if e.node != 0:
+            raise RemotePidError(f"{name!r} is held by {Pid(t.node_name(e.node), e.pid)}: unregister it on its own node")
+        _pids.check_self(t, e.pid)
+        rc, info = t.delete(REG, key, 0, e.pid, F_MATCH_PID)
+        if rc == 0:
+            _after_write(info)
+            return
+        if rc not in (EMISMATCH, ENOTFOUND):
+            raise RuntimeError(f"unregister: table error {rc}")
+
+
+def registry_count(scope: str, node: str | None = None) -> int:
+    t = _table(scope)
+    nid = _pids.node_filter(t, node)
+    return 0 if nid is None else t.count(BY_NODE, REG, node=nid)
+
+
+def local_registry_count(scope: str) -> int:
+    return _table(scope).count(BY_NODE, REG, node=0)
+
+
+def registry_entries(scope: str, node: str | None = None) -> list[tuple[Any, Pid, Any]]:
+    t = _table(scope)
+    nid = _pids.node_filter(t, node)
+    if nid is None:
+        return []
+    items = t.collect(BY_NODE, REG, node=nid)
+    return [(decode_name(i.key), Pid(t.node_name(i.node), i.pid), decode(i.meta)) for i in items]
+
+
+def names_of(scope: str, pid: _pids.PidArg = None) -> list[Any]:
+    t = _table(scope)
+    nid, p = _pids.for_read(t, pid)
+    if nid is None:
+        return []
+    return [decode_name(i.key) for i in t.collect(BY_PID, REG, node=nid, pid=p, flags=WITH_KEY)]
+
+
+def claim_slot(scope: str, prefix: str, limit: int, pid: _pids.PidArg = None, meta: Any = None) -> int:
+    """Register `(prefix, i)` for the lowest free i in range(limit) and return i.
+
+    A process that already holds a slot of this prefix gets that slot back.
+    """
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int, not {type(limit).__name__}")
+    if limit <= 0:
+        raise ValueError(f"limit must be positive, not {limit}")
+    t = _table(scope)
+    p, _ = _pids.for_write(t, pid)
+    for name in names_of(scope, p):
+        if (isinstance(name, tuple) and len(name) == 2 and name[0] == prefix and type(name[1]) is int
+                and 0 <= name[1] < limit):
+            return name[1]
+    for i in range(limit):
+        if t.get(REG, encode_name((prefix, i))) is not None:
+            continue  # lock-free peek first: a busy pool costs no lock per taken slot
+        try:
+            register(scope, (prefix, i), pid, meta)
+            return i
+        except TakenError:
+            continue
+    raise CapacityError(f"no free slot ({prefix!r}, i) for i in range({limit}) in scope {scope!r}")

@@ -1,0 +1,203 @@
+"""Fixtures shared by the tests: real nodes (runtime dirs + managers) and real worker processes."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from typing import Any, Callable, Iterator
+
+import pytest
+
+import syn_mp
+from syn_mp import _client, _config
+from syn_mp._table import iter_segments
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.005, what: str = "") -> Any:
+    """Poll pred until it returns something truthy; fail the test after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or pred}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    from syn_mp._procinfo import start_time
+    return start_time(pid) is not None
+
+
+class NodeHandle:
+    """One node on this machine: its own runtime dir, its own manager and segments."""
+
+    def __init__(self, name: str = "n1", **env: str) -> None:
+        # AF_UNIX paths are limited to 108 bytes: keep the runtime dir short
+        self.rdir = tempfile.mkdtemp(prefix="synmp-", dir="/tmp")
+        self.name = name
+        self.extra_env = dict(env, SYN_MP_RUNTIME_DIR=self.rdir, SYN_MP_NODE=name)
+        self.env = dict(os.environ, **self.extra_env)
+        if "SYN_MP_STRICT" not in env:
+            self.env.pop("SYN_MP_STRICT", None)
+        self.paths = _config.Paths(self.rdir)
+        self.procs: list[subprocess.Popen] = []
+
+    # this process uses the node
+    def use(self) -> "NodeHandle":
+        """This test process becomes a client of the node (and starts its manager with the node's env)."""
+        os.environ.update(self.extra_env)
+        _client._node = None
+        return self
+
+    def manager_pid(self) -> int | None:
+        try:
+            with open(self.paths.state) as f:
+                pid = json.load(f)["pid"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def python(self, code: str, *args: str, stdout: int = subprocess.PIPE, **kw: Any) -> subprocess.Popen:
+        """A real worker process running `code` on this node."""
+        p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], env=self.env, cwd=ROOT,
+                             stdout=stdout, stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "syn_mp", "--runtime-dir", self.rdir, *args], env=self.env,
+                              cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+    def daemon(self, *args: str) -> subprocess.Popen:
+        """`syn-mp daemon` in the foreground, as systemd would run it; waits until it answers."""
+        p = subprocess.Popen([sys.executable, "-m", "syn_mp", "--runtime-dir", self.rdir, "daemon", "--node",
+                              self.name, *args], env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+        self.procs.append(p)
+        wait_for(lambda: self.manager_pid() == p.pid or p.poll() is not None, what="daemon up")
+        assert p.poll() is None, p.stderr.read() if p.stderr else ""
+        wait_for(lambda: os.path.exists(self.paths.ctl), what="control socket")
+        return p
+
+    def worker(self) -> "Worker":
+        """A real process that runs syn_mp calls on request (see tests/worker.py)."""
+        p = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "worker.py")], env=self.env, cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+        self.procs.append(p)
+        w = Worker(p)
+        assert w.call("getpid") == p.pid
+        return w
+
+    def kill_manager(self, sig: int = signal.SIGKILL) -> int:
+        pid = self.manager_pid()
+        assert pid, "no manager running"
+        os.kill(pid, sig)
+        wait_for(lambda: not pid_alive(pid), what=f"manager {pid} to exit")
+        return pid
+
+    def segments(self) -> list[str]:
+        prefix = _config.segment_name(self.rdir, "")
+        return list(iter_segments(prefix))
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=10)
+            for f in (p.stdout, p.stderr, p.stdin):
+                if f:
+                    f.close()
+        pid = self.manager_pid()
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: not pid_alive(pid), what="manager exit")
+        import posix_ipc
+        for seg in self.segments():
+            try:
+                posix_ipc.unlink_shared_memory(seg)
+            except posix_ipc.ExistentialError:
+                pass
+        shutil.rmtree(self.rdir, ignore_errors=True)
+
+
+def _literal(v: Any) -> Any:
+    if isinstance(v, syn_mp.Pid):
+        return ("__Pid__", v.node, v.pid)
+    if isinstance(v, tuple):
+        return tuple(_literal(x) for x in v)
+    if isinstance(v, list):
+        return [_literal(x) for x in v]
+    if isinstance(v, dict):
+        return {_literal(k): _literal(x) for k, x in v.items()}
+    return v
+
+
+class Worker:
+    """Drives tests/worker.py: each call is one line out, one line back."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+
+    def call(self, fn: str, *args: Any, **kwargs: Any) -> Any:
+        """Run syn_mp.<fn>(*args, **kwargs) in the worker; a SynError comes back raised here."""
+        import ast
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(repr(_literal((fn, args, kwargs))) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"worker {self.pid} died: {self.proc.stderr.read() if self.proc.stderr else ''}")
+        status, value = ast.literal_eval(line)
+        if status == "error":
+            cls, msg = value
+            raise getattr(syn_mp, cls, RuntimeError)(msg)
+        return value
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        os.kill(self.pid, sig)
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def make_node() -> Iterator[Callable[..., NodeHandle]]:
+    nodes: list[NodeHandle] = []
+    saved = {k: v for k, v in os.environ.items() if k.startswith("SYN_MP_")}
+
+    def make(name: str = "n1", **env: str) -> NodeHandle:
+        n = NodeHandle(name, **env)
+        nodes.append(n)
+        return n
+    yield make
+    for n in nodes:
+        n.close()
+    for k in [k for k in os.environ if k.startswith("SYN_MP_")]:
+        del os.environ[k]
+    os.environ.update(saved)
+    _client._node = None
+
+
+@pytest.fixture
+def node(make_node: Callable[..., NodeHandle]) -> NodeHandle:
+    """A node this test process uses, with scope "s" added (which starts its manager)."""
+    n = make_node().use()
+    syn_mp.add_node_to_scopes(["s"])
+    return n
+
+
+def checked(table_or_scope: Any) -> None:
+    """Run the C checker on a scope's table and fail with its message."""
+    from syn_mp.registry import _table
+    t = _table(table_or_scope) if isinstance(table_or_scope, str) else table_or_scope
+    err = t.check()
+    assert err is None, f"table invariant broken: {err}"
