@@ -33,10 +33,10 @@
  * to the undo log, then bumps undo_n, then stores: so at any instruction a dead
  * writer leaves a log that restores the state before its operation. Blob bytes a
  * writer fills before linking the blob are unreachable and need no log. The
- * commit point of an operation is the store undo_n = 0; a journal record written
- * before it is published after it (j_pending says how much), and repair rolls
- * that publication forward. The next locker gets EOWNERDEAD, runs repair() and
- * marks the mutex consistent.
+ * commit point of an operation is the store undo_n = 0; journal records written
+ * before it are published after it (j_pending holds the head to publish, so doing
+ * it twice is harmless), and repair rolls that publication forward. The next
+ * locker gets EOWNERDEAD, runs repair() and marks the mutex consistent.
  *
  * READERS never lock and never make a system call: a seqlock around the whole
  * table (odd while a writer is inside an operation). Everything read under it
@@ -130,7 +130,7 @@ typedef struct {
     uint64_t j_head;             /* logical bytes published */
     uint64_t j_min_valid;        /* oldest logical byte still intact */
     uint64_t j_seq;              /* seq of the last record (W-logged) */
-    uint64_t j_pending;          /* bytes written, published at commit */
+    uint64_t j_pending;          /* head to publish at commit (0: nothing written) */
     uint32_t mgr_sleeping;
     uint32_t _pad2;
 
@@ -229,8 +229,9 @@ static void repair(synt_t *t) {
         rollback(t);            /* the operation never happened */
         h->j_pending = 0;
     } else if (h->j_pending > 0) {
-        /* committed: publish its journal record as the dead writer would have */
-        __atomic_store_n(&h->j_head, h->j_head + h->j_pending, __ATOMIC_RELEASE);
+        /* committed: publish its journal records as the dead writer would have (it may
+         * have published them already, but not cleared j_pending) */
+        __atomic_store_n(&h->j_head, h->j_pending, __ATOMIC_RELEASE);
         h->j_pending = 0;
     }
     if (h->seq & 1) __atomic_store_n(&h->seq, h->seq + 1, __ATOMIC_RELEASE);
@@ -262,7 +263,7 @@ static inline void op_commit(synt_t *t) {
     ST(h->undo_n, 0);
     BARRIER();
     if (h->j_pending) {
-        __atomic_store_n(&h->j_head, h->j_head + h->j_pending, __ATOMIC_RELEASE);
+        __atomic_store_n(&h->j_head, h->j_pending, __ATOMIC_RELEASE);
         h->j_pending = 0;
     }
     __atomic_store_n(&h->seq, h->seq + 1, __ATOMIC_RELEASE);
@@ -288,6 +289,7 @@ uint64_t synt_layout_size(uint64_t capacity, uint64_t heap_size, uint64_t journa
     uint64_t nb = pow2_at_least(capacity < 16 ? 16 : capacity);
     uint64_t hdr = (sizeof(hdr_t) + 4095) & ~4095ULL;
     uint64_t bk = ((3 * nb * 8) + 4095) & ~4095ULL;
+    if (journal_size < 65536) journal_size = 65536; /* as synt_init rounds it */
     return hdr + bk + pow2_at_least(journal_size) + ((heap_size + 4095) & ~4095ULL);
 }
 
@@ -416,17 +418,22 @@ static void journal_append(synt_t *t, uint32_t kind, entry_t *e, uint32_t reason
     uint64_t size = h->journal_size, mask = size - 1;
     uint8_t *ring = t->base + h->journal_off;
     uint64_t len = ALIGN8(sizeof(synt_jrec_t) + e->keylen + e->metalen);
-    uint64_t head = h->j_head, phys = head & mask, pad = 0;
+    /* after the records this operation already wrote, if any */
+    uint64_t head = h->j_pending ? h->j_pending : h->j_head, phys = head & mask, pad = 0;
     if (size - phys < len) pad = size - phys; /* records never wrap */
     uint64_t new_head = head + pad + len;
     if (new_head > size && new_head - size > h->j_min_valid)
         __atomic_store_n(&h->j_min_valid, new_head - size, __ATOMIC_RELEASE);
     __atomic_thread_fence(__ATOMIC_SEQ_CST); /* readers see the raise before the overwrite */
     if (pad) {
-        synt_jrec_t *p = (synt_jrec_t *)(ring + phys);
-        memset(p, 0, sizeof(*p) < pad ? sizeof(*p) : pad);
-        p->reclen = (uint32_t)pad;
-        p->kind = SYNT_J_PAD;
+        /* a tail shorter than a record header is padding without one (readers skip it):
+         * a header there would run past the ring into the heap */
+        if (pad >= sizeof(synt_jrec_t)) {
+            synt_jrec_t *p = (synt_jrec_t *)(ring + phys);
+            memset(p, 0, sizeof(*p));
+            p->reclen = (uint32_t)pad;
+            p->kind = SYNT_J_PAD;
+        }
         phys = 0;
     }
     W(t, &h->j_seq, h->j_seq + 1);
@@ -443,7 +450,7 @@ static void journal_append(synt_t *t, uint32_t kind, entry_t *e, uint32_t reason
     r->keylen = (uint32_t)e->keylen;
     r->metalen = (uint32_t)e->metalen;
     memcpy((uint8_t *)(r + 1), e->data, e->keylen + e->metalen);
-    h->j_pending = pad + len; /* published by op_commit, or by repair after the commit */
+    h->j_pending = new_head; /* published by op_commit, or by repair after the commit */
 }
 
 uint64_t synt_journal_head(synt_t *t) { return __atomic_load_n(&H(t)->j_head, __ATOMIC_ACQUIRE); }
@@ -462,6 +469,10 @@ int64_t synt_journal_read(synt_t *t, uint64_t *cursor, uint8_t *buf, uint64_t ca
     while (n < (int64_t)max_records) {
         uint64_t head = __atomic_load_n(&h->j_head, __ATOMIC_ACQUIRE);
         if (pos >= head) break;
+        if (size - (pos & mask) < sizeof(synt_jrec_t)) {
+            pos += size - (pos & mask); /* too short for any record: the writer wrapped */
+            continue;
+        }
         synt_jrec_t r;
         memcpy(&r, ring + (pos & mask), sizeof(r));
         uint64_t len = r.reclen;
@@ -687,12 +698,12 @@ int synt_put(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, uint
         goto done;
     }
     if (o && !same) {
-        /* forced takeover of a registry name: the old holder is unregistered */
-        remove_entry(t, old, SYNT_J_UNREGISTERED, reason, reason_node);
+        /* forced takeover of a registry name, or a group member whose pid was reused (other
+         * start): the old entry goes, in the same crash-atomic operation, journaled as such */
+        remove_entry(t, old, type == SYNT_REG ? SYNT_J_UNREGISTERED : SYNT_J_LEFT, reason, reason_node);
         link_entry(t, off);
-        op_commit(t);
-        op_begin(t);
-        journal_append(t, SYNT_J_REGISTERED, AT(t, off), reason, reason_node);
+        journal_append(t, type == SYNT_REG ? SYNT_J_REGISTERED : SYNT_J_JOINED, AT(t, off), reason,
+                       reason_node);
         rc = SYNT_INSERTED;
     } else if (o) {
         unlink_entry(t, old);
@@ -1005,6 +1016,7 @@ int synt_stats(synt_t *t, synt_stats_t *out) {
 static int on_list(synt_t *t, int ix, uint64_t head, uint64_t off, uint64_t limit) {
     uint64_t prev = 0;
     for (uint64_t o = head, s = 0; o && s <= limit; o = AT(t, o)->link[ix][0], s++) {
+        if (!entry_ok(t, o)) return -2;
         if (AT(t, o)->link[ix][1] != prev) return -1;
         if (o == off) return 1;
         prev = o;

@@ -1,0 +1,547 @@
+"""Crash safety of the shared-memory table: writers SIGKILLed mid-operation, by the test hook
+(synt_test_stop_after: the n-th undo-logged store kills its own process) and from outside at random
+moments. After each death the next locker repairs (robust mutex, EOWNERDEAD), and the table must
+pass the checker, hold exactly the state before or after the operation, and journal exactly what
+took effect. Real forked processes and real signals only."""
+from __future__ import annotations
+
+import functools
+import os
+import random
+import select
+import signal
+import struct
+import time
+import uuid
+from typing import Callable, Iterator
+
+import posix_ipc
+import pytest
+
+from syn_mp._native import ffi, lib
+from syn_mp._table import (
+    ALL_NODES, BY_KEY, BY_NODE, EBUSY, F_EXPECT_VER, F_FORCE, F_MATCH_PID, INSERTED, PG, R_CONFLICT,
+    R_NODE_DOWN, R_NORMAL, R_PROCESS_EXIT, REG, UPDATED, Table,
+)
+
+SOAK = os.environ.get("SYN_MP_SOAK_ITERATIONS")
+
+
+def seg_name() -> str:
+    return f"/synmp-test-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+class Segments:
+    """Creates uniquely named tables; unlinks each one now (drop) or at teardown."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def create(self, capacity: int = 64, heap: int = 1 << 20, journal: int = 1 << 16) -> Table:
+        name = seg_name()
+        self.names.add(name)
+        return Table.create(name, "n1", capacity, heap, journal)
+
+    def drop(self, t: Table) -> None:
+        self.names.discard(t.name)
+        try:
+            posix_ipc.unlink_shared_memory(t.name)
+        except posix_ipc.ExistentialError:
+            pass
+
+    def close(self) -> None:
+        for n in list(self.names):
+            try:
+                posix_ipc.unlink_shared_memory(n)
+            except posix_ipc.ExistentialError:
+                pass
+
+
+@pytest.fixture
+def segments() -> Iterator[Segments]:
+    s = Segments()
+    yield s
+    s.close()
+
+
+def read_all(reader) -> list | None:
+    """Every record up to the head (one read() returns at most a buffer's worth); None on overrun."""
+    out: list = []
+    while True:
+        recs = reader.read()
+        if recs is None:
+            return None
+        if not recs:
+            return out
+        out += recs
+
+
+def raw_seq(t: Table) -> int:
+    st = ffi.new("synt_stats_t *")
+    lib.synt_stats(t._t, st)
+    return st.seq
+
+
+def snapshot(t: Table) -> dict:
+    """(type, key, node, pid) -> (start, time_ns, meta, ver) of every entry, plus the counters."""
+    out: dict = {}
+    for i in t.collect(BY_NODE, 0, node=ALL_NODES):
+        e = t.get(i.type, i.key, i.node, i.pid)
+        out[(i.type, i.key, i.node, i.pid)] = (i.start, i.time_ns, i.meta, e.ver)
+    st = t.stats()
+    nodes = st["nnodes"]
+    out["counters"] = (st["count"], st["reg_count"], st["pg_count"], nodes,
+                       tuple((t.count(BY_NODE, REG, node=n), t.count(BY_NODE, PG, node=n)) for n in range(nodes)))
+    return out
+
+
+def contents(t: Table) -> dict:
+    """(type, key, node, pid) -> (start, time_ns, meta): what a journal replay can rebuild."""
+    return {(i.type, i.key, i.node, i.pid): (i.start, i.time_ns, i.meta)
+            for i in t.collect(BY_NODE, 0, node=ALL_NODES)}
+
+
+def apply_record(model: dict, x) -> None:
+    typ = REG if x.kind in ("registered", "registry_updated", "unregistered") else PG
+    k = (typ, x.key, x.node, x.pid)
+    if x.kind in ("unregistered", "left"):
+        assert k in model, f"journal removes what is not there: {x}"
+        del model[k]
+    else:
+        assert x.kind in ("registered", "registry_updated", "joined", "group_updated"), x
+        model[k] = (x.start, x.time_ns, x.meta)
+
+
+def died_by_sigkill(status: int) -> bool:
+    return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+# ---------------------------------------------------------------- (a) deterministic sweep
+
+N2 = 1  # id of node "n2" in the base table
+
+
+def populate(t: Table) -> None:
+    assert t.node_id("n2", create=True) == N2
+    t.put(REG, b"r1", 0, 100, 1000, 1, b"m-r1")
+    t.put(REG, b"r2", 0, 101, 1001, 2, b"m-r2")
+    t.put(REG, b"r4", 0, 100, 1000, 3, b"m-r4")
+    t.put(REG, b"r3", N2, 100, 5000, 4, b"m-r3")
+    t.put(PG, b"g1", 0, 100, 1000, 5, b"g-100")
+    t.put(PG, b"g1", 0, 101, 1001, 6, b"g-101")
+    t.put(PG, b"g1", 0, 102, 1002, 7, b"g-102")
+    t.put(PG, b"g1", N2, 100, 5000, 8, b"g-n2")
+    t.put(REG, b"tmp", 0, 103, 1003, 9, b"")
+    t.delete(REG, b"tmp")  # leaves a free 256-byte blob for the next small insert
+
+
+# name -> (operation, atomic as a whole?). Purges are one crash-atomic step per entry.
+OPS: dict[str, tuple[Callable[[Table], object], bool]] = {
+    "insert_reusing_a_free_blob": (lambda t: t.put(REG, b"new", 0, 103, 1003, 10, b"m-new"), True),
+    "insert_carving_a_new_blob": (lambda t: t.put(REG, b"big", 0, 103, 1003, 10, b"B" * 600), True),
+    "join": (lambda t: t.put(PG, b"g2", 0, 103, 1003, 10, b"j"), True),
+    "update_registry": (lambda t: t.put(REG, b"r1", 0, 100, 1000, 10, b"changed"), True),
+    "update_registry_to_a_bigger_blob": (lambda t: t.put(REG, b"r1", 0, 100, 1000, 10, b"X" * 600), True),
+    "update_registry_compare_and_set": (lambda t: t.put(REG, b"r1", 0, 100, 1000, 10, b"cas", F_EXPECT_VER,
+                                                       t.get(REG, b"r1").ver), True),
+    "update_group": (lambda t: t.put(PG, b"g1", 0, 101, 1001, 10, b"changed"), True),
+    "unregister": (lambda t: t.delete(REG, b"r2", 0, 101, F_MATCH_PID), True),
+    "leave": (lambda t: t.delete(PG, b"g1", 0, 102), True),
+    "forced_takeover": (lambda t: t.put(REG, b"r1", 0, 103, 1003, 10, b"winner", F_FORCE, reason=R_CONFLICT), True),
+    "group_join_by_reused_pid": (lambda t: t.put(PG, b"g1", 0, 101, 7777, 10, b"reborn"), True),
+    "purge_pid_one_entry": (lambda t: t.purge_pid(0, 102, 1002, R_PROCESS_EXIT), True),
+    "purge_pid_several_entries": (lambda t: t.purge_pid(0, 100, 1000, R_PROCESS_EXIT), False),
+    "purge_node": (lambda t: t.purge_node(N2, R_NODE_DOWN, N2), False),
+    "create_node": (lambda t: t.node_id("n3", create=True), True),
+}
+
+
+def run_in_child(name: str, op: Callable[[Table], object], stop_after: int) -> int:
+    """Fork; the child attaches the table, arms the hook and runs op. Returns the wait status."""
+    pid = os.fork()
+    if pid == 0:
+        code = 3
+        try:
+            t = Table.attach(name)
+            lib.synt_test_stop_after(stop_after)
+            op(t)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return status
+
+
+@pytest.mark.parametrize("opname", list(OPS))
+def test_writer_killed_at_every_logged_store_leaves_before_or_after_state(segments, opname):
+    op, atomic = OPS[opname]
+    # the reference run: before, after, and the records the operation journals
+    ref = segments.create()
+    populate(ref)
+    before, j0 = snapshot(ref), ref.journal_head()
+    seq0 = ref.journal(0).read()[-1].seq  # the last record before the operation
+    op(ref)
+    after = snapshot(ref)
+    assert after != before
+    ref_recs = ref.journal(j0).read()
+    assert ref_recs is not None
+    # the journal alone turns before into after
+    model = {k: v[:3] for k, v in before.items() if k != "counters"}
+    for x in ref_recs:
+        apply_record(model, x)
+    assert model == {k: v[:3] for k, v in after.items() if k != "counters"}
+    segments.drop(ref)
+    # the states a death may leave: (records that took effect, state). All or nothing, or for
+    # purges the first k entries removed. (create_node journals nothing: k is 0 both ways.)
+    allowed = [(0, before), (len(ref_recs), after)]
+    if not atomic:
+        state = {k: v for k, v in before.items() if k != "counters"}
+        nn = before["counters"][3]
+        for k, x in enumerate(ref_recs[:-1], 1):
+            assert x.kind in ("unregistered", "left")
+            del state[(REG if x.kind == "unregistered" else PG, x.key, x.node, x.pid)]
+            regs = [key for key in state if key[0] == REG]
+            pgs = [key for key in state if key[0] == PG]
+            counters = (len(state), len(regs), len(pgs), nn, tuple(
+                (sum(1 for key in regs if key[2] == n), sum(1 for key in pgs if key[2] == n)) for n in range(nn)))
+            allowed.append((k, dict(state, counters=counters)))
+
+    deaths, outcomes = 0, set()
+    for n in range(2000):
+        t = segments.create()
+        populate(t)
+        assert t.journal_head() == j0
+        status = run_in_child(t.name, op, n)
+        if os.WIFEXITED(status):
+            assert os.WEXITSTATUS(status) == 0, f"{opname}: child failed (stop_after={n})"
+            assert t.check() is None
+            assert snapshot(t) == after and t.journal(j0).read() == ref_recs
+            segments.drop(t)
+            break
+        assert died_by_sigkill(status), f"{opname}: child status {status} at stop_after={n}"
+        deaths += 1
+        assert raw_seq(t) & 1, "the hook fires only inside an operation: seq must be odd"
+        err = t.check()  # locks: EOWNERDEAD, repair, consistent
+        assert err is None, f"{opname}, killed at logged store {n}: {err}"
+        assert raw_seq(t) & 1 == 0
+        snap = snapshot(t)
+        matches = [(k, i) for i, (k, s) in enumerate(allowed) if s == snap]
+        assert matches, f"{opname}, killed at logged store {n}: neither before nor after:\n{snap}"
+        k, which = matches[0]
+        outcomes.add(which)
+        # the journal shows exactly the part that took effect
+        recs = t.journal(j0).read()
+        assert recs == ref_recs[:k], f"{opname}, killed at logged store {n}: journal {recs} for outcome {k}"
+        if k == 0:
+            assert t.journal_head() == j0
+        # and the table goes on working; sequence numbers continue without a gap
+        rc, _ = t.put(REG, b"probe", 0, 4242, 1, 99, b"probe")
+        assert rc == INSERTED
+        assert t.get(REG, b"probe").meta == b"probe"
+        probe = t.journal(j0).read()[-1]
+        assert probe.key == b"probe"
+        assert probe.seq == (ref_recs[k - 1].seq if k else seq0) + 1
+        assert t.check() is None
+        segments.drop(t)
+    else:
+        raise AssertionError(f"{opname}: never completed")
+    assert deaths >= 1
+    if atomic:
+        assert outcomes == {0}, f"{opname}: every logged store precedes the commit point: all roll back"
+    else:
+        assert len(outcomes) > 1, f"{opname}: deaths between per-entry steps keep the finished ones"
+
+
+def journal_words(t: Table) -> dict[str, int]:
+    """Offsets of the journal cursors in the header (struct order of table.c), checked against
+    what the API reports."""
+    mutex_size = struct.unpack_from("=Q", t._mm, 24)[0]
+    seq = (128 + mutex_size + 128 + 7) & ~7
+    count = seq + 64 + 8 + 8 * 8  # seq + pad, heap_top, free_head[8]
+    off = {"seq": seq, "count": count, "j_head": count + 40, "j_min_valid": count + 48,
+           "j_seq": count + 56, "j_pending": count + 64}
+    assert word(t, off["seq"]) == raw_seq(t)
+    assert word(t, off["count"]) == t.stats()["count"]
+    assert word(t, off["j_head"]) == t.journal_head()
+    return off
+
+
+def word(t: Table, off: int) -> int:
+    return struct.unpack_from("=Q", t._mm, off)[0]
+
+
+@pytest.mark.parametrize("published", [False, True], ids=["before_publishing", "after_publishing"])
+def test_writer_dead_after_its_commit_gets_its_records_published_exactly_once(segments, published):
+    """The hook cannot stop a writer between its commit point (undo_n = 0) and the end of
+    op_commit; recreate that instant: a committed operation whose records are still pending
+    (j_pending holds the head to publish), the head published or not yet, the mutex held by a
+    dead writer. Repair must publish them, once."""
+    t = segments.create()
+    t.put(REG, b"a", 0, 1, 1, 1, b"x")
+    h0 = t.journal_head()
+    t.put(REG, b"b", 0, 1, 1, 2, b"y")
+    h1 = t.journal_head()
+    off = journal_words(t)
+    assert word(t, off["j_pending"]) == 0 and word(t, off["j_seq"]) == 2
+    # a dead owner of the mutex, with nothing logged (the hook fires before the first logged store)
+    assert died_by_sigkill(run_in_child(t.name, lambda c: c.put(REG, b"c", 0, 1, 1, 3, b"z"), 0))
+    assert raw_seq(t) & 1
+    struct.pack_into("=Q", t._mm, off["j_pending"], h1)
+    if not published:
+        struct.pack_into("=Q", t._mm, off["j_head"], h0)
+        assert [x.key for x in read_all(t.journal(0))] == [b"a"]
+    assert t.check() is None
+    assert t.journal_head() == h1 and word(t, off["j_pending"]) == 0
+    recs = read_all(t.journal(0))
+    assert [(x.seq, x.key) for x in recs] == [(1, b"a"), (2, b"b")]
+    assert t.put(REG, b"c", 0, 1, 1, 3, b"z")[0] == INSERTED
+    assert [(x.seq, x.key) for x in read_all(t.journal(h1))] == [(3, b"c")]
+    assert t.check() is None
+
+
+# ---------------------------------------------------------------- (b) random SIGKILL loop
+
+KEYS = [b"name-%d" % i for i in range(16)]
+GROUPS = [b"group-%d" % i for i in range(8)]
+PIDS = [(p, s) for p in (201, 202, 203) for s in (1, 2)]
+METAS = [b"", b"m" * 10, b"n" * 300, b"o" * 2000]
+
+
+@functools.lru_cache(maxsize=None)
+def chaos_ops(seed: int) -> list[tuple]:
+    """A writer's random script (built in the parent once, inherited by forked writers)."""
+    rnd = random.Random(seed)
+    ops = []
+    for _ in range(4096):
+        x = rnd.random()
+        node = rnd.choice((0, 0, 0, N2))
+        pid, start = rnd.choice(PIDS)
+        meta = rnd.choice(METAS) + bytes([rnd.randrange(256)])
+        if x < 0.25:
+            ops.append((0, rnd.choice(KEYS), node, pid, start, meta, F_FORCE if rnd.random() < 0.2 else 0))
+        elif x < 0.50:
+            ops.append((1, rnd.choice(GROUPS), node, pid, start, meta, 0))
+        elif x < 0.65:
+            ops.append((2, rnd.choice(KEYS), node, pid, start, b"", F_MATCH_PID if rnd.random() < 0.5 else 0))
+        elif x < 0.85:
+            ops.append((3, rnd.choice(GROUPS), node, pid, start, b"", 0))
+        elif x < 0.97:
+            ops.append((4, b"", node, pid, rnd.choice((0, start)), b"", 0))
+        elif x < 0.99:
+            ops.append((5, rnd.choice(KEYS), node, pid, start, meta, 0))
+        else:
+            ops.append((6, b"", N2, 0, 0, b"", 0))
+    return ops
+
+
+def _chaos_writer(name: str, ops: list[tuple], ready_fd: int, go_fd: int) -> None:
+    """A writer that never stops: random registry and group writes and purges, until killed."""
+    t = Table.attach(name)
+    os.write(ready_fd, b"r")
+    os.close(ready_fd)
+    os.read(go_fd, 1)  # all writers start together
+    i = 0
+    now = time.time_ns
+    while True:
+        kind, key, node, pid, start, meta, flags = ops[i & 4095]
+        i += 1
+        if kind == 0:
+            t.put(REG, key, node, pid, start, now(), meta, flags, reason=R_CONFLICT if flags else R_NORMAL)
+        elif kind == 1:
+            t.put(PG, key, node, pid, start, now(), meta)
+        elif kind == 2:
+            t.delete(REG, key, node, pid, flags)
+        elif kind == 3:
+            t.delete(PG, key, node, pid)
+        elif kind == 4:
+            t.purge_pid(node, pid, start, R_PROCESS_EXIT)
+        elif kind == 5:
+            e = t.get(REG, key)
+            if e is not None:
+                t.put(REG, key, e.node, e.pid, e.start, now(), meta, F_EXPECT_VER, e.ver)
+        else:
+            t.purge_node(node, R_NODE_DOWN, node)
+
+
+def spawn_writer(name: str, seed: int, go_fd: int) -> tuple[int, int]:
+    ops = chaos_ops(seed)
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(rfd)
+            _chaos_writer(name, ops, wfd, go_fd)
+        finally:
+            os._exit(3)
+    os.close(wfd)
+    return pid, rfd
+
+
+def wait_ready(rfd: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        r, _, _ = select.select([rfd], [], [], max(0.0, deadline - time.monotonic()))
+        if r:
+            assert os.read(rfd, 1) == b"r", "writer died before it started"
+            os.close(rfd)
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("writer did not start in time")
+
+
+def test_writers_sigkilled_at_random_moments_leave_a_sound_table(segments):
+    iterations = int(SOAK) if SOAK else 300
+    budget = None if SOAK else 25.0  # the default suite stays bounded on a loaded machine
+    t = segments.create(capacity=256, heap=4 << 20, journal=4 << 20)
+    assert t.node_id("n2", create=True) == N2
+    rnd = random.Random(0xC0FFEE)
+    reader = t.journal(0)
+    model: dict = {}
+    began = time.monotonic()
+    mid_op = resyncs = done = 0
+    try:
+        for it in range(iterations):
+            if budget and time.monotonic() - began > budget and it >= 50:
+                break
+            go_r, go_w = os.pipe()
+            kids = [spawn_writer(t.name, (it * 2 + j) % 16, go_r) for j in range(2)]
+            for _, rfd in kids:
+                wait_ready(rfd)
+            os.write(go_w, b"gg")
+            os.close(go_r)
+            os.close(go_w)
+            time.sleep(rnd.uniform(0, 0.003))
+            for pid, _ in kids:
+                os.kill(pid, signal.SIGKILL)
+                if rnd.random() < 0.5:
+                    time.sleep(rnd.uniform(0, 0.0005))
+            for pid, _ in kids:
+                _, status = os.waitpid(pid, 0)
+                assert died_by_sigkill(status), f"iteration {it}: writer ended with status {status}"
+            kids = []
+            if raw_seq(t) & 1:
+                mid_op += 1
+            err = t.check()
+            assert err is None, f"iteration {it}: {err}"
+            assert raw_seq(t) & 1 == 0
+            # the journal replays to exactly the table's contents (unless the reader was lapped)
+            recs = read_all(reader)
+            if recs is None:
+                resyncs += 1
+                model = contents(t)
+            else:
+                for x in recs:
+                    apply_record(model, x)
+                assert model == contents(t), f"iteration {it}: journal and table disagree"
+            # and the table still works
+            assert t.put(REG, b"probe", 0, 4242, 1, it, b"p%d" % it)[0] == INSERTED
+            e = t.get(REG, b"probe")
+            assert (e.pid, e.meta) == (4242, b"p%d" % it)
+            assert t.delete(REG, b"probe", 0, 4242, F_MATCH_PID)[0] == 0
+            done += 1
+    finally:
+        for pid, _ in kids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+    assert t.check() is None
+    assert done >= min(iterations, 50)
+    assert resyncs < done, "the journal check never ran"
+    if done >= 100:
+        assert mid_op > 0, "no writer was ever killed inside an operation: the loop tests nothing"
+    print(f"\n{done} iterations, {mid_op} writers died mid-operation, {resyncs} journal resyncs")
+
+
+# ---------------------------------------------------------------- (c) readers behind a dead writer
+
+
+def kill_writer_mid_update(t: Table, stop_after: int = 8, check_odd: bool = True) -> None:
+    """A child dies inside an update of b"name" (seq left odd, mutex held by the dead)."""
+    status = run_in_child(t.name, lambda c: c.put(REG, b"name", 0, 1, 1, 2, b"after" * 50), stop_after)
+    assert died_by_sigkill(status)
+    if check_odd:
+        assert raw_seq(t) & 1
+
+
+def test_reader_behind_a_dead_writer_recovers_through_the_binding(segments):
+    t = segments.create()
+    t.put(REG, b"name", 0, 1, 1, 1, b"before")
+    t.put(PG, b"g", 0, 1, 1, 1, b"member")
+    kill_writer_mid_update(t)
+    # the C reader gives up on the odd seq with EBUSY (it never locks) ...
+    info, buf = ffi.new("synt_info_t *"), ffi.new("uint8_t[]", 64)
+    assert lib.synt_get(t._t, REG, b"name", 4, 0, 0, info, buf, 64) == EBUSY
+    assert lib.synt_count(t._t, BY_KEY, PG, b"g", 1, ALL_NODES, 0) == EBUSY
+    assert raw_seq(t) & 1
+    # ... and the binding repairs (rollback) and answers with the state before the update
+    e = t.get(REG, b"name")
+    assert (e.pid, e.time_ns, e.meta) == (1, 1, b"before")
+    assert raw_seq(t) & 1 == 0
+    assert t.check() is None
+    # collect and count recover the same way
+    kill_writer_mid_update(t)
+    assert [i.meta for i in t.collect(BY_KEY, REG, b"name")] == [b"before"]
+    kill_writer_mid_update(t)
+    assert t.count(BY_KEY, PG, b"g") == 1
+    assert t.check() is None
+    assert t.put(REG, b"name", 0, 1, 1, 3, b"later")[0] == UPDATED
+    assert t.get(REG, b"name").meta == b"later"
+
+
+def _spinning_reader(name: str, ready_fd: int, stop_fd: int, result_fd: int) -> None:
+    t = Table.attach(name)
+    reads = bad = 0
+    os.write(ready_fd, b"r")
+    while not select.select([stop_fd], [], [], 0)[0]:
+        e = t.get(REG, b"name")
+        g = t.collect(BY_KEY, PG, b"g")
+        reads += 1
+        if e is None or e.meta != b"before" or [i.meta for i in g] != [b"member"]:
+            bad += 1
+    os.write(result_fd, f"{reads} {bad}".encode())
+
+
+def test_readers_spinning_when_the_writer_dies_recover_on_their_own(segments):
+    t = segments.create()
+    t.put(REG, b"name", 0, 1, 1, 1, b"before")
+    t.put(PG, b"g", 0, 1, 1, 1, b"member")
+    readers = []
+    stop_r, stop_w = os.pipe()
+    try:
+        for _ in range(2):
+            ready_r, ready_w = os.pipe()
+            res_r, res_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    _spinning_reader(t.name, ready_w, stop_r, res_w)
+                finally:
+                    os._exit(0)
+            os.close(ready_w)
+            os.close(res_w)
+            wait_ready(ready_r)
+            readers.append((pid, res_r))
+        kill_writer_mid_update(t, check_odd=False)  # (a reader may have repaired already)
+        # nobody but the readers takes the lock: they must repair the table themselves
+        deadline = time.monotonic() + 20
+        while raw_seq(t) & 1:
+            assert time.monotonic() < deadline, "readers stayed stuck behind the dead writer"
+            time.sleep(0.005)
+        os.write(stop_w, b"x")
+        for pid, res_r in readers:
+            _, status = os.waitpid(pid, 0)
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+            reads, bad = map(int, os.read(res_r, 64).split())
+            os.close(res_r)
+            assert reads > 0 and bad == 0, f"reader saw {bad} wrong results in {reads}"
+        readers = []
+    finally:
+        for pid, _ in readers:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(stop_r)
+        os.close(stop_w)
+    assert t.check() is None
+    assert t.get(REG, b"name").meta == b"before"

@@ -1,0 +1,940 @@
+"""The shared-memory table (csrc/table.c through syn_mp._table.Table), used directly on segments
+each test creates and unlinks: semantics of every call, limits, the journal ring, the checker,
+and lock-free readers against a real writer process."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import struct
+import time
+import uuid
+from typing import Callable, Iterator
+
+import posix_ipc
+import pytest
+
+from syn_mp._native import ffi, lib
+from syn_mp._table import (
+    ALL_NODES, BY_KEY, BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, ETAKEN, F_EXPECT_VER,
+    F_FORCE, F_MATCH_PID, INSERTED, PG, R_CONFLICT, R_NODE_DOWN, R_NORMAL, R_PROCESS_EXIT, REG,
+    UNCHANGED, UPDATED, WITH_KEY, WITH_META, Table, TableError,
+)
+
+ETOOBIG = lib.SYNT_ETOOBIG
+MAX_KEY = lib.SYNT_MAX_KEY
+MAX_META = lib.SYNT_MAX_META
+JREC = ffi.sizeof("synt_jrec_t")
+CHECK_EVERY = 250
+STEPS = 5000
+
+
+def seg_name() -> str:
+    return f"/synmp-test-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def make_table() -> Iterator[Callable[..., Table]]:
+    """Table.create on a fresh uniquely named segment; every segment is unlinked at teardown."""
+    names: list[str] = []
+
+    def make(capacity: int = 64, heap: int = 1 << 20, journal: int = 1 << 16, node: str = "n1") -> Table:
+        name = seg_name()
+        names.append(name)
+        return Table.create(name, node, capacity, heap, journal)
+    yield make
+    for n in names:
+        try:
+            posix_ipc.unlink_shared_memory(n)
+        except posix_ipc.ExistentialError:
+            pass
+
+
+def sound(t: Table) -> None:
+    err = t.check()
+    assert err is None, f"table invariant broken: {err}"
+
+
+def snapshot(t: Table) -> dict:
+    """Everything the table holds: (type, key, node, pid) -> (start, time_ns, meta)."""
+    return {(i.type, i.key, i.node, i.pid): (i.start, i.time_ns, i.meta)
+            for i in t.collect(BY_NODE, 0, node=ALL_NODES)}
+
+
+def read_all(reader) -> list | None:
+    """Every record up to the head (one read() returns at most a buffer's worth); None on overrun."""
+    out: list = []
+    while True:
+        recs = reader.read()
+        if recs is None:
+            return None
+        if not recs:
+            return out
+        out += recs
+
+
+def raw_seq(t: Table) -> int:
+    st = ffi.new("synt_stats_t *")
+    lib.synt_stats(t._t, st)
+    return st.seq
+
+
+# ------------------------------------------------------------------ put / get
+
+
+def test_registry_put_get_round_trip(make_table):
+    t = make_table()
+    rc, info = t.put(REG, b"name", 0, 4242, 777, 123456789, b"meta-bytes")
+    assert rc == INSERTED
+    assert (info.node, info.type, info.pid, info.start, info.time_ns, info.metalen) == (0, REG, 4242, 777, 123456789, 10)
+    e = t.get(REG, b"name")
+    assert e is not None
+    assert (e.node, e.pid, e.start, e.time_ns, e.meta) == (0, 4242, 777, 123456789, b"meta-bytes")
+    assert e.ver >= 1
+    assert t.get(REG, b"other") is None
+    assert t.get(PG, b"name", 0, 4242) is None  # a name is not a group
+    assert t.stats()["reg_count"] == 1 and t.stats()["pg_count"] == 0
+    sound(t)
+
+
+def test_group_put_get_round_trip_per_member(make_table):
+    t = make_table()
+    n2 = t.node_id("n2", create=True)
+    assert t.put(PG, b"g", 0, 10, 1, 5, b"ten")[0] == INSERTED
+    assert t.put(PG, b"g", 0, 11, 2, 6, b"")[0] == INSERTED
+    assert t.put(PG, b"g", n2, 10, 3, 7, b"remote ten")[0] == INSERTED
+    assert t.get(PG, b"g", 0, 10) == (0, 10, 1, 5, t.get(PG, b"g", 0, 10).ver, b"ten")
+    assert t.get(PG, b"g", 0, 11).meta == b""
+    e = t.get(PG, b"g", n2, 10)
+    assert (e.node, e.pid, e.start, e.meta) == (n2, 10, 3, b"remote ten")
+    assert t.get(PG, b"g", 0, 12) is None
+    assert t.get(REG, b"g") is None  # a group is not a name
+    assert t.count(BY_KEY, PG, b"g") == 3
+    assert t.stats()["pg_count"] == 3
+    sound(t)
+
+
+def test_registry_name_held_by_another_pid_is_taken(make_table):
+    t = make_table()
+    t.put(REG, b"n", 0, 100, 1, 1, b"first")
+    rc, info = t.put(REG, b"n", 0, 200, 2, 2, b"second")
+    assert rc == ETAKEN
+    assert (info.node, info.pid, info.start) == (0, 100, 1)  # reports the holder
+    n2 = t.node_id("n2", create=True)
+    assert t.put(REG, b"n", n2, 100, 1, 3, b"x")[0] == ETAKEN  # same pid on another node is another process
+    assert t.put(REG, b"n", 0, 100, 99, 3, b"x")[0] == ETAKEN  # a reused pid (other start) too
+    e = t.get(REG, b"n")
+    assert (e.pid, e.start, e.meta) == (100, 1, b"first")
+    assert t.stats()["count"] == 1
+    sound(t)
+
+
+def test_same_pid_same_meta_is_unchanged_other_meta_is_updated(make_table):
+    t = make_table()
+    rc, info = t.put(REG, b"n", 0, 100, 1, 10, b"m1")
+    v1 = info.ver
+    head = t.journal_head()
+    rc, info = t.put(REG, b"n", 0, 100, 1, 20, b"m1")
+    assert rc == UNCHANGED and info.ver == v1
+    assert t.journal_head() == head  # nothing happened, nothing journaled
+    assert t.get(REG, b"n").time_ns == 10
+    rc, info = t.put(REG, b"n", 0, 100, 1, 30, b"m2")
+    assert rc == UPDATED and info.ver > v1
+    e = t.get(REG, b"n")
+    assert (e.meta, e.time_ns, e.ver) == (b"m2", 30, info.ver)
+    # the same for a group member
+    assert t.put(PG, b"g", 0, 100, 1, 1, b"a")[0] == INSERTED
+    assert t.put(PG, b"g", 0, 100, 1, 2, b"a")[0] == UNCHANGED
+    assert t.put(PG, b"g", 0, 100, 1, 3, b"b")[0] == UPDATED
+    assert t.get(PG, b"g", 0, 100).meta == b"b"
+    assert t.stats()["count"] == 2
+    sound(t)
+
+
+def test_expect_ver_compare_and_set(make_table):
+    t = make_table()
+    rc, info = t.put(REG, b"n", 0, 100, 1, 1, b"v1")
+    ver = info.ver
+    # not found
+    rc, _ = t.put(REG, b"missing", 0, 100, 1, 1, b"x", F_EXPECT_VER, 1)
+    assert rc == ENOTFOUND and t.get(REG, b"missing") is None
+    # wrong version: nothing changes, the current entry is reported
+    rc, info = t.put(REG, b"n", 0, 100, 1, 2, b"v2", F_EXPECT_VER, ver + 1000)
+    assert rc == EMISMATCH and info.ver == ver
+    assert t.get(REG, b"n").meta == b"v1"
+    # right version but another holder
+    rc, info = t.put(REG, b"n", 0, 200, 1, 2, b"v2", F_EXPECT_VER, ver)
+    assert rc == EMISMATCH and info.pid == 100
+    # right version: updated, and the old version is now stale
+    rc, info = t.put(REG, b"n", 0, 100, 1, 3, b"v2", F_EXPECT_VER, ver)
+    assert rc == UPDATED and info.ver != ver
+    assert t.put(REG, b"n", 0, 100, 1, 4, b"v3", F_EXPECT_VER, ver)[0] == EMISMATCH
+    assert t.get(REG, b"n").meta == b"v2"
+    # groups too
+    ver_g = t.put(PG, b"g", 0, 5, 1, 1, b"a")[1].ver
+    assert t.put(PG, b"g", 0, 5, 1, 1, b"b", F_EXPECT_VER, ver_g + 1)[0] == EMISMATCH
+    assert t.put(PG, b"g", 0, 6, 1, 1, b"b", F_EXPECT_VER, ver_g)[0] == ENOTFOUND
+    assert t.put(PG, b"g", 0, 5, 1, 1, b"b", F_EXPECT_VER, ver_g)[0] == UPDATED
+    sound(t)
+
+
+def test_delete_with_match_pid_mismatch_keeps_the_name(make_table):
+    t = make_table()
+    t.put(REG, b"n", 0, 100, 1, 1, b"m")
+    head = t.journal_head()
+    rc, info = t.delete(REG, b"n", 0, 200, F_MATCH_PID)
+    assert rc == EMISMATCH and info.pid == 100
+    n2 = t.node_id("n2", create=True)
+    assert t.delete(REG, b"n", n2, 100, F_MATCH_PID)[0] == EMISMATCH
+    assert t.get(REG, b"n").pid == 100 and t.journal_head() == head
+    assert t.delete(REG, b"missing", 0, 100, F_MATCH_PID)[0] == ENOTFOUND
+    rc, info = t.delete(REG, b"n", 0, 100, F_MATCH_PID)
+    assert rc == 0 and info.pid == 100
+    assert t.get(REG, b"n") is None
+    # without MATCH_PID any holder goes
+    t.put(REG, b"n", 0, 100, 1, 1, b"m")
+    assert t.delete(REG, b"n", 0, 999)[0] == 0
+    # group delete is per member
+    t.put(PG, b"g", 0, 1, 1, 1, b"")
+    t.put(PG, b"g", 0, 2, 1, 1, b"")
+    assert t.delete(PG, b"g", 0, 3)[0] == ENOTFOUND
+    assert t.delete(PG, b"g", 0, 1)[0] == 0
+    assert t.get(PG, b"g", 0, 1) is None and t.get(PG, b"g", 0, 2) is not None
+    assert t.stats()["count"] == 1
+    sound(t)
+
+
+def test_forced_takeover_replaces_the_holder_and_journals_both_sides(make_table):
+    t = make_table()
+    t.put(REG, b"n", 0, 100, 1, 1, b"old")
+    r = t.journal()
+    rc, info = t.put(REG, b"n", 0, 200, 2, 2, b"new", F_FORCE, reason=R_CONFLICT, reason_node=0)
+    assert rc == INSERTED and info.pid == 200
+    e = t.get(REG, b"n")
+    assert (e.pid, e.start, e.meta) == (200, 2, b"new")
+    recs = r.read()
+    assert [(x.kind, x.pid, x.meta, x.reason) for x in recs] == [
+        ("unregistered", 100, b"old", R_CONFLICT), ("registered", 200, b"new", R_CONFLICT)]
+    assert recs[1].seq == recs[0].seq + 1
+    assert t.stats()["count"] == 1
+    sound(t)
+
+
+def test_group_join_by_reused_pid_replaces_stale_member_as_left_and_joined(make_table):
+    """Same (group, node, pid) with another start time: the dead process's membership goes."""
+    t = make_table()
+    t.put(PG, b"g", 0, 100, 1, 1, b"dead")
+    r = t.journal()
+    rc, _ = t.put(PG, b"g", 0, 100, 2, 2, b"alive")
+    assert rc == INSERTED
+    e = t.get(PG, b"g", 0, 100)
+    assert (e.start, e.meta) == (2, b"alive")
+    assert [(x.kind, x.start, x.meta) for x in r.read()] == [("left", 1, b"dead"), ("joined", 2, b"alive")]
+    assert t.stats()["pg_count"] == 1
+    sound(t)
+
+
+# ------------------------------------------------------------------ purges
+
+
+def test_purge_pid_with_start_filter_keeps_a_reused_pid(make_table):
+    t = make_table()
+    n2 = t.node_id("n2", create=True)
+    t.put(REG, b"old-name", 0, 100, 1, 1, b"")
+    t.put(PG, b"g", 0, 100, 1, 1, b"")
+    t.put(REG, b"new-name", 0, 100, 2, 1, b"")  # pid 100 reused: a different process
+    t.put(PG, b"g2", 0, 100, 2, 1, b"")
+    t.put(REG, b"remote", n2, 100, 1, 1, b"")   # pid 100 of another node
+    t.put(REG, b"other", 0, 101, 1, 1, b"")
+    r = t.journal()
+    assert t.purge_pid(0, 100, 1, R_PROCESS_EXIT) == 2
+    assert t.get(REG, b"old-name") is None and t.get(PG, b"g", 0, 100) is None
+    assert t.get(REG, b"new-name").start == 2 and t.get(PG, b"g2", 0, 100).start == 2
+    assert t.get(REG, b"remote") is not None and t.get(REG, b"other") is not None
+    recs = r.read()
+    assert sorted((x.kind, x.key) for x in recs) == [("left", b"g"), ("unregistered", b"old-name")]
+    assert all(x.reason == R_PROCESS_EXIT and x.pid == 100 and x.start == 1 for x in recs)
+    assert t.purge_pid(0, 100, 1, R_PROCESS_EXIT) == 0
+    # start 0: every entry of the pid on that node
+    assert t.purge_pid(0, 100, 0, R_PROCESS_EXIT) == 2
+    assert t.get(REG, b"remote") is not None
+    assert t.count(BY_PID, 0, node=0, pid=100) == 0
+    assert t.stats()["count"] == 2
+    sound(t)
+
+
+def test_purge_node_removes_only_that_nodes_entries(make_table):
+    t = make_table()
+    n2 = t.node_id("n2", create=True)
+    n3 = t.node_id("n3", create=True)
+    for i in range(5):
+        t.put(REG, b"a%d" % i, n2, i, 1, 1, b"")
+        t.put(PG, b"g", n2, i, 1, 1, b"")
+        t.put(PG, b"g", 0, i, 1, 1, b"")
+    t.put(REG, b"b", n3, 1, 1, 1, b"")
+    r = t.journal()
+    assert t.purge_node(n2, R_NODE_DOWN, n2) == 10
+    assert t.count(BY_NODE, REG, node=n2) == 0 and t.count(BY_NODE, PG, node=n2) == 0
+    assert t.count(BY_KEY, PG, b"g") == 5 and t.get(REG, b"b") is not None
+    recs = r.read()
+    assert len(recs) == 10 and all(x.node == n2 and x.reason == R_NODE_DOWN and x.reason_node == n2 for x in recs)
+    assert t.purge_node(n2, R_NODE_DOWN) == 0
+    assert t.purge_node(200, R_NODE_DOWN) == ENOTFOUND
+    sound(t)
+
+
+# ------------------------------------------------------------------ collect / count
+
+
+@pytest.fixture
+def populated(make_table):
+    t = make_table()
+    n2 = t.node_id("n2", create=True)
+    t.put(REG, b"r-a", 0, 1, 11, 100, b"ma")
+    t.put(REG, b"r-b", 0, 2, 22, 200, b"mb")
+    t.put(REG, b"r-c", n2, 1, 33, 300, b"mc")
+    t.put(PG, b"g", 0, 1, 11, 400, b"g1")
+    t.put(PG, b"g", 0, 2, 22, 500, b"g2")
+    t.put(PG, b"g", n2, 1, 33, 600, b"g3")
+    t.put(PG, b"h", 0, 1, 11, 700, b"h1")
+    return t, n2
+
+
+def test_collect_by_key_with_node_filter(populated):
+    t, n2 = populated
+    got = t.collect(BY_KEY, PG, b"g")
+    assert sorted((i.node, i.pid, i.start, i.time_ns, i.key, i.meta) for i in got) == [
+        (0, 1, 11, 400, b"g", b"g1"), (0, 2, 22, 500, b"g", b"g2"), (n2, 1, 33, 600, b"g", b"g3")]
+    assert all(i.type == PG for i in got)
+    assert sorted(i.pid for i in t.collect(BY_KEY, PG, b"g", node=0)) == [1, 2]
+    assert [(i.node, i.meta) for i in t.collect(BY_KEY, PG, b"g", node=n2)] == [(n2, b"g3")]
+    assert [i.pid for i in t.collect(BY_KEY, REG, b"r-b")] == [2]
+    assert t.collect(BY_KEY, REG, b"r-b", node=n2) == []
+    assert t.collect(BY_KEY, PG, b"nope") == []
+
+
+def test_collect_by_pid(populated):
+    t, n2 = populated
+    got = t.collect(BY_PID, 0, node=0, pid=1)
+    assert sorted((i.type, i.key) for i in got) == [(REG, b"r-a"), (PG, b"g"), (PG, b"h")]
+    assert sorted(i.key for i in t.collect(BY_PID, PG, node=0, pid=1)) == [b"g", b"h"]
+    assert [(i.key, i.node) for i in t.collect(BY_PID, REG, node=n2, pid=1)] == [(b"r-c", n2)]
+    assert t.collect(BY_PID, 0, node=0, pid=99) == []
+
+
+def test_collect_by_node_one_and_all(populated):
+    t, n2 = populated
+    assert sorted(i.key for i in t.collect(BY_NODE, REG, node=0)) == [b"r-a", b"r-b"]
+    assert sorted((i.key, i.pid) for i in t.collect(BY_NODE, PG, node=n2)) == [(b"g", 1)]
+    assert sorted(i.key for i in t.collect(BY_NODE, REG, node=ALL_NODES)) == [b"r-a", b"r-b", b"r-c"]
+    assert len(t.collect(BY_NODE, 0, node=ALL_NODES)) == 7
+    assert len(t.collect(BY_NODE, PG, node=ALL_NODES)) == 4
+    assert t.collect(BY_NODE, REG, node=77) == []  # no such node
+
+
+def test_collect_without_key_or_meta(populated):
+    t, _ = populated
+    for flags, key, meta in ((0, False, False), (WITH_KEY, True, False), (WITH_META, False, True)):
+        got = t.collect(BY_KEY, PG, b"g", flags=flags)
+        assert len(got) == 3
+        assert all((i.key == b"g") == key and (i.key == b"") == (not key) for i in got)
+        assert all((i.meta != b"") == meta for i in got)
+        assert sorted(i.pid for i in got) == [1, 1, 2]
+
+
+def test_collect_grows_its_buffer_for_large_results(make_table):
+    t = make_table(capacity=64)
+    metas = {b"k%02d" % i: bytes([i]) * (1000 + i) for i in range(40)}
+    for k, m in metas.items():
+        t.put(REG, k, 0, 1, 1, 1, m)
+    got = t.collect(BY_NODE, REG, node=0)
+    assert {i.key: i.meta for i in got} == metas
+    big = b"z" * MAX_META
+    t.put(PG, b"big", 0, 1, 1, 1, big)
+    assert t.get(PG, b"big", 0, 1).meta == big
+    assert [i.meta for i in t.collect(BY_KEY, PG, b"big")] == [big]
+
+
+def test_count_uses_counters_and_matches_collect(populated):
+    t, n2 = populated
+    assert t.count(BY_NODE, REG, node=ALL_NODES) == 3
+    assert t.count(BY_NODE, PG, node=ALL_NODES) == 4
+    assert t.count(BY_NODE, REG, node=0) == 2 and t.count(BY_NODE, REG, node=n2) == 1
+    assert t.count(BY_NODE, PG, node=0) == 3 and t.count(BY_NODE, PG, node=n2) == 1
+    assert t.count(BY_NODE, REG, node=150) == 0
+    assert t.count(BY_NODE, 0, node=ALL_NODES) == 7
+    assert t.count(BY_KEY, PG, b"g") == 3 and t.count(BY_KEY, PG, b"g", node=n2) == 1
+    assert t.count(BY_KEY, REG, b"r-a") == 1 and t.count(BY_KEY, REG, b"zz") == 0
+    assert t.count(BY_PID, 0, node=0, pid=1) == 3 and t.count(BY_PID, PG, node=0, pid=1) == 2
+    st = t.stats()
+    assert (st["count"], st["reg_count"], st["pg_count"]) == (7, 3, 4)
+    # counters follow deletes and purges
+    t.delete(PG, b"g", 0, 2)
+    t.purge_node(n2, R_NODE_DOWN)
+    assert t.count(BY_NODE, PG, node=ALL_NODES) == 2 and t.count(BY_NODE, REG, node=n2) == 0
+    assert t.count(BY_NODE, REG, node=ALL_NODES) == 2
+    assert t.stats()["count"] == 4
+    sound(t)
+
+
+# ------------------------------------------------------------------ nodes
+
+
+def test_node_id_create_lookup_and_name(make_table):
+    t = make_table(node="local-node")
+    assert t.node_id("local-node") == 0 and t.node_name(0) == "local-node"
+    assert t.node_id("n2") is None  # lookup does not create
+    a = t.node_id("n2", create=True)
+    assert a == 1 and t.node_id("n2", create=True) == 1 and t.node_id("n2") == 1
+    b = t.node_id("ñode-3", create=True)
+    assert b == 2 and t.node_name(2) == "ñode-3" and t.node_name(1) == "n2"
+    assert t.stats()["nnodes"] == 3
+    # another mapping of the same segment sees the same ids
+    other = Table.attach(t.name)
+    assert other.node_id("ñode-3") == 2 and other.node_name(1) == "n2"
+    assert lib.synt_node_id(t._t, b"x" * 256, 256, 1) == ETOOBIG
+    assert lib.synt_node_id(t._t, b"", 0, 1) == ETOOBIG
+    for i in range(3, lib.SYNT_MAX_NODES):
+        assert t.node_id(f"node-{i}", create=True) == i
+    with pytest.raises(TableError):
+        t.node_id("one-too-many", create=True)  # EFULL
+    assert t.node_id("one-too-many") is None
+    sound(t)
+
+
+def test_write_to_unknown_node_is_rejected(make_table):
+    t = make_table()
+    assert t.put(REG, b"n", 5, 1, 1, 1, b"")[0] == ETOOBIG
+    assert t.stats()["count"] == 0
+
+
+# ------------------------------------------------------------------ limits
+
+
+def test_capacity_full_returns_efull_and_changes_nothing(make_table):
+    cap = 20
+    t = make_table(capacity=cap)
+    for i in range(cap):
+        assert t.put(REG if i % 2 else PG, b"k%d" % i, 0, i, 1, 1, b"m")[0] == INSERTED
+    head, before = t.journal_head(), snapshot(t)
+    assert t.put(REG, b"one-more", 0, 1, 1, 1, b"m")[0] == EFULL
+    assert t.put(PG, b"k0", 0, 999, 1, 1, b"m")[0] == EFULL
+    assert t.get(REG, b"one-more") is None
+    assert snapshot(t) == before and t.journal_head() == head
+    assert t.stats()["count"] == cap
+    sound(t)
+    # updates and takeovers of existing entries need no room
+    assert t.put(REG, b"k1", 0, 1, 1, 1, b"other")[0] == UPDATED
+    assert t.put(REG, b"k1", 0, 77, 1, 1, b"x", F_FORCE)[0] == INSERTED
+    assert t.stats()["count"] == cap
+    # deleting one makes room again
+    assert t.delete(REG, b"k3")[0] == 0
+    assert t.put(REG, b"one-more", 0, 1, 1, 1, b"m")[0] == INSERTED
+    assert t.put(REG, b"two-more", 0, 1, 1, 1, b"m")[0] == EFULL
+    sound(t)
+
+
+def test_heap_exhaustion_returns_efull_and_stays_usable(make_table):
+    t = make_table(capacity=64, heap=128 << 10)  # four 32 KiB blobs
+    big = b"B" * (MAX_META - 16)
+    n = 0
+    while True:
+        rc = t.put(REG, b"big%d" % n, 0, n, 1, 1, big)[0]
+        if rc == EFULL:
+            break
+        assert rc == INSERTED
+        n += 1
+        assert n < 64
+    assert n == 4
+    before, head = snapshot(t), t.journal_head()
+    assert t.put(PG, b"another", 0, 1, 1, 1, big)[0] == EFULL
+    assert snapshot(t) == before and t.journal_head() == head
+    sound(t)
+    # an update needs a new blob before it frees the old one: no room either, and no harm
+    assert t.put(REG, b"big0", 0, 0, 1, 1, big[:-1] + b"C")[0] == EFULL
+    assert t.get(REG, b"big0").meta == big
+    sound(t)
+    # freeing a blob makes room for one of its size
+    assert t.delete(REG, b"big1")[0] == 0
+    assert t.put(REG, b"again", 0, 9, 1, 1, big)[0] == INSERTED
+    assert t.get(REG, b"again").meta == big
+    assert t.stats()["count"] == 4
+    sound(t)
+
+
+def test_key_and_meta_size_limits(make_table):
+    t = make_table()
+    key, meta = b"k" * MAX_KEY, b"m" * MAX_META
+    assert MAX_KEY == 1024 and MAX_META == 16384
+    assert t.put(REG, key, 0, 1, 1, 1, meta)[0] == INSERTED
+    e = t.get(REG, key)
+    assert e.meta == meta
+    assert t.put(PG, key, 0, 1, 1, 1, meta)[0] == INSERTED
+    assert t.collect(BY_KEY, PG, key)[0].key == key
+    assert t.put(REG, key + b"k", 0, 1, 1, 1, b"")[0] == ETOOBIG
+    assert t.put(REG, b"short", 0, 1, 1, 1, meta + b"m")[0] == ETOOBIG
+    assert t.put(PG, b"short", 0, 1, 1, 1, meta + b"m")[0] == ETOOBIG
+    assert t.delete(REG, key + b"k")[0] == ETOOBIG
+    assert t.get(REG, b"short") is None
+    assert lib.synt_collect(t._t, BY_KEY, REG, key + b"k", MAX_KEY + 1, ALL_NODES, 0, 0, ffi.NULL, 0,
+                            ffi.NULL) == ETOOBIG
+    assert t.stats()["count"] == 2
+    r = t.journal(0)
+    recs = r.read()
+    assert [(x.key, x.meta) for x in recs] == [(key, meta), (key, meta)]
+    sound(t)
+
+
+# ------------------------------------------------------------------ journal
+
+
+def test_journal_records_every_change_in_order(make_table):
+    t = make_table()
+    n2 = t.node_id("n2", create=True)
+    r = t.journal()
+    t.put(REG, b"a", 0, 1, 10, 111, b"m1")
+    t.put(REG, b"a", 0, 1, 10, 112, b"m1")          # unchanged: no record
+    t.put(REG, b"a", 0, 1, 10, 113, b"m2")
+    t.put(REG, b"a", 0, 2, 20, 114, b"x")           # taken: no record
+    t.put(PG, b"g", 0, 1, 10, 115, b"j")
+    t.put(PG, b"g", n2, 7, 70, 116, b"")
+    t.put(PG, b"g", 0, 1, 10, 117, b"j2")
+    t.delete(PG, b"g", 0, 1, reason=R_NORMAL)
+    t.delete(REG, b"a", 0, 1, F_MATCH_PID)
+    t.purge_node(n2, R_NODE_DOWN, n2)
+    recs = r.read()
+    assert [(x.kind, x.key, x.node, x.pid, x.start, x.time_ns, x.meta, x.reason) for x in recs] == [
+        ("registered", b"a", 0, 1, 10, 111, b"m1", R_NORMAL),
+        ("registry_updated", b"a", 0, 1, 10, 113, b"m2", R_NORMAL),
+        ("joined", b"g", 0, 1, 10, 115, b"j", R_NORMAL),
+        ("joined", b"g", n2, 7, 70, 116, b"", R_NORMAL),
+        ("group_updated", b"g", 0, 1, 10, 117, b"j2", R_NORMAL),
+        ("left", b"g", 0, 1, 10, 117, b"j2", R_NORMAL),
+        ("unregistered", b"a", 0, 1, 10, 113, b"m2", R_NORMAL),
+        ("left", b"g", n2, 7, 70, 116, b"", R_NODE_DOWN),
+    ]
+    assert recs[-1].reason_node == n2
+    assert [x.seq for x in recs] == list(range(recs[0].seq, recs[0].seq + len(recs)))
+    assert r.read() == [] and not r.pending()
+    t.put(REG, b"b", 0, 3, 30, 1, b"")
+    assert r.pending() and [x.key for x in r.read()] == [b"b"]
+    # a reader from the very beginning sees the same history
+    assert [x.seq for x in t.journal(0).read()] == [x.seq for x in recs] + [recs[-1].seq + 1]
+    # max_records bounds a read
+    r2 = t.journal(0)
+    assert len(r2.read(3)) == 3 and len(r2.read()) == len(recs) - 2
+
+
+def test_journal_reader_that_falls_behind_gets_overrun_and_continues_from_head(make_table):
+    t = make_table(journal=64 << 10)
+    assert t.stats()["journal_size"] == 64 << 10
+    slow, fast = t.journal(), t.journal()
+    seen: list[int] = []
+    for i in range(1500):  # ~ 150 KiB of records: more than two laps of the ring
+        t.put(REG, b"key", 0, 1, 1, i, b"%06d" % i + b"." * 40)
+        if i % 50 == 0:
+            recs = fast.read()
+            assert recs is not None
+            seen += [x.seq for x in recs]
+    seen += [x.seq for x in fast.read()]
+    assert seen == list(range(seen[0], seen[0] + 1500))  # a reader that keeps up misses nothing
+    assert slow.read() is None  # overrun
+    assert slow.cursor[0] == t.journal_head()
+    assert slow.read() == []
+    t.put(REG, b"key", 0, 1, 1, 0, b"after")
+    recs = slow.read()
+    assert [(x.kind, x.meta, x.seq) for x in recs] == [("registry_updated", b"after", seen[-1] + 1)]
+    assert t.journal(0).read() is None  # position 0 is long gone
+    sound(t)
+
+
+def test_journal_wrap_with_short_tail_keeps_heap_and_records_intact(make_table):
+    """Records sized so the ring's tail ends up 8 bytes short of the end, then wrap: the padding
+    must stay inside the ring (the heap begins right after it) and readers must skip it."""
+    t = make_table(capacity=16, heap=64 << 10, journal=64 << 10)
+    size = t.stats()["journal_size"]
+    # a free 512-byte blob at the very start of the heap, i.e. right after the ring
+    t.put(REG, b"first", 0, 1, 1, 0, b"x" * 200)
+    t.delete(REG, b"first")
+    r = t.journal(0)
+    seqs: list[int] = []
+    i = 0
+
+    def update(meta_len: int) -> None:
+        nonlocal i
+        i += 1
+        assert t.put(REG, b"k", 0, 1, 1, i, bytes([65 + i % 2]) * meta_len)[0] in (INSERTED, UPDATED)
+        recs = r.read()
+        assert recs is not None, "a reader that keeps up must never be overrun"
+        seqs.extend(x.seq for x in recs)
+
+    for _lap in range(3):
+        while True:
+            tail = size - t.journal_head() % size
+            if tail <= 168:
+                break
+            update(64 - JREC - 1)  # 64-byte records
+        # one record that leaves an 8-byte tail (where the record size allows), then one that wraps
+        update(max(0, tail - 8 - JREC - 1))
+        update(40)
+        sound(t)
+    assert seqs == list(range(1, len(seqs) + 1))
+    # the free blob after the ring is intact: allocating blobs of its class works and stays sound
+    for j in range(3):
+        assert t.put(REG, b"big%d" % j, 0, 1, 1, 0, b"y" * 200)[0] == INSERTED
+    sound(t)
+    assert t.get(REG, b"big0").meta == b"y" * 200
+
+
+def test_journal_smaller_than_the_minimum_is_rounded_up(make_table):
+    t = make_table(journal=4096)
+    assert t.stats()["journal_size"] == 64 << 10
+    t.put(REG, b"a", 0, 1, 1, 1, b"")
+    assert [x.key for x in t.journal(0).read()] == [b"a"]
+    sound(t)
+
+
+# ------------------------------------------------------------------ random model
+
+
+def _apply_record(model: dict, x) -> None:
+    if x.kind in ("registered", "registry_updated"):
+        model[(REG, x.key, x.node, x.pid)] = (x.start, x.time_ns, x.meta)
+    elif x.kind == "unregistered":
+        del model[(REG, x.key, x.node, x.pid)]
+    elif x.kind in ("joined", "group_updated"):
+        model[(PG, x.key, x.node, x.pid)] = (x.start, x.time_ns, x.meta)
+    elif x.kind == "left":
+        del model[(PG, x.key, x.node, x.pid)]
+    else:
+        raise AssertionError(f"unknown record kind {x.kind}")
+
+
+@pytest.mark.parametrize("seed,cap", [(1, 25), (2, 25), (3, 200), (4, 200)])
+def test_random_operations_match_a_dict_model_and_the_checker(make_table, seed, cap):
+    """Thousands of random writes (a small capacity makes EFULL frequent, a big one never)."""
+    rnd = random.Random(seed)
+    t = make_table(capacity=cap, heap=4 << 20, journal=4 << 20)
+    nodes = [0, t.node_id("n2", create=True), t.node_id("n3", create=True)]
+    keys = [b"k%d" % i for i in range(12)] + [b"long-" + b"x" * rnd.randrange(100, 1000)]
+    pids = [(p, s) for p in (1, 2, 3, 4) for s in (100, 200)]  # (pid, start): pid reuse included
+    metas = [b"", b"a", b"bb", b"c" * 300, b"d" * 5000]
+    reg: dict = {}   # key -> (node, pid, start, time, meta)
+    pg: dict = {}    # (key, node, pid) -> (start, time, meta)
+    journal = t.journal(0)
+    replayed: dict = {}
+
+    def model_snapshot() -> dict:
+        out = {(REG, k, n, p): (s, tm, m) for k, (n, p, s, tm, m) in reg.items()}
+        out.update({(PG, k, n, p): v for (k, n, p), v in pg.items()})
+        return out
+
+    for step in range(STEPS):
+        op = rnd.random()
+        key, node = rnd.choice(keys), rnd.choice(nodes)
+        pid, start = rnd.choice(pids)
+        meta, now = rnd.choice(metas), step
+        if op < 0.30:
+            force = rnd.random() < 0.1
+            rc, _ = t.put(REG, key, node, pid, start, now, meta, F_FORCE if force else 0)
+            cur = reg.get(key)
+            if cur is None:
+                want = INSERTED if len(reg) + len(pg) < cap else EFULL
+            elif cur[:3] != (node, pid, start):
+                want = INSERTED if force else ETAKEN
+            else:
+                want = UNCHANGED if cur[4] == meta and not force else UPDATED
+            assert rc == want, (step, rc, want)
+            if want in (INSERTED, UPDATED):
+                reg[key] = (node, pid, start, now, meta)
+        elif op < 0.55:
+            rc, _ = t.put(PG, key, node, pid, start, now, meta)
+            cur = pg.get((key, node, pid))
+            if cur is None:
+                want = INSERTED if len(reg) + len(pg) < cap else EFULL
+            elif cur[0] != start:
+                want = INSERTED  # a reused pid replaces the stale member
+            else:
+                want = UNCHANGED if cur[2] == meta else UPDATED
+            assert rc == want, (step, rc, want)
+            if want in (INSERTED, UPDATED):
+                pg[(key, node, pid)] = (start, now, meta)
+        elif op < 0.70:
+            match = rnd.random() < 0.5
+            rc, _ = t.delete(REG, key, node, pid, F_MATCH_PID if match else 0)
+            cur = reg.get(key)
+            want = ENOTFOUND if cur is None else EMISMATCH if match and cur[:2] != (node, pid) else 0
+            assert rc == want, (step, rc, want)
+            if want == 0:
+                del reg[key]
+        elif op < 0.85:
+            rc, _ = t.delete(PG, key, node, pid)
+            want = 0 if (key, node, pid) in pg else ENOTFOUND
+            assert rc == want, (step, rc, want)
+            pg.pop((key, node, pid), None)
+        elif op < 0.98:
+            flt = rnd.choice((0, start))
+            gone = [k for k, v in reg.items() if v[:2] == (node, pid) and flt in (0, v[2])]
+            gone_pg = [k for k, v in pg.items() if k[1:] == (node, pid) and flt in (0, v[0])]
+            assert t.purge_pid(node, pid, flt, R_PROCESS_EXIT) == len(gone) + len(gone_pg)
+            for k in gone:
+                del reg[k]
+            for k in gone_pg:
+                del pg[k]
+        else:
+            gone = [k for k, v in reg.items() if v[0] == node]
+            gone_pg = [k for k in pg if k[1] == node]
+            assert t.purge_node(node, R_NODE_DOWN) == len(gone) + len(gone_pg)
+            for k in gone:
+                del reg[k]
+            for k in gone_pg:
+                del pg[k]
+        if step % CHECK_EVERY == 0 or step == STEPS - 1:
+            sound(t)
+            assert snapshot(t) == model_snapshot()
+            st = t.stats()
+            assert (st["count"], st["reg_count"], st["pg_count"]) == (len(reg) + len(pg), len(reg), len(pg))
+            for n in nodes:
+                assert t.count(BY_NODE, REG, node=n) == sum(1 for v in reg.values() if v[0] == n)
+                assert t.count(BY_NODE, PG, node=n) == sum(1 for k in pg if k[1] == n)
+            recs = read_all(journal)
+            assert recs is not None
+            for x in recs:
+                _apply_record(replayed, x)
+            assert replayed == model_snapshot()  # the journal tells the same story as the table
+    for k, (n, p, s, tm, m) in reg.items():
+        e = t.get(REG, k)
+        assert (e.node, e.pid, e.start, e.time_ns, e.meta) == (n, p, s, tm, m)
+    for (k, n, p), (s, tm, m) in pg.items():
+        e = t.get(PG, k, n, p)
+        assert (e.start, e.time_ns, e.meta) == (s, tm, m)
+
+
+# ------------------------------------------------------------------ the checker catches corruption
+
+
+class Layout:
+    """Offsets into the mapped segment, derived from the header's own geometry words and the
+    struct order in table.c, then verified against values the API reports."""
+
+    def __init__(self, t: Table) -> None:
+        self.t = t
+        words = struct.unpack_from("=16Q", t._mm, 0)
+        (self.magic, self.version, self.hdr_size, self.mutex_size, self.total_size, self.capacity,
+         self.nbuckets, self.buckets_off, self.journal_off, self.journal_size, self.heap_off,
+         self.heap_size) = words[:12]
+        self.seq = (128 + self.mutex_size + 128 + 7) & ~7
+        self.heap_top = self.seq + 64
+        self.free_head = self.heap_top + 8
+        self.count = self.free_head + 8 * 8
+        self.reg_count = self.count + 8
+        self.pg_count = self.count + 16
+        assert self.u64(self.seq) == raw_seq(t)
+        assert self.u64(self.heap_top) == self.heap_off + t.stats()["heap_used"]
+        assert self.u64(self.count) == t.stats()["count"]
+        assert self.u64(self.reg_count) == t.stats()["reg_count"]
+
+    # entry_t field offsets: free_next, cls, type, link[4][2], hkey, node, pid, ...
+    E_CLS, E_TYPE, E_LINK, E_NODE, E_PID = 8, 16, 24, 96, 104
+    IX_KEY, IX_PID, IX_KP, IX_NODE = 0, 1, 2, 3
+
+    def u64(self, off: int) -> int:
+        return struct.unpack_from("=Q", self.t._mm, off)[0]
+
+    def put64(self, off: int, v: int) -> None:
+        struct.pack_into("=Q", self.t._mm, off, v)
+
+    def link(self, entry: int, ix: int, prev: bool = False) -> int:
+        return entry + self.E_LINK + ix * 16 + (8 if prev else 0)
+
+    def entries(self) -> list[tuple[int, int]]:
+        """(offset, pid) of the blobs holding entries, in heap order."""
+        out, o = [], self.heap_off
+        while o < self.u64(self.heap_top):
+            cls = self.u64(o + self.E_CLS)
+            if self.u64(o + self.E_TYPE):
+                out.append((o, self.u64(o + self.E_PID)))
+            o += 256 << cls
+        return out
+
+
+@pytest.fixture
+def three_entries(make_table):
+    t = make_table()
+    for pid in (1, 2, 3):
+        t.put(REG, b"name%d" % pid, 0, pid, 1, 1, b"m")
+    sound(t)
+    lay = Layout(t)
+    ents = lay.entries()
+    assert [p for _, p in ents] == [1, 2, 3]
+    return t, lay, ents
+
+
+def check_in_child(t: Table) -> str | None:
+    """Run the checker in a forked child, so a checker that crashes on a bad link fails the test
+    instead of killing pytest."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(rfd)
+            os.write(wfd, (t.check() or "<sound>").encode())
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    data = b""
+    while chunk := os.read(rfd, 4096):
+        data += chunk
+    os.close(rfd)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status), f"the checker crashed (status {status})"
+    msg = data.decode()
+    return None if msg == "<sound>" else msg
+
+
+def test_checker_catches_a_wrong_counter(three_entries):
+    t, lay, _ = three_entries
+    lay.put64(lay.count, lay.u64(lay.count) + 1)
+    err = t.check()
+    assert err and "I7" in err
+
+
+def test_checker_catches_a_wrong_group_counter(three_entries):
+    t, lay, _ = three_entries
+    lay.put64(lay.pg_count, 1)
+    assert "I7" in (t.check() or "")
+
+
+def test_checker_catches_a_broken_back_link(three_entries):
+    t, lay, ents = three_entries
+    # the node list is newest first: entry 3 -> 2 -> 1; make 1 point back at 3 instead of 2
+    e1, e3 = ents[0][0], ents[2][0]
+    assert lay.u64(lay.link(e1, lay.IX_NODE, prev=True)) == ents[1][0]
+    lay.put64(lay.link(e1, lay.IX_NODE, prev=True), e3)
+    err = check_in_child(t)
+    assert err and "I4" in err
+
+
+def test_checker_catches_a_wild_link_without_crashing(three_entries):
+    t, lay, ents = three_entries
+    e3 = ents[2][0]
+    assert lay.u64(lay.link(e3, lay.IX_NODE)) == ents[1][0]
+    lay.put64(lay.link(e3, lay.IX_NODE), 1 << 44)  # far outside the segment
+    err = check_in_child(t)
+    assert err and "I4" in err
+
+
+def test_checker_catches_an_entry_missing_from_its_index(three_entries):
+    t, lay, ents = three_entries
+    e2 = ents[1][0]
+    # unlink entry 2 from its pid chain: it is its bucket's only entry with this pid
+    h_slot = [lay.buckets_off + 8 * (lay.nbuckets * lay.IX_PID + b) for b in range(lay.nbuckets)]
+    slot = next(s for s in h_slot if lay.u64(s) == e2)
+    lay.put64(slot, lay.u64(lay.link(e2, lay.IX_PID)))
+    err = check_in_child(t)
+    assert err and "I4" in err
+
+
+def test_checker_catches_a_corrupt_free_list(three_entries):
+    t, lay, ents = three_entries
+    t.delete(REG, b"name2")
+    sound(t)
+    e2 = ents[1][0]
+    assert lay.u64(lay.free_head) == e2
+    lay.put64(e2 + lay.E_TYPE, REG)  # a blob on the free list that claims to be live
+    err = check_in_child(t)
+    assert err and "I3" in err
+
+
+def test_checker_reports_an_odd_seq_under_a_free_mutex(three_entries):
+    """seq odd while no writer holds the mutex is I1 (only a dead owner's state is repaired)."""
+    t, lay, _ = three_entries
+    lay.put64(lay.seq, lay.u64(lay.seq) | 1)
+    assert "I1" in (t.check() or "")
+
+
+# ------------------------------------------------------------------ concurrent readers
+
+
+META_OF = {
+    # pid -> (start, the metas that pid may hold): lengths differ so a torn copy shows
+    1001: (11, (b"A" * 1500, b"a" * 3500)),
+    2002: (22, (b"B" * 2500, b"b" * 500)),
+}
+
+
+def _flip_writer(name: str, flips: int, go, done, progress) -> None:
+    """Flips b"name" between two pids and their metas, and updates both members of b"group",
+    until it has done `flips` flips and every reader has read a while during them."""
+    t = Table.attach(name)
+    go.wait(10)
+    pids = sorted(META_OF)
+    deadline = time.monotonic() + 20
+    i = 0
+    while i < flips or (min(progress) < 2000 and time.monotonic() < deadline):
+        pid = pids[(i // 2) % 2]
+        start, metas = META_OF[pid]
+        # i % 2 == 0: takeover by the other pid; i % 2 == 1: the holder updates its meta
+        t.put(REG, b"name", 0, pid, start, i, metas[i % 2], F_FORCE)
+        t.put(PG, b"group", 0, pid, start, i, metas[i % 2])
+        i += 1
+    done.set()
+
+
+def _reader(name: str, slot: int, go, done, progress, out) -> None:
+    t = Table.attach(name)
+    reads = torn = missing = 0
+    seen = set()
+    examples = []
+    go.wait(10)
+    while not done.is_set():
+        for pid in META_OF:
+            for e in (t.get(REG, b"name"), t.get(PG, b"group", 0, pid)):
+                reads += 1
+                if e is None:
+                    missing += 1
+                    continue
+                start, metas = META_OF.get(e.pid, (None, ()))
+                seen.add((e.pid, len(e.meta)))
+                if e.start != start or e.meta not in metas:
+                    torn += 1
+                    if len(examples) < 3:
+                        examples.append((e.pid, e.start, len(e.meta), e.meta[:2]))
+        items = t.collect(BY_KEY, REG, b"name")
+        reads += 1
+        if len(items) != 1 or items[0].meta not in META_OF.get(items[0].pid, (0, ()))[1]:
+            torn += 1
+        progress[slot] = reads
+    out.put((reads, torn, missing, examples, len(seen)))
+
+
+def test_concurrent_readers_never_see_a_torn_entry(make_table):
+    t = make_table(capacity=16, heap=1 << 20)
+    for pid, (start, metas) in META_OF.items():
+        t.put(PG, b"group", 0, pid, start, 0, metas[0])
+    t.put(REG, b"name", 0, 1001, 11, 0, META_OF[1001][1][0])
+    ctx = multiprocessing.get_context("fork")
+    go, done, out = ctx.Event(), ctx.Event(), ctx.Queue()
+    progress = ctx.Array("q", 2, lock=False)
+    readers = [ctx.Process(target=_reader, args=(t.name, i, go, done, progress, out)) for i in range(2)]
+    writer = ctx.Process(target=_flip_writer, args=(t.name, 100000, go, done, progress))
+    for p in readers + [writer]:
+        p.start()
+    try:
+        go.set()
+        results = [out.get(timeout=50) for _ in readers]
+        writer.join(10)
+        for p in readers:
+            p.join(10)
+        assert writer.exitcode == 0 and all(p.exitcode == 0 for p in readers)
+    finally:
+        for p in readers + [writer]:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    for reads, torn, missing, examples, _variants in results:
+        assert reads > 0
+        assert torn == 0, f"torn reads: {torn} of {reads}, e.g. {examples}"
+        assert missing == 0  # a takeover replaces in one step: never a moment without a holder
+    sound(t)
+    assert t.get(REG, b"name").pid in META_OF
