@@ -43,6 +43,12 @@ def check_self(table: Table, pid: int) -> None:
         raise NotSelfError(f"strict mode: pid {pid} is not the calling process")
 
 
+def _read_pid(pid: object) -> int:
+    """A pid to look up; 0 (which no entry has) for an int outside the table's int64 range."""
+    p = _os_pid(pid)
+    return p if -(1 << 63) <= p < (1 << 63) else 0
+
+
 def for_read(table: Table, pid: PidArg) -> tuple[int | None, int]:
     """(node id, pid) to look a process up by; node id None when the table has no such node."""
     if pid is None:
@@ -51,8 +57,8 @@ def for_read(table: Table, pid: PidArg) -> tuple[int | None, int]:
         if not isinstance(pid.node, str):
             raise TypeError("Pid.node must be a str")
         nid = 0 if pid.node == table.node_name(0) else table.node_id(pid.node)
-        return nid, _os_pid(pid.pid)
-    return 0, _os_pid(pid)
+        return nid, _read_pid(pid.pid)
+    return 0, _read_pid(pid)
 
 
 def node_filter(table: Table, node: str | None) -> int | None:
