@@ -8,9 +8,12 @@ from ._types import Event, Pid
 from .errors import (CapacityError, EncodingError, InvalidScopeError, ManagerUnavailableError,
                      NotAliveError, NotInGroupError, NotSelfError, RemotePidError, SynError,
                      TakenError, UndefinedError)
+from .events import events
 from .groups import (group_count, group_names, groups_of, is_local_member, is_member, join, leave,
                      local_group_count, local_group_names, local_member_count, local_members, member,
                      member_count, members, update_member)
+from .mailbox import (MultiCall, areceive, local_publish, multi_call, multi_call_reply, publish, receive,
+                      send)
 from .registry import (claim_slot, local_registry_count, lookup, names_of, register, registry_count,
                        registry_entries, unregister, update_registry, whereis_name)
 from .scopes import add_node_to_scopes, node_name, node_scopes, subcluster_nodes
@@ -27,4 +30,6 @@ __all__ = [
     "join", "leave", "members", "member", "is_member", "update_member", "member_count",
     "local_member_count", "local_members", "is_local_member", "group_count", "local_group_count",
     "group_names", "local_group_names", "groups_of",
+    "send", "publish", "local_publish", "receive", "areceive", "multi_call", "multi_call_reply", "MultiCall",
+    "events",
 ]

@@ -33,7 +33,7 @@ class Node:
         """The scope's table; attached on first use. InvalidScopeError if the node lacks it."""
         try:
             return self.tables[scope]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: unhashable, check_scope raises ValueError
             pass
         _config.check_scope(scope)
         t = Table.attach(_config.segment_name(self.rdir, scope))
@@ -134,6 +134,22 @@ def node() -> Node:
     if _node is None:
         _node = Node(_config.runtime_dir())
     return _node
+
+
+def table_of(scope: str) -> Table:
+    """The hot path's way to a scope's table: one dict lookup once attached."""
+    n = _node if _node is not None else node()
+    try:
+        t = n.tables.get(scope)
+    except TypeError:  # unhashable: not a scope name; n.table raises the ValueError
+        t = None
+    return t if t is not None else n.table(scope)
+
+
+def wake_if_asleep(info: Any) -> None:
+    """After a write: the C call told us whether the manager sleeps."""
+    if info.wake:
+        node().wake_manager()
 
 
 def use_runtime_dir(rdir: str) -> Node:

@@ -16,10 +16,11 @@ import resource
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from . import _config, _control, _procinfo
+from . import _config, _control
+from ._handlers import CallbackRunner
 from ._table import (BY_NODE, BY_PID, R_MANAGER_RESTART, R_PROCESS_EXIT, FLAG_STRICT, Table, TableError,
                      JournalReader)
 from ._watch import make_watcher
@@ -45,7 +46,8 @@ class Options:
     heap_per_entry: int = _config.DEFAULT_HEAP_PER_ENTRY
     journal: int = _config.DEFAULT_JOURNAL
     mode: int = 0o600
-    extra: dict[str, Any] = field(default_factory=dict)
+    event_handler: Any = None  # an object with Syn's callbacks (see _handlers)
+    handler_timeout: float = 5.0
 
 
 class Manager:
@@ -59,6 +61,7 @@ class Manager:
         self._stop = asyncio.Event()
         self._lockfd = -1
         self.purged = {"process_exit": 0, "manager_restart": 0}
+        self.callbacks = CallbackRunner(opts.event_handler, opts.handler_timeout) if opts.event_handler else None
 
     # ------------------------------------------------------------ start / stop
 
@@ -194,6 +197,8 @@ class Manager:
         while True:
             await asyncio.sleep(SAFETY_TICK)
             self._wake.set()
+            if self.callbacks:
+                self.callbacks.check_hung()
 
     async def _pump(self) -> None:
         while True:
@@ -225,6 +230,14 @@ class Manager:
         return budget <= 0
 
     def _on_record(self, scope: str, r: Any) -> None:
+        if self.callbacks:
+            from .events import to_event
+            try:
+                e = to_event(scope, self.tables[scope], r)
+            except Exception:  # an undecodable record must not stop the manager
+                log.exception("scope %r: journal record %d undecodable", scope, r.seq)
+            else:
+                self.callbacks.submit(e.kind, (scope, e.key, e.pid, e.meta, e.reason))
         if r.node != 0:
             return
         if r.kind in _WATCHED_KINDS:
@@ -268,6 +281,8 @@ class Manager:
             return {"ok": True, "node": self.opts.node, "pid": os.getpid(), "runtime_dir": self.opts.rdir,
                     "uptime": round(time.time() - self.started, 3), "watcher": self.watcher.kind,
                     "watched": len(self.watcher), "strict": self.opts.strict, "purged": dict(self.purged),
+                    "callbacks": None if not self.callbacks else {"failed": self.callbacks.failures,
+                                                                  "hung": self.callbacks.hangs},
                     "scopes": {s: t.stats() for s, t in sorted(self.tables.items())}}
         if op == "stop":
             asyncio.get_running_loop().call_soon(self._stop.set)

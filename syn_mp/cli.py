@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="every write must name the calling process (also SYN_MP_STRICT=1)")
     d.add_argument("--watcher", choices=["auto", "pidfd", "psutil"], default=None,
                    help="how to watch processes for death (default: $SYN_MP_WATCHER or auto)")
+    d.add_argument("--event-handler", metavar="MOD:ATTR",
+                   help="an object with Syn's callbacks (on_process_registered, ...), called in the manager")
     d.add_argument("--capacity", type=int, default=None,
                    help="entries per scope table for scopes this manager creates (also SYN_MP_CAPACITY)")
     d.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -61,8 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     mb = sub.add_parser("members", help="the members of a group")
     mb.add_argument("scope")
     mb.add_argument("group")
-    nd = sub.add_parser("nodes", help="the nodes a scope's table knows")
+    nd = sub.add_parser("nodes", help="this node and the nodes that share the scope")
     nd.add_argument("scope")
+    wt = sub.add_parser("watch", help="stream the scope's events as they happen (Ctrl-C to stop)")
+    wt.add_argument("scope")
+    wt.add_argument("--timeout", type=float, default=None, help="stop after this many seconds without an event")
     return p
 
 
@@ -120,9 +125,17 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     capacity = args.capacity or int(os.environ.get("SYN_MP_CAPACITY", _config.DEFAULT_CAPACITY))
     if capacity <= 0:
         raise UsageError("--capacity must be positive")
+    handler = None
+    if args.event_handler:
+        from ._handlers import HandlerError, load_handler
+        try:
+            handler = load_handler(args.event_handler)
+        except HandlerError as e:
+            raise UsageError(str(e)) from None
     opts = _manager.Options(
         rdir=_config.runtime_dir(args.runtime_dir), node=_config.default_node_name(args.node), strict=strict,
-        watcher=args.watcher or os.environ.get("SYN_MP_WATCHER", "auto"), capacity=capacity)
+        watcher=args.watcher or os.environ.get("SYN_MP_WATCHER", "auto"), capacity=capacity,
+        event_handler=handler)
     if args.detach and os.fork() > 0:
         return EXIT_OK  # the client that spawned us waits for the socket, not for this process
     if args.detach:
@@ -225,8 +238,23 @@ def _cmd_nodes(args: argparse.Namespace, node: _client.Node) -> int:
     return EXIT_OK
 
 
+def _cmd_watch(args: argparse.Namespace, node: _client.Node) -> int:
+    from . import events
+    stream = events(args.scope, timeout=args.timeout)
+    print(f"syn-mp: watching scope {args.scope!r} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    for e in stream:
+        if args.json:
+            doc = {"kind": e.kind, "scope": e.scope, "key": e.key, "node": e.pid.node, "pid": e.pid.pid,
+                   "meta": e.meta, "reason": e.reason}
+            print(json.dumps(_jsonable(doc)), flush=True)
+        else:
+            print(f"{e.kind:<16}  {_show(e.key)}  {e.pid.node}  {e.pid.pid}  meta={_show(e.meta)}  "
+                  f"reason={_show(e.reason)}", flush=True)
+    return EXIT_OK
+
+
 _COMMANDS = {"stop": _cmd_stop, "status": _cmd_status, "scopes": _cmd_scopes, "lookup": _cmd_lookup,
-             "registry": _cmd_registry, "groups": _cmd_groups, "members": _cmd_members, "nodes": _cmd_nodes}
+             "registry": _cmd_registry, "groups": _cmd_groups, "members": _cmd_members, "nodes": _cmd_nodes, "watch": _cmd_watch}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

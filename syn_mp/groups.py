@@ -5,12 +5,15 @@ import time
 from typing import Any, Callable
 
 from . import _pids
-from ._table import (BY_KEY, BY_NODE, BY_PID, EFULL, ENOTFOUND, F_EXPECT_VER, PG, WITH_KEY,
+from ._table import (BY_KEY, BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, F_EXPECT_VER, PG, WITH_KEY,
                      WITH_META, Table)
 from ._types import Pid
 from .codec import decode, decode_name, encode_meta, encode_name
 from .errors import CapacityError, NotInGroupError, RemotePidError, UndefinedError
-from .registry import _META_NONE, _after_write, _table
+from ._client import table_of as _table
+from ._client import wake_if_asleep as _after_write
+from .mailbox import open_mailbox
+from .registry import _META_NONE
 
 
 def join(scope: str, group: Any, pid: _pids.PidArg = None, meta: Any = None) -> None:
@@ -25,6 +28,8 @@ def join(scope: str, group: Any, pid: _pids.PidArg = None, meta: Any = None) -> 
     if rc < 0:
         raise RuntimeError(f"join: table error {rc}")
     _after_write(info)
+    if pid is None:
+        open_mailbox()
 
 
 def leave(scope: str, group: Any, pid: _pids.PidArg = None) -> None:
@@ -103,6 +108,9 @@ def update_member(scope: str, group: Any, pid: _pids.PidArg, fn: Callable[[Any],
             return who, new_meta
         if rc == EFULL:
             raise CapacityError(f"scope {scope!r} is full")
+        if rc not in (EMISMATCH, ENOTFOUND):
+            raise RuntimeError(f"update_member: table error {rc}")
+        # changed under us: read again
 
 
 def member_count(scope: str, group: Any, node: str | None = None) -> int:

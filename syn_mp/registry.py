@@ -5,7 +5,9 @@ import time
 from typing import Any, Callable
 
 from . import _pids, _procinfo
-from ._client import node as _node
+from ._client import table_of as _table
+from ._client import wake_if_asleep as _after_write
+from .mailbox import open_mailbox
 from ._table import (ALL_NODES, BY_KEY, BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, ETAKEN,
                      F_EXPECT_VER, F_MATCH_PID, REG, R_PROCESS_EXIT, WITH_KEY, WITH_META, Table)
 from ._types import Pid
@@ -13,17 +15,6 @@ from .codec import decode, decode_name, encode_meta, encode_name
 from .errors import CapacityError, RemotePidError, TakenError, UndefinedError
 
 _META_NONE = encode_meta(None)
-
-
-def _table(scope: str) -> Table:
-    n = _node()
-    t = n.tables.get(scope)
-    return t if t is not None else n.table(scope)
-
-
-def _after_write(info: Any) -> None:
-    if info.wake:
-        _node().wake_manager()
 
 
 def _purge_if_dead(t: Table, node: int, pid: int, start: int) -> bool:
@@ -44,6 +35,8 @@ def register(scope: str, name: Any, pid: _pids.PidArg = None, meta: Any = None) 
         rc, info = t.put(REG, key, 0, p, start, time.time_ns(), m)
         if rc >= 0:
             _after_write(info)
+            if pid is None:
+                open_mailbox()  # a process's first register opens its mailbox
             return
         if rc == ETAKEN:
             if _purge_if_dead(t, info.node, info.pid, info.start):
@@ -89,7 +82,9 @@ def update_registry(scope: str, name: Any, fn: Callable[[Pid, Any], Any]) -> tup
             return pid, new_meta
         if rc == EFULL:
             raise CapacityError(f"scope {scope!r} is full")
-        # EMISMATCH / ENOTFOUND: changed under us; read again
+        if rc not in (EMISMATCH, ENOTFOUND):
+            raise RuntimeError(f"update_registry: table error {rc}")
+        # changed under us: read again
 
 
 def unregister(scope: str, name: Any) -> None:
@@ -155,7 +150,8 @@ def claim_slot(scope: str, prefix: str, limit: int, pid: _pids.PidArg = None, me
                 and 0 <= name[1] < limit):
             return name[1]
     for i in range(limit):
-        if t.get(REG, encode_name((prefix, i))) is not None:
+        e = t.get(REG, encode_name((prefix, i)))
+        if e is not None and not _purge_if_dead(t, e.node, e.pid, e.start):
             continue  # lock-free peek first: a busy pool costs no lock per taken slot
         try:
             register(scope, (prefix, i), pid, meta)

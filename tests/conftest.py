@@ -80,12 +80,13 @@ class NodeHandle:
 
     def daemon(self, *args: str) -> subprocess.Popen:
         """`syn-mp daemon` in the foreground, as systemd would run it; waits until it answers."""
-        p = subprocess.Popen([sys.executable, "-m", "syn_mp", "--runtime-dir", self.rdir, "daemon", "--node",
-                              self.name, *args], env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+        self.daemon_log = os.path.join(self.rdir, "daemon.log")
+        with open(self.daemon_log, "ab") as log:  # a file, not a pipe nobody drains
+            p = subprocess.Popen([sys.executable, "-m", "syn_mp", "--runtime-dir", self.rdir, "daemon", "--node",
+                                  self.name, *args], env=self.env, cwd=ROOT, stdout=log, stderr=log)
         self.procs.append(p)
         wait_for(lambda: self.manager_pid() == p.pid or p.poll() is not None, what="daemon up")
-        assert p.poll() is None, p.stderr.read() if p.stderr else ""
+        assert p.poll() is None, open(self.daemon_log).read()
         wait_for(lambda: os.path.exists(self.paths.ctl), what="control socket")
         return p
 
@@ -197,7 +198,7 @@ def node(make_node: Callable[..., NodeHandle]) -> NodeHandle:
 
 def checked(table_or_scope: Any) -> None:
     """Run the C checker on a scope's table and fail with its message."""
-    from syn_mp.registry import _table
+    from syn_mp._client import table_of as _table
     t = _table(table_or_scope) if isinstance(table_or_scope, str) else table_or_scope
     err = t.check()
     assert err is None, f"table invariant broken: {err}"

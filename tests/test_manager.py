@@ -13,7 +13,7 @@ import pytest
 import syn_mp
 from syn_mp._table import REG, R_MANAGER_RESTART, R_PROCESS_EXIT
 from syn_mp.codec import encode_meta, encode_name
-from syn_mp.registry import _table
+from syn_mp._client import table_of as _table
 
 from conftest import ROOT, NodeHandle, checked, pid_alive, wait_for
 
