@@ -839,37 +839,55 @@ static int rd_entry(synt_t *t, uint64_t off, entry_t *c) {
 
 #define RETRIES_BEFORE_LOCK 64
 
+/* One walk of the chain for synt_get: 1 found, 0 not found, -1 a link or length that
+ * can't be trusted (torn read, or corruption if the table was stable meanwhile). */
+static int get_walk(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, uint64_t hk,
+                    uint32_t node, int64_t pid, synt_info_t *out, uint8_t *meta, uint32_t cap) {
+    uint64_t cap_walk = LD(H(t)->capacity) + 1;
+    int ix = type == SYNT_PG ? IX_KP : IX_KEY;
+    uint64_t o = type == SYNT_PG ? LD(*bucket(t, IX_KP, hash_kp(hk, node, pid))) : LD(*bucket(t, IX_KEY, hk));
+    for (uint64_t steps = 0; o; steps++) {
+        entry_t c;
+        if (steps > cap_walk || !rd_entry(t, o, &c)) return -1;
+        if (c.hkey == hk && c.type == type && c.keylen == keylen &&
+            (type != SYNT_PG || (c.node == node && c.pid == pid)) &&
+            memcmp(AT(t, o)->data, key, keylen) == 0) {
+            fill_info(&c, out);
+            if (c.metalen <= cap) memcpy(meta, AT(t, o)->data + c.keylen, c.metalen);
+            return 1;
+        }
+        o = c.link[ix][0];
+    }
+    return 0;
+}
+
 int synt_get(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, uint32_t node,
              int64_t pid, synt_info_t *out, uint8_t *meta, uint32_t cap) {
     uint64_t hk = hash_key(type, key, keylen);
-    uint64_t cap_walk = LD(H(t)->capacity) + 1;
-    for (;;) {
+    int r;
+    for (int attempt = 0;; attempt++) {
+        if (attempt >= RETRIES_BEFORE_LOCK) {
+            /* a writer flat out keeps invalidating us: read once under the lock, never starve */
+            if (lock(t)) return SYNT_ELOCK;
+            r = get_walk(t, type, key, keylen, hk, node, pid, out, meta, cap);
+            out->seq = LD(H(t)->seq);
+            unlock(t);
+            break;
+        }
         int busy = 0;
         uint64_t s = rd_begin(t, &busy);
         if (busy) return SYNT_EBUSY;
-        int found = 0, bad = 0;
-        uint64_t o = type == SYNT_PG ? LD(*bucket(t, IX_KP, hash_kp(hk, node, pid)))
-                                     : LD(*bucket(t, IX_KEY, hk));
-        int ix = type == SYNT_PG ? IX_KP : IX_KEY;
-        for (uint64_t steps = 0; o; steps++) {
-            entry_t c;
-            if (steps > cap_walk || !rd_entry(t, o, &c)) { bad = 1; break; }
-            if (c.hkey == hk && c.type == type && c.keylen == keylen &&
-                (type != SYNT_PG || (c.node == node && c.pid == pid)) &&
-                memcmp(AT(t, o)->data, key, keylen) == 0) {
-                fill_info(&c, out);
-                if (c.metalen <= cap) memcpy(meta, AT(t, o)->data + c.keylen, c.metalen);
-                found = 1;
-                break;
-            }
-            o = c.link[ix][0];
-        }
+        r = get_walk(t, type, key, keylen, hk, node, pid, out, meta, cap);
         if (rd_changed(t, s)) continue;
-        if (bad) return SYNT_ECORRUPT;
-        if (!found) return 0;
-        return out->metalen <= cap ? 1 : SYNT_EBUFSMALL;
+        out->seq = s;
+        break;
     }
+    if (r < 0) return SYNT_ECORRUPT;
+    if (r == 0) return 0;
+    return out->metalen <= cap ? 1 : SYNT_EBUFSMALL;
 }
+
+const volatile uint64_t *synt_seq_ptr(synt_t *t) { return &H(t)->seq; }
 
 typedef struct {
     uint32_t mode, type, keylen, node, flags;

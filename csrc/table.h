@@ -82,6 +82,7 @@ typedef struct {
     uint32_t metalen;
     uint32_t wake;      /* writes: the manager sleeps, wake it            */
     uint32_t pad;
+    uint64_t seq;       /* reads: the table's seqlock value the read is valid for */
 } synt_info_t;
 
 /* One record of collect(); key then meta follow, the record padded to 8. */
@@ -151,6 +152,9 @@ int64_t synt_count(synt_t *t, uint32_t mode, uint32_t type, const uint8_t *key, 
 int synt_node_id(synt_t *t, const char *name, uint32_t len, int create);
 int synt_node_name(synt_t *t, uint32_t id, char *buf, uint32_t cap);
 int synt_nnodes(synt_t *t);
+
+/* The seqlock word: unchanged since a read's info.seq means the table is unchanged since. */
+const volatile uint64_t *synt_seq_ptr(synt_t *t);
 
 uint64_t synt_journal_head(synt_t *t);
 int64_t synt_journal_read(synt_t *t, uint64_t *cursor, uint8_t *buf, uint64_t cap,

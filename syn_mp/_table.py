@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import struct
 import threading
 from typing import Iterator, NamedTuple
 
@@ -49,6 +50,7 @@ class Entry(NamedTuple):
     time_ns: int
     ver: int
     meta: bytes
+    seq: int  # the table's seqlock value this read is valid for
 
 
 class Item(NamedTuple):
@@ -74,17 +76,29 @@ class JournalRecord(NamedTuple):
     meta: bytes
 
 
-class _Scratch(threading.local):
-    """Per-thread out-buffers: cffi drops the GIL during calls, so threads can't share them."""
+class _Scratch:
+    """Out-buffers for one C call at a time. cffi drops the GIL during calls, so two threads
+    must never share one: each call pops a set from the table's pool (list.pop and append are
+    atomic under the GIL) and gives it back."""
+
+    __slots__ = ("info", "info_bytes", "cap", "buf", "buf_bytes")
 
     def __init__(self) -> None:
         self.info = ffi.new("synt_info_t *")
+        self.info_bytes = ffi.buffer(self.info)  # all fields in one struct.unpack_from
         self.cap = 4096
         self.buf = ffi.new("uint8_t[]", self.cap)
+        self.buf_bytes = ffi.buffer(self.buf)
 
     def grow(self, n: int) -> None:
         self.cap = max(n, self.cap * 2)
         self.buf = ffi.new("uint8_t[]", self.cap)
+        self.buf_bytes = ffi.buffer(self.buf)
+
+
+_new_entry = tuple.__new__  # a NamedTuple without its Python-level __new__: the lookup hot path
+_INFO = struct.Struct("=IIqQqQIIIIQ")  # synt_info_t
+assert _INFO.size == ffi.sizeof("synt_info_t")
 
 
 class Table:
@@ -98,8 +112,11 @@ class Table:
         rc = lib.synt_open(self._t, self._base, len(mm))
         if rc != 0:
             raise TableError(f"segment {name} is not a syn_mp table of this version")
-        self._tls = _Scratch()
+        self._pool: list[_Scratch] = []
         self._node_names: list[str] = []
+        self._seqp = lib.synt_seq_ptr(self._t)
+        # name bytes -> (seq, lookup result): reused while the table is unchanged (see registry.lookup)
+        self.lookup_cache: dict[bytes, tuple[int, object]] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -158,36 +175,52 @@ class Table:
 
     # ------------------------------------------------------------- reads
 
+    def _scratch(self) -> _Scratch:
+        try:
+            return self._pool.pop()
+        except IndexError:
+            return _Scratch()
+
     def get(self, type_: int, key: bytes, node: int = 0, pid: int = 0) -> Entry | None:
-        s = self._tls
-        while True:
-            rc = lib.synt_get(self._t, type_, key, len(key), node, pid, s.info, s.buf, s.cap)
-            if rc == 1:
-                i = s.info
-                return Entry(i.node, i.pid, i.start, i.time_ns, i.ver, ffi.buffer(s.buf, i.metalen)[:])
-            if rc == 0:
-                return None
-            self._retry(rc, s, s.info.metalen)
+        s = self._scratch()
+        try:
+            while True:
+                rc = lib.synt_get(self._t, type_, key, len(key), node, pid, s.info, s.buf, s.cap)
+                if rc == 1:
+                    nd, _, p, start, t, ver, _, ml, _, _, seq = _INFO.unpack_from(s.info_bytes)
+                    return _new_entry(Entry, (nd, p, start, t, ver, s.buf_bytes[:ml], seq))
+                if rc == 0:
+                    return None
+                self._retry(rc, s, s.info.metalen)
+        finally:
+            self._pool.append(s)
+
+    def seq(self) -> int:
+        """The seqlock word now: equal to an Entry's seq means nothing changed since that read."""
+        return self._seqp[0]
 
     def collect(self, mode: int, type_: int, key: bytes = b"", node: int = ALL_NODES,
                 pid: int = 0, flags: int = WITH_KEY | WITH_META) -> list[Item]:
-        s = self._tls
+        s = self._scratch()
         needed = ffi.new("uint64_t *")
-        while True:
-            n = lib.synt_collect(self._t, mode, type_, key, len(key), node, pid, flags, s.buf, s.cap, needed)
-            if n >= 0:
-                return _parse_items(ffi.buffer(s.buf, needed[0])[:], n)
-            self._retry(n, s, needed[0])
+        try:
+            while True:
+                n = lib.synt_collect(self._t, mode, type_, key, len(key), node, pid, flags, s.buf, s.cap, needed)
+                if n >= 0:
+                    return _parse_items(s.buf_bytes[:needed[0]], n)
+                self._retry(n, s, needed[0])
+        finally:
+            self._pool.append(s)
 
     def count(self, mode: int, type_: int, key: bytes = b"", node: int = ALL_NODES, pid: int = 0) -> int:
         while True:
             n = lib.synt_count(self._t, mode, type_, key, len(key), node, pid)
             if n >= 0:
                 return n
-            self._retry(n, self._tls, 0)
+            self._retry(n, None, 0)
 
-    def _retry(self, rc: int, s: _Scratch, need: int) -> None:
-        if rc == EBUFSMALL:
+    def _retry(self, rc: int, s: _Scratch | None, need: int) -> None:
+        if rc == EBUFSMALL and s is not None:
             s.grow(need)
         elif rc == EBUSY:
             self.repair()  # a writer stalled or died mid-write: take the lock once
@@ -199,14 +232,14 @@ class Table:
     def put(self, type_: int, key: bytes, node: int, pid: int, start: int, time_ns: int,
             meta: bytes, flags: int = 0, expect_ver: int = 0, reason: int = R_NORMAL,
             reason_node: int = 0) -> tuple[int, synt_info]:
-        info = self._tls.info
+        info = ffi.new("synt_info_t *")
         rc = lib.synt_put(self._t, type_, key, len(key), node, pid, start, time_ns, meta, len(meta),
                           flags, expect_ver, reason, reason_node, info)
         return rc, info
 
     def delete(self, type_: int, key: bytes, node: int = 0, pid: int = 0, flags: int = 0,
                reason: int = R_NORMAL, reason_node: int = 0) -> tuple[int, synt_info]:
-        info = self._tls.info
+        info = ffi.new("synt_info_t *")
         rc = lib.synt_delete(self._t, type_, key, len(key), node, pid, flags, reason, reason_node, info)
         return rc, info
 
@@ -258,7 +291,6 @@ _JREC = ffi.sizeof("synt_jrec_t")
 
 
 def _parse_items(data: bytes, n: int) -> list[Item]:
-    import struct
     out = []
     off = 0
     unpack = struct.Struct("=IIqQqII").unpack_from
@@ -284,7 +316,6 @@ class JournalReader:
 
     def read(self, max_records: int = 4096) -> list[JournalRecord] | None:
         """The next records; None when the reader fell behind the ring (resync from the table)."""
-        import struct
         unpack = struct.Struct("=QIHHIIqQqII").unpack_from
         while True:
             n = lib.synt_journal_read(self.table._t, self.cursor, self._buf, self._cap, max_records)

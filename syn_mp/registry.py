@@ -47,19 +47,41 @@ def register(scope: str, name: Any, pid: _pids.PidArg = None, meta: Any = None) 
         raise RuntimeError(f"register: table error {rc}")
 
 
+_new_pid = tuple.__new__  # Pid without NamedTuple's Python-level __new__ (hot path)
+_IMMUTABLE = frozenset({type(None), bool, int, float, str, bytes})
+_CACHE_MAX = 4096
+
+
+def _frozen(v: Any) -> bool:
+    t = type(v)
+    return t in _IMMUTABLE or (t is tuple and all(_frozen(x) for x in v))
+
+
 def lookup(scope: str, name: Any) -> tuple[Pid, Any] | None:
     """(Pid, meta) of the process registered under `name`, from shared memory without locking."""
     t = _table(scope)
-    e = t.get(REG, encode_name(name))
+    key = encode_name(name)
+    cache = t.lookup_cache
+    hit = cache.get(key)
+    if hit is not None and hit[0] == t._seqp[0]:
+        # nothing in the table changed since this very entry was read
+        return hit[1] if hit[1] is not None else (hit[2], decode(hit[3]))
+    e = t.get(REG, key)
     if e is None:
         return None
-    return Pid(t.node_name(e.node), e.pid), decode(e.meta)
+    meta = decode(e.meta)
+    pid = _new_pid(Pid, (t.node_name(e.node), e.pid))
+    result = (pid, meta)
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    # an immutable result is shared; a mutable meta is decoded afresh for every caller
+    cache[key] = (e.seq, result if _frozen(meta) else None, pid, e.meta)
+    return result
 
 
 def whereis_name(scope: str, name: Any) -> Pid | None:
-    t = _table(scope)
-    e = t.get(REG, encode_name(name))
-    return None if e is None else Pid(t.node_name(e.node), e.pid)
+    found = lookup(scope, name)
+    return None if found is None else found[0]
 
 
 def update_registry(scope: str, name: Any, fn: Callable[[Pid, Any], Any]) -> tuple[Pid, Any]:
