@@ -25,6 +25,7 @@ class Node:
         self.paths = _config.Paths(rdir)
         self.tables: dict[str, Table] = {}
         self._wake_sock: socket.socket | None = None
+        self._relay_sock: socket.socket | None = None
         self._node_name: str | None = None
 
     # -------------------------------------------------------------- tables
@@ -52,6 +53,18 @@ class Node:
             s.sendto(b"w", self.paths.wake)
         except OSError:
             pass  # manager down or its queue full: it rescans the journal when it runs
+
+    def relay(self, dest: str, target: list, data: bytes) -> None:
+        """A mailbox datagram for a process on node `dest`: the manager carries it there."""
+        import msgpack
+        s = self._relay_sock
+        if s is None:
+            s = self._relay_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            s.settimeout(0.1)
+        try:
+            s.sendto(msgpack.packb([dest, target, data]), self.paths.relay)
+        except OSError:
+            pass  # no manager: like a send to a process that is gone
 
     # -------------------------------------------------------------- manager
 

@@ -51,6 +51,7 @@ class Paths:
         self.dir = rdir
         self.ctl = os.path.join(rdir, "ctl.sock")
         self.wake = os.path.join(rdir, "wake.sock")
+        self.relay = os.path.join(rdir, "relay.sock")
         self.manager_lock = os.path.join(rdir, "manager.lock")
         self.start_lock = os.path.join(rdir, "start.lock")
         self.state = os.path.join(rdir, "state.json")

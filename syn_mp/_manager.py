@@ -47,6 +47,7 @@ class Options:
     journal: int = _config.DEFAULT_JOURNAL
     mode: int = 0o600
     event_handler: Any = None  # an object with Syn's callbacks (see _handlers)
+    cluster: Any = None        # _cluster.ClusterOptions, or None for a node alone
     handler_timeout: float = 5.0
 
 
@@ -61,6 +62,7 @@ class Manager:
         self._stop = asyncio.Event()
         self._lockfd = -1
         self.purged = {"process_exit": 0, "manager_restart": 0}
+        self.cluster: Any = None
         self.callbacks = CallbackRunner(opts.event_handler, opts.handler_timeout) if opts.event_handler else None
 
     # ------------------------------------------------------------ start / stop
@@ -83,7 +85,7 @@ class Manager:
         for scope in self._known_scopes():
             self._open_scope(scope, restart=True)
         self._write_state()
-        for p in (self.paths.ctl, self.paths.wake):
+        for p in (self.paths.ctl, self.paths.wake, self.paths.relay):
             _unlink(p)  # stale sockets of a dead manager: we hold the lock, nobody else uses them
         server = await asyncio.start_unix_server(self._serve, path=self.paths.ctl)
         os.chmod(self.paths.ctl, 0o600)
@@ -92,6 +94,15 @@ class Manager:
         os.chmod(self.paths.wake, 0o600)
         wake.setblocking(False)
         loop.add_reader(wake.fileno(), self._on_wake_datagram, wake)
+        relay = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        relay.bind(self.paths.relay)
+        os.chmod(self.paths.relay, 0o600)
+        relay.setblocking(False)
+        loop.add_reader(relay.fileno(), self._on_relay_datagram, relay)
+        if self.opts.cluster is not None:
+            from ._cluster import Cluster
+            self.cluster = Cluster(self, self.opts.cluster)
+            await self.cluster.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         log.info("manager of node %r up: pid %d, runtime dir %s, watcher %s, scopes %s",
@@ -107,8 +118,12 @@ class Manager:
             server.close()
             loop.remove_reader(wake.fileno())
             wake.close()
-            _unlink(self.paths.ctl)
-            _unlink(self.paths.wake)
+            loop.remove_reader(relay.fileno())
+            relay.close()
+            if self.cluster:
+                self.cluster.close()
+            for p in (self.paths.ctl, self.paths.wake, self.paths.relay):
+                _unlink(p)
             self.watcher.close()
             os.close(self._lockfd)
             log.info("manager of node %r stopped; registrations stay in shared memory", self.opts.node)
@@ -193,6 +208,21 @@ class Manager:
             pass
         self._wake.set()
 
+    def _on_relay_datagram(self, sock: socket.socket) -> None:
+        """A client's message for a process on another node: [node, target, data]."""
+        import msgpack
+        while True:
+            try:
+                data = sock.recv(1 << 18)
+            except BlockingIOError:
+                return
+            try:
+                dest, target, payload = msgpack.unpackb(data, raw=False)
+            except Exception:
+                continue
+            if self.cluster is not None:
+                self.cluster.relay(dest, target, payload)
+
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(SAFETY_TICK)
@@ -240,6 +270,8 @@ class Manager:
                 self.callbacks.submit(e.kind, (scope, e.key, e.pid, e.meta, e.reason))
         if r.node != 0:
             return
+        if self.cluster is not None:
+            self.cluster.on_local_record(scope, r)
         if r.kind in _WATCHED_KINDS:
             self._ensure_watched(r.pid, r.start)
         elif r.kind in _GONE_KINDS and self.watcher.watching(r.pid) == r.start:
@@ -281,9 +313,14 @@ class Manager:
             return {"ok": True, "node": self.opts.node, "pid": os.getpid(), "runtime_dir": self.opts.rdir,
                     "uptime": round(time.time() - self.started, 3), "watcher": self.watcher.kind,
                     "watched": len(self.watcher), "strict": self.opts.strict, "purged": dict(self.purged),
+                    "cluster": None if not self.cluster else {
+                        "nodes": sorted(self.cluster.peers), **self.cluster.stats},
                     "callbacks": None if not self.callbacks else {"failed": self.callbacks.failures,
                                                                   "hung": self.callbacks.hangs},
                     "scopes": {s: t.stats() for s, t in sorted(self.tables.items())}}
+        if op == "nodes":
+            scope = _config.check_scope(req["scope"])
+            return {"ok": True, "nodes": self.cluster.nodes(scope) if self.cluster else []}
         if op == "stop":
             asyncio.get_running_loop().call_soon(self._stop.set)
             return {"ok": True, "pid": os.getpid()}

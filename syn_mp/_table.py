@@ -164,6 +164,9 @@ class Table:
             names.append(ffi.buffer(buf, n)[:].decode("utf-8", "replace"))
         return names[node_id]
 
+    def nnodes(self) -> int:
+        return lib.synt_nnodes(self._t)
+
     def node_id(self, name: str, create: bool = False) -> int | None:
         b = name.encode()
         rc = lib.synt_node_id(self._t, b, len(b), 1 if create else 0)

@@ -42,6 +42,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="every write must name the calling process (also SYN_MP_STRICT=1)")
     d.add_argument("--watcher", choices=["auto", "pidfd", "psutil"], default=None,
                    help="how to watch processes for death (default: $SYN_MP_WATCHER or auto)")
+    d.add_argument("--cluster", metavar="GROUP:PORT", help="sync with the nodes on this UDP multicast group")
+    d.add_argument("--interface", metavar="ADDR", help="this node's address for the cluster (default 0.0.0.0)")
+    d.add_argument("--peers", metavar="HOST:PORT,...", help="unicast peers, where multicast is blocked; every "
+                   "node may get the same list: a node skips its own address")
+    d.add_argument("--secret-file", metavar="PATH", help="the cluster secret (required with --cluster/--peers)")
+    d.add_argument("--conflict-signal", metavar="NAME", default="SIGTERM",
+                   help="signal a node sends its own process that lost a name conflict (default SIGTERM)")
+    d.add_argument("--heartbeat-ms", type=int, default=100, metavar="N")
+    d.add_argument("--node-timeout-ms", type=int, default=1000, metavar="N")
     d.add_argument("--event-handler", metavar="MOD:ATTR",
                    help="an object with Syn's callbacks (on_process_registered, ...), called in the manager")
     d.add_argument("--capacity", type=int, default=None,
@@ -132,10 +141,11 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
             handler = load_handler(args.event_handler)
         except HandlerError as e:
             raise UsageError(str(e)) from None
+    cluster = _cluster_options(args)
     opts = _manager.Options(
         rdir=_config.runtime_dir(args.runtime_dir), node=_config.default_node_name(args.node), strict=strict,
         watcher=args.watcher or os.environ.get("SYN_MP_WATCHER", "auto"), capacity=capacity,
-        event_handler=handler)
+        event_handler=handler, cluster=cluster)
     if args.detach and os.fork() > 0:
         return EXIT_OK  # the client that spawned us waits for the socket, not for this process
     if args.detach:
@@ -146,6 +156,66 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
         print(f"syn-mp: {e}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
+
+
+def _hostport(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{what}: expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def _cluster_options(args: argparse.Namespace) -> Any:
+    """ClusterOptions from the daemon's flags, or None for a node alone."""
+    import signal as _signal
+    import socket as _socket
+
+    from ._cluster import ClusterOptions
+    if not args.cluster and not args.peers:
+        for flag in ("interface", "secret_file"):
+            if getattr(args, flag):
+                raise UsageError(f"--{flag.replace('_', '-')} needs --cluster or --peers")
+        return None
+    if args.cluster and args.peers:
+        raise UsageError("--cluster and --peers exclude each other")
+    if not args.secret_file:
+        raise UsageError("a cluster refuses to start without a secret: give --secret-file")
+    try:
+        with open(args.secret_file, "rb") as f:
+            secret = f.read().strip()
+    except OSError as e:
+        raise UsageError(f"--secret-file: {e}") from None
+    if len(secret) < 16:
+        raise UsageError("--secret-file: the secret must be at least 16 bytes")
+    try:
+        sig = _signal.Signals[args.conflict_signal if args.conflict_signal.startswith("SIG")
+                              else "SIG" + args.conflict_signal]
+    except KeyError:
+        raise UsageError(f"--conflict-signal: unknown signal {args.conflict_signal!r}") from None
+    if args.heartbeat_ms <= 0 or args.node_timeout_ms <= args.heartbeat_ms:
+        raise UsageError("--node-timeout-ms must be greater than --heartbeat-ms > 0")
+    interface = args.interface or "0.0.0.0"
+    try:
+        _socket.inet_aton(interface)
+    except OSError:
+        raise UsageError(f"--interface: {interface!r} is not an IPv4 address") from None
+    drop = float(os.environ.get("SYN_MP_TEST_DROP_RATE", "0") or 0)  # test-only loss hook
+    o = ClusterOptions(secret=secret, interface=interface, heartbeat_ms=args.heartbeat_ms,
+                       node_timeout_ms=args.node_timeout_ms, conflict_signal=sig, drop_rate=drop)
+    if args.cluster:
+        group, o.port = _hostport(args.cluster, "--cluster")
+        try:
+            if not 224 <= int(_socket.inet_aton(group)[0]) <= 239:
+                raise OSError
+        except OSError:
+            raise UsageError(f"--cluster: {group!r} is not an IPv4 multicast group") from None
+        o.group = group
+    else:
+        peers = [_hostport(p.strip(), "--peers") for p in args.peers.split(",") if p.strip()]
+        own = [p for p in peers if p[0] == interface]
+        o.port = own[0][1] if own else peers[0][1]
+        o.peers = [p for p in peers if p[0] != interface]
+    return o
 
 
 def _cmd_stop(args: argparse.Namespace, node: _client.Node) -> int:
@@ -232,9 +302,11 @@ def _cmd_members(args: argparse.Namespace, node: _client.Node) -> int:
 
 
 def _cmd_nodes(args: argparse.Namespace, node: _client.Node) -> int:
-    from . import node_name, subcluster_nodes
+    from . import node_name, registry_count, subcluster_nodes
     nodes = [node_name()] + subcluster_nodes(args.scope)
-    _emit(args, nodes, "\n".join(nodes))
+    doc = [{"node": n, "self": i == 0, "names": registry_count(args.scope, n)} for i, n in enumerate(nodes)]
+    rows = [[d["node"] + (" (this node)" if d["self"] else ""), str(d["names"])] for d in doc]
+    _emit(args, doc, _table(rows, ["NODE", "NAMES"]))
     return EXIT_OK
 
 

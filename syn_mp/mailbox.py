@@ -181,8 +181,12 @@ def _unpack_envelope(data: bytes) -> tuple[int, list[bytes]]:
     return kind, parts
 
 
-def _deliver(rdir: str, pid: int, start: int, data: bytes) -> bool:
-    return _send_raw(_address(rdir, pid, start), data)
+def _deliver_entry(t: Any, node: int, pid: int, start: int, data: bytes) -> bool:
+    """To a local mailbox directly; to another node's process through our manager (best effort)."""
+    if node == 0:
+        return _send_raw(_address(_node().rdir, pid, start), data)
+    _node().relay(t.node_name(node), ["pid", pid, start], data)
+    return True
 
 
 # ------------------------------------------------------------------ API
@@ -194,19 +198,16 @@ def send(scope: str, name: Any, message: Any) -> Pid:
     e = t.get(REG, encode_name(name))
     if e is None:
         raise UndefinedError(f"{name!r} is not registered in scope {scope!r}")
-    if e.node == 0:
-        _deliver(_node().rdir, e.pid, e.start, data)
+    _deliver_entry(t, e.node, e.pid, e.start, data)
     return Pid(t.node_name(e.node), e.pid)
 
 
 def _publish(scope: str, group: Any, message: Any, node: int) -> int:
     t = _table(scope)
     data = _envelope(_MSG, encode_message(message))
-    rdir = _node().rdir
     items = t.collect(BY_KEY, PG, encode_name(group), node=node, flags=0)
     for i in items:
-        if i.node == 0:
-            _deliver(rdir, i.pid, i.start, data)
+        _deliver_entry(t, i.node, i.pid, i.start, data)
     return len(items)  # as Syn: every member the message was sent to, delivered or not
 
 
@@ -282,14 +283,13 @@ def multi_call(scope: str, group: Any, message: Any, timeout: float = 5.0
     sock.bind(reply_addr)  # bound before any request leaves: no reply can miss it
     pending: dict[str, tuple[Pid, Any]] = {}
     bad: list[tuple[Pid, Any]] = []
-    rdir = _node().rdir
     try:
         for n, i in enumerate(t.collect(BY_KEY, PG, encode_name(group), flags=WITH_META)):
             who = (Pid(t.node_name(i.node), i.pid), decode(i.meta))
             token = str(n)
             data = _envelope(_CALL, ref.encode(), token.encode(), me.node.encode(), str(me.pid).encode(),
                              reply_addr, i.meta, payload)
-            if i.node == 0 and _deliver(rdir, i.pid, i.start, data):
+            if _deliver_entry(t, i.node, i.pid, i.start, data):
                 pending[token] = who
             else:
                 bad.append(who)
@@ -325,7 +325,12 @@ def multi_call_reply(caller: Caller, reply: Any) -> None:
     """Answer a multi_call (what `MultiCall.reply` does)."""
     if not isinstance(caller, Caller):
         raise TypeError("caller must be the .caller of a received syn_mp.MultiCall")
-    _send_raw(caller.address, _envelope(_REPLY, caller.ref.encode(), caller.token.encode(), encode_message(reply)))
+    data = _envelope(_REPLY, caller.ref.encode(), caller.token.encode(), encode_message(reply))
+    n = _node()
+    if caller.pid.node == n.node_name():
+        _send_raw(caller.address, data)
+    else:
+        n.relay(caller.pid.node, ["addr", caller.address], data)
 
 
 def dropped() -> int:

@@ -30,6 +30,10 @@ def node_name() -> str:
 
 
 def subcluster_nodes(scope: str) -> list[str]:
-    """The other nodes that currently share `scope`. A node without a cluster has none."""
-    _node().table(scope)  # InvalidScopeError for a scope this node lacks
-    return []
+    """The other nodes that currently share `scope` (as this node's manager sees them)."""
+    n = _node()
+    n.table(scope)  # InvalidScopeError for a scope this node lacks
+    try:
+        return list(n.request("nodes", scope=scope)["nodes"])
+    except Exception:  # no manager: no cluster to know of
+        return []
