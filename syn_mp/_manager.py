@@ -87,8 +87,10 @@ class Manager:
         self._write_state()
         for p in (self.paths.ctl, self.paths.wake, self.paths.relay):
             _unlink(p)  # stale sockets of a dead manager: we hold the lock, nobody else uses them
-        server = await asyncio.start_unix_server(self._serve, path=self.paths.ctl)
-        os.chmod(self.paths.ctl, 0o600)
+        if self.opts.cluster is not None:
+            from ._cluster import Cluster
+            self.cluster = Cluster(self, self.opts.cluster)
+            await self.cluster.start()
         wake = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         wake.bind(self.paths.wake)
         os.chmod(self.paths.wake, 0o600)
@@ -99,10 +101,9 @@ class Manager:
         os.chmod(self.paths.relay, 0o600)
         relay.setblocking(False)
         loop.add_reader(relay.fileno(), self._on_relay_datagram, relay)
-        if self.opts.cluster is not None:
-            from ._cluster import Cluster
-            self.cluster = Cluster(self, self.opts.cluster)
-            await self.cluster.start()
+        # the control socket last: once it answers, the manager is fully up
+        server = await asyncio.start_unix_server(self._serve, path=self.paths.ctl)
+        os.chmod(self.paths.ctl, 0o600)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         log.info("manager of node %r up: pid %d, runtime dir %s, watcher %s, scopes %s",
