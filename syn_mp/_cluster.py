@@ -64,6 +64,7 @@ class Peer:
     gaps: dict[str, int] = field(default_factory=dict)        # scope -> heartbeats a gap has persisted
     fetching: set[str] = field(default_factory=set)
     synced: set[str] = field(default_factory=set)             # scopes that had their first snapshot
+    refetch: set[str] = field(default_factory=set)            # fetch again once the one in flight is done
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -278,8 +279,12 @@ class Cluster:
             return
         self._resolve(t, scope, key, holder, (nid, pid, start, time_ns, meta))
 
-    def _resolve(self, t: Table, scope: str, key: bytes, holder: tuple, incoming: tuple) -> None:
-        """Two nodes hold one name: every node must end with the same winner (Syn's rules)."""
+    def _resolve(self, t: Table, scope: str, key: bytes, holder: tuple, incoming: tuple,
+                 notified: bool = False) -> None:
+        """Two nodes hold one name: every node must end with the same winner (Syn's rules).
+
+        `notified`: the incoming entry is the other node's report of a conflict it met (its entry
+        may be gone by now): we may drop ours, never store theirs (its own node sends it if alive)."""
         self.stats["conflicts"] += 1
         h_node, h_pid, h_start, h_time = holder
         i_node, i_pid, i_start, i_time, i_meta = incoming
@@ -298,13 +303,39 @@ class Cluster:
         else:
             # newer registration wins; a tie goes to the higher Pid (the same answer on every node)
             winner = pid_h if (h_time, pid_h) > (i_time, pid_i) else pid_i
-        if winner == pid_i:
-            if h_node == 0 and not custom:
+        if winner != pid_h and h_node == 0:
+            # ours lost (or neither is kept): its removal is journaled, hence broadcast
+            if not custom:
                 self._signal_loser(h_pid, h_start)
+            t.delete(REG, key, 0, h_pid, flags=F_MATCH_PID, reason=R_CONFLICT)
+        if winner == pid_i and not notified:
             t.put(REG, key, i_node, i_pid, i_start, i_time, i_meta, flags=F_FORCE, reason=R_CONFLICT,
-                  reason_node=i_node)  # our own loser's removal is journaled, hence broadcast
-        elif winner != pid_h and h_node == 0:
-            t.delete(REG, key, 0, h_pid, flags=F_MATCH_PID, reason=R_CONFLICT)  # custom: neither is kept
+                  reason_node=i_node)
+        elif h_node == 0 and not notified:
+            # the other node's entry is not kept here: it must resolve too, and may never see ours
+            # (ours may be gone before it looks), so tell it what we held
+            peer = self.peers.get(t.node_name(i_node))
+            if peer is not None:
+                body = msgpack.packb(["cfl", scope, key, self.node, h_pid, h_start, h_time, h_meta])
+                asyncio.get_running_loop().create_task(self._push_tcp(peer, body))
+
+    def _on_conflict_notice(self, msg: list) -> None:
+        """Another node met a conflict with one of ours and did not keep ours: resolve it here too."""
+        _, scope, key, sender, pid, start, time_ns, meta = msg
+        t = self.m.tables.get(scope)
+        held = None if t is None else t.get(REG, key)
+        if t is None or held is None or held.node != 0 or sender not in self.peers:
+            return
+        nid = t.node_id(sender, create=True)
+        self._resolve(t, scope, key, (0, held.pid, held.start, held.time_ns), (nid, pid, start, time_ns, meta),
+                      notified=True)
+        if t.get(REG, key) is None:
+            # ours gave way: what the sender holds now comes from its snapshot, in order with its changes
+            peer = self.peers[sender]
+            if scope in peer.fetching:
+                peer.refetch.add(scope)  # the one in flight may predate the sender's decision
+            else:
+                self._need_snapshot(peer, scope)
 
     def _signal_loser(self, pid: int, start: int) -> None:
         from ._procinfo import start_time
@@ -348,6 +379,9 @@ class Cluster:
             log.info("cluster: snapshot of %r from %s failed (%s); will retry", scope, peer.name, e)
         finally:
             peer.fetching.discard(scope)
+            if scope in peer.refetch and self.peers.get(peer.name) is peer:
+                peer.refetch.discard(scope)
+                self._need_snapshot(peer, scope)
 
     def _apply_snapshot(self, peer: Peer, scope: str, entries: list, reason: int) -> None:
         t = self.m.tables[scope]
@@ -383,6 +417,8 @@ class Cluster:
                 self.stats["snapshots_served"] += 1
             elif msg[0] == "msg":
                 self._deliver(msg[1], msg[2])
+            elif msg[0] == "cfl":
+                self._on_conflict_notice(msg)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError):
             pass
         finally:
@@ -400,19 +436,20 @@ class Cluster:
         if len(body) <= _wire.MAX_DATAGRAM - 100:
             self._send(body, peer.addr)
         else:
-            asyncio.get_running_loop().create_task(self._relay_tcp(peer, target, data))
+            asyncio.get_running_loop().create_task(self._push_tcp(peer, msgpack.packb(["msg", target, data])))
 
-    async def _relay_tcp(self, peer: Peer, target: list, data: bytes) -> None:
+    async def _push_tcp(self, peer: Peer, body: bytes) -> None:
+        """One authenticated frame to a peer over TCP (reliable, any size); best effort."""
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(peer.addr[0], peer.tcp_port), 5)
             try:
                 nonce = await asyncio.wait_for(reader.readexactly(_NONCE), 5)
-                writer.write(_wire.frame(self.o.secret, nonce, msgpack.packb(["msg", target, data])))
+                writer.write(_wire.frame(self.o.secret, nonce, body))
                 await writer.drain()
             finally:
                 writer.close()
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
-            pass
+            log.info("cluster: could not reach %s over TCP", peer.name)
 
     def _deliver(self, target: list, data: bytes) -> None:
         from .mailbox import _address, _send_raw

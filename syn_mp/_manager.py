@@ -21,6 +21,7 @@ from typing import Any
 
 from . import _config, _control
 from ._handlers import CallbackRunner
+from .events import to_event
 from ._table import (BY_NODE, BY_PID, R_MANAGER_RESTART, R_PROCESS_EXIT, FLAG_STRICT, Table, TableError,
                      JournalReader)
 from ._watch import make_watcher
@@ -262,7 +263,6 @@ class Manager:
 
     def _on_record(self, scope: str, r: Any) -> None:
         if self.callbacks:
-            from .events import to_event
             try:
                 e = to_event(scope, self.tables[scope], r)
             except Exception:  # an undecodable record must not stop the manager

@@ -5,6 +5,7 @@ from typing import Iterable
 
 from . import _config
 from ._client import node as _node
+from .errors import ManagerUnavailableError
 
 
 def add_node_to_scopes(scopes: Iterable[str]) -> None:
@@ -35,5 +36,5 @@ def subcluster_nodes(scope: str) -> list[str]:
     n.table(scope)  # InvalidScopeError for a scope this node lacks
     try:
         return list(n.request("nodes", scope=scope)["nodes"])
-    except Exception:  # no manager: no cluster to know of
+    except ManagerUnavailableError:  # no manager: no cluster to know of
         return []

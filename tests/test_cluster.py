@@ -1,0 +1,364 @@
+"""Several hosts (network namespaces on one bridge): scopes synced with Syn's semantics."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+import syn_mp
+from syn_mp import Event, Pid, _client
+
+from conftest import wait_for
+from netns import cluster  # noqa: F401  (the fixture)
+
+TIMEOUT = 20  # generous: a loaded 2-core CI machine
+
+
+def on(host):
+    """This test process reads `host`'s tables (shared memory is not per namespace)."""
+    _client.use_runtime_dir(host.node.rdir)
+    return syn_mp
+
+
+def table_of(host, scope: str = "s") -> list:
+    return sorted(on(host).registry_entries(scope), key=repr)
+
+
+def groups_of(host, group, scope: str = "s") -> list:
+    return on(host).members(scope, group)
+
+
+def start(c, *extra: str, scopes=("s",)):
+    """Every host's daemon, and scope(s) added on each (through a worker in its namespace)."""
+    workers = []
+    for h in c:
+        h.daemon(*extra)
+        w = h.worker()
+        w.call("add_node_to_scopes", list(scopes))
+        workers.append(w)
+    return workers
+
+
+def converged(c, scope: str = "s") -> bool:
+    tables = [table_of(h, scope) for h in c]
+    return all(t == tables[0] for t in tables)
+
+
+def test_discovery_and_propagation_in_both_directions(cluster):
+    c = cluster(3)
+    w1, w2, w3 = start(c)
+    w1.call("register", "s", "web", meta={"port": 80})
+    w2.call("register", "s", ("db", 1))
+    w3.call("join", "s", "pool", meta="three")
+    w1.call("join", "s", "pool", meta="one")
+    want = sorted([("web", Pid("h1", w1.pid), {"port": 80}), (("db", 1), Pid("h2", w2.pid), None)], key=repr)
+    for h in c:
+        wait_for(lambda: table_of(h) == want, timeout=TIMEOUT, what=f"registry on {h.name}")
+        wait_for(lambda: [p for p, _ in groups_of(h, "pool")] == sorted([Pid("h1", w1.pid), Pid("h3", w3.pid)]),
+                 timeout=TIMEOUT, what=f"members on {h.name}")
+    # remote counts and listings by node
+    s2 = on(c.h2)
+    assert s2.registry_count("s") == 2 and s2.registry_count("s", "h1") == 1 and s2.local_registry_count("s") == 1
+    assert s2.registry_entries("s", node="h1") == [("web", Pid("h1", w1.pid), {"port": 80})]
+    assert s2.member_count("s", "pool", node="h3") == 1 and s2.local_member_count("s", "pool") == 0
+    assert s2.lookup("s", "web") == (Pid("h1", w1.pid), {"port": 80})
+    # subcluster_nodes and `syn-mp nodes`, from inside h2
+    assert w2.call("subcluster_nodes", "s") == ["h1", "h3"]
+    doc = json.loads(c.h2.cli("--json", "nodes", "s").stdout)
+    assert [d["node"] for d in doc] == ["h2", "h1", "h3"] and doc[0]["self"]
+    # a change and a removal propagate too
+    w1.call("register", "s", "web", meta={"port": 81})
+    w2.call("unregister", "s", ("db", 1))
+    for h in c:
+        wait_for(lambda: table_of(h) == [("web", Pid("h1", w1.pid), {"port": 81})], timeout=TIMEOUT,
+                 what=f"update and removal on {h.name}")
+    # a remote name is taken for every node
+    with pytest.raises(syn_mp.TakenError):
+        w3.call("register", "s", "web")
+
+
+def test_only_nodes_that_added_a_scope_sync_it(cluster):
+    c = cluster(2)
+    c.h1.daemon()
+    c.h2.daemon()
+    w1, w2 = c.h1.worker(), c.h2.worker()
+    w1.call("add_node_to_scopes", ["s", "only1"])
+    w2.call("add_node_to_scopes", ["s"])
+    w1.call("register", "only1", "x")
+    w1.call("register", "s", "y")
+    wait_for(lambda: table_of(c.h2) == [("y", Pid("h1", w1.pid), None)], timeout=TIMEOUT)
+    assert w1.call("subcluster_nodes", "only1") == []
+    with pytest.raises(syn_mp.InvalidScopeError):
+        w2.call("lookup", "only1", "x")
+
+
+def test_node_down_purges_its_entries_and_node_up_restores_them(cluster):
+    c = cluster(3)
+    w1, w2, w3 = start(c)
+    w1.call("register", "s", "a")
+    w1.call("join", "s", "g")
+    for h in (c.h2, c.h3):
+        wait_for(lambda: table_of(h) == [("a", Pid("h1", w1.pid), None)], timeout=TIMEOUT)
+    ev = on(c.h2).events("s", timeout=TIMEOUT)
+    daemon1 = c.h1.node.manager_pid()
+    os.kill(daemon1, signal.SIGKILL)  # h1's manager dies; its process w1 lives on
+    for h in (c.h2, c.h3):
+        wait_for(lambda: table_of(h) == [] and groups_of(h, "g") == [], timeout=TIMEOUT, what=f"purge on {h.name}")
+    got = [next(ev), next(ev)]
+    assert sorted((e.kind, e.reason) for e in got) == [("left", ("remote_node_down", "h1")),
+                                                        ("unregistered", ("remote_node_down", "h1"))]
+    assert table_of(c.h1) == [("a", Pid("h1", w1.pid), None)]  # its own node keeps it
+    c.h1.daemon()
+    for h in (c.h2, c.h3):
+        wait_for(lambda: table_of(h) == [("a", Pid("h1", w1.pid), None)], timeout=TIMEOUT, what=f"back on {h.name}")
+    ev2 = [e for e in _take_for(on(c.h3).events("s", timeout=0.2))]
+    del ev2
+    w1.kill()
+    for h in c:
+        wait_for(lambda: table_of(h) == [], timeout=TIMEOUT, what=f"death propagated to {h.name}")
+
+
+def _take_for(it):
+    return list(it)
+
+
+def test_node_up_reason_on_the_receiving_node(cluster):
+    c = cluster(2)
+    c.h1.daemon()
+    w1 = c.h1.worker()
+    w1.call("add_node_to_scopes", ["s"])
+    w1.call("register", "s", "early")
+    c.h2.daemon()
+    w2 = c.h2.worker()
+    w2.call("add_node_to_scopes", ["s"])
+    wait_for(lambda: table_of(c.h2) == [("early", Pid("h1", w1.pid), None)], timeout=TIMEOUT)
+    # the scope's journal on h2 holds how it arrived
+    from syn_mp._client import table_of as t_of
+    from syn_mp.events import to_event
+    on(c.h2)
+    t = t_of("s")
+    recs = [to_event("s", t, r) for r in t.journal(0).read()]
+    assert Event("registered", "s", "early", Pid("h1", w1.pid), None, ("remote_node_up", "h1")) in recs
+
+
+def test_partition_heal_conflict_newest_wins_and_the_loser_is_signalled(cluster):
+    c = cluster(3)
+    w1, w2, w3 = start(c)
+    wait_for(lambda: w1.call("subcluster_nodes", "s") == ["h2", "h3"], timeout=TIMEOUT)
+    c.partition([c.h1], [c.h2, c.h3])
+    wait_for(lambda: w1.call("subcluster_nodes", "s") == [], timeout=TIMEOUT, what="h1 sees itself alone")
+    loser = c.h1.worker()
+    loser.call("register", "s", "leader", meta="old")
+    time.sleep(0.01)  # a strictly later registration on the other side
+    winner = c.h2.worker()
+    winner.call("register", "s", "leader", meta="new")
+    c.heal()
+    want = [("leader", Pid("h2", winner.pid), "new")]
+    for h in c:
+        wait_for(lambda: table_of(h) == want, timeout=TIMEOUT, what=f"winner on {h.name}")
+    wait_for(lambda: loser.proc.poll() is not None, timeout=TIMEOUT, what="loser signalled by its own node")
+    assert loser.proc.returncode == -signal.SIGTERM
+    time.sleep(0.3)  # and it stays so: no zombie comes back
+    assert all(table_of(h) == want for h in c)
+
+
+def test_conflict_signal_option(cluster):
+    c = cluster(2)
+    w1, w2 = start(c, "--conflict-signal", "SIGUSR1")
+    c.partition([c.h1], [c.h2])
+    wait_for(lambda: w1.call("subcluster_nodes", "s") == [], timeout=TIMEOUT)
+    a = c.h1.worker()
+    a.call("register", "s", "n")
+    time.sleep(0.01)
+    b = c.h2.worker()
+    b.call("register", "s", "n")
+    c.heal()
+    wait_for(lambda: a.proc.poll() is not None, timeout=TIMEOUT)
+    assert a.proc.returncode == -signal.SIGUSR1
+
+
+RESOLVER = '''
+import json, os
+class KeepOldest:
+    def resolve_registry_conflict(self, scope, name, one, two):
+        with open(os.environ["RESOLVER_LOG"], "a") as f:
+            f.write(json.dumps([scope, name, one[2], two[2]]) + "\\n")
+        return min(one, two, key=lambda e: e[2])[0]
+class KeepNone:
+    def resolve_registry_conflict(self, scope, name, one, two):
+        return "neither"
+'''
+
+
+@pytest.mark.parametrize("resolver", ["KeepOldest", "KeepNone"])
+def test_custom_resolver_is_honoured_and_nobody_is_signalled(cluster, tmp_path, resolver):
+    (tmp_path / "synresolver.py").write_text(RESOLVER)
+    c = cluster(2)
+    for h in c:
+        h.node.env.update(PYTHONPATH=f"{tmp_path}:{h.node.env.get('PYTHONPATH', '')}",
+                          RESOLVER_LOG=str(tmp_path / "log"))
+    w1, w2 = start(c, "--event-handler", f"synresolver:{resolver}")
+    c.partition([c.h1], [c.h2])
+    wait_for(lambda: w1.call("subcluster_nodes", "s") == [], timeout=TIMEOUT)
+    old = c.h1.worker()
+    old.call("register", "s", "x", meta="old")
+    time.sleep(0.01)
+    new = c.h2.worker()
+    new.call("register", "s", "x", meta="new")
+    c.heal()
+    want = [("x", Pid("h1", old.pid), "old")] if resolver == "KeepOldest" else []
+    for h in c:
+        wait_for(lambda: table_of(h) == want, timeout=TIMEOUT, what=f"resolution on {h.name}")
+    time.sleep(0.3)
+    assert all(table_of(h) == want for h in c)
+    assert old.proc.poll() is None and new.proc.poll() is None  # nobody signalled
+
+
+def _alive(pid: Pid) -> bool:
+    from conftest import pid_alive
+    return pid_alive(pid.pid)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.03, 0.1, 0.3])
+def test_zombie_race_leaves_no_entry_of_a_dead_process(cluster, delay):
+    """SYN_NOTES' TLA+ race: n2 unregisters while the snapshots of the heal are in flight. Whatever the
+    timing, every node ends with the same table and no entry of a dead process (no zombie)."""
+    c = cluster(2)
+    w1, w2 = start(c)
+    c.partition([c.h1], [c.h2])
+    wait_for(lambda: w1.call("subcluster_nodes", "s") == [], timeout=TIMEOUT)
+    a1 = c.h1.worker()
+    a1.call("register", "s", "a")
+    time.sleep(0.01)
+    a2 = c.h2.worker()
+    a2.call("register", "s", "a")  # later: wins any conflict, so n1's process is the one to lose
+    c.heal()
+    time.sleep(delay)
+    a2.call("unregister", "s", "a")  # while the heal's snapshots and resolution may be in flight
+
+    # either a1 lost the conflict (killed, 'a' free) or the conflict never met (a1 keeps 'a')
+    def converged_ok():
+        final = table_of(c.h1)
+        return final in ([], [("a", Pid("h1", a1.pid), None)]) and all(table_of(h) == final for h in c)
+    try:
+        wait_for(converged_ok, timeout=TIMEOUT, what="convergence")
+    except AssertionError:
+        raise AssertionError(f"no convergence: { {h.name: table_of(h) for h in c} }, a1 alive: "
+                             f"{a1.proc.poll() is None}\n{c.h1.log()[-3000:]}\n{c.h2.log()[-3000:]}") from None
+    final = table_of(c.h1)
+    time.sleep(0.5)
+    for h in c:
+        assert table_of(h) == final, f"{h.name} changed after convergence: a stale entry came back"
+    for _, pid, _ in final:
+        assert _alive(pid), f"zombie: {pid} is dead but still registered"
+    if final == []:
+        wait_for(lambda: a1.proc.poll() is not None, timeout=TIMEOUT, what="the loser was signalled")
+    # the name is usable again
+    if final:
+        a1.call("unregister", "s", "a")
+        for h in c:
+            wait_for(lambda: table_of(h) == [], timeout=TIMEOUT)
+    a2.call("register", "s", "a")
+    for h in c:
+        wait_for(lambda: [e[1] for e in table_of(h)] == [Pid("h2", a2.pid)], timeout=TIMEOUT)
+
+
+def test_twenty_percent_datagram_loss_still_converges(cluster):
+    c = cluster(3)
+    for h in c:
+        h.node.env["SYN_MP_TEST_DROP_RATE"] = "0.2"
+    workers = start(c)
+    for i, w in enumerate(workers):
+        for j in range(40):
+            w.call("register", "s", (f"h{i + 1}", j), meta=j)
+            w.call("join", "s", "g", meta=i)
+        for j in range(0, 40, 3):
+            w.call("unregister", "s", (f"h{i + 1}", j))
+    wait_for(lambda: converged(c) and len(table_of(c.h1)) == 3 * (40 - 14), timeout=60, interval=0.2,
+             what="identical tables under loss")
+    assert all(len(groups_of(h, "g")) == 3 for h in c)
+    st = json.loads(c.h1.cli("--json", "status").stdout)["cluster"]
+    assert st["dropped_test"] > 0
+
+
+def test_twenty_thousand_entries_reach_a_new_node(cluster):
+    c = cluster(2)
+    c.h1.daemon()
+    filler = c.h1.python("""
+import syn_mp
+syn_mp.add_node_to_scopes(["s"])
+for i in range(20000):
+    syn_mp.register("s", ("n", i), meta=i)
+print("done", flush=True)
+import sys; sys.stdin.read()
+""")
+    assert filler.stdout.readline().strip() == "done", filler.stderr.read()
+    t0 = time.monotonic()
+    c.h2.daemon()
+    w2 = c.h2.worker()
+    w2.call("add_node_to_scopes", ["s"])
+    wait_for(lambda: on(c.h2).registry_count("s", "h1") == 20000, timeout=60, interval=0.01,
+             what="20,000 entries on the new node")
+    print(f"\n20,000-entry snapshot on a new node: {time.monotonic() - t0:.3f}s from its manager's start")
+    assert on(c.h2).lookup("s", ("n", 19999)) == (Pid("h1", filler.pid), 19999)
+
+
+def test_unicast_peers_where_multicast_is_blocked(cluster):
+    c = cluster(3)
+    workers = []
+    for h in c:
+        h.daemon("--peers", c.peers_arg(), cluster=False)
+        w = h.worker()
+        w.call("add_node_to_scopes", ["s"])
+        workers.append(w)
+    workers[2].call("register", "s", "via-peers")
+    for h in c:
+        wait_for(lambda: table_of(h) == [("via-peers", Pid("h3", workers[2].pid), None)], timeout=TIMEOUT)
+
+
+def test_a_node_with_the_wrong_secret_never_joins(cluster):
+    c = cluster(2)
+    c.h1.daemon()
+    c.h2.daemon(secret_file=c.write_wrong_secret())
+    w1, w2 = c.h1.worker(), c.h2.worker()
+    w1.call("add_node_to_scopes", ["s"])
+    w2.call("add_node_to_scopes", ["s"])
+    w1.call("register", "s", "secret-only")
+    wait_for(lambda: json.loads(c.h2.cli("--json", "status").stdout)["cluster"]["forged"] >= 5, timeout=TIMEOUT)
+    assert table_of(c.h2) == [] and w2.call("subcluster_nodes", "s") == []
+
+
+MEMBER = """
+import sys, syn_mp
+syn_mp.add_node_to_scopes(["s"])
+syn_mp.register("s", ("srv", sys.argv[1]))
+syn_mp.join("s", "g", meta=sys.argv[1])
+print("ready", flush=True)
+while True:
+    m = syn_mp.receive()
+    if isinstance(m, syn_mp.MultiCall):
+        m.reply(("pong", sys.argv[1], m.message))
+    else:
+        print(repr(m), flush=True)
+"""
+
+
+def test_send_publish_and_multi_call_across_nodes(cluster):
+    c = cluster(3)
+    start(c)
+    members = [h.python(MEMBER, h.name) for h in (c.h2, c.h3)]
+    for m in members:
+        assert m.stdout.readline().strip() == "ready", m.stderr.read()
+    w1 = c.h1.worker()
+    wait_for(lambda: w1.call("member_count", "s", "g") == 2, timeout=TIMEOUT)
+    assert w1.call("send", "s", ("srv", "h2"), {"to": "h2", "big": "x" * 5000}) == Pid("h2", members[0].pid)
+    assert eval(members[0].stdout.readline()) == {"to": "h2", "big": "x" * 5000}
+    assert w1.call("publish", "s", "g", ("all", 1)) == 2
+    for m in members:
+        assert m.stdout.readline().strip() == "('all', 1)"
+    replies, bad = w1.call("multi_call", "s", "g", "ping", timeout=5)
+    assert bad == []
+    assert sorted(r for _, r in replies) == [("pong", "h2", "ping"), ("pong", "h3", "ping")]
