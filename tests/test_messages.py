@@ -192,3 +192,16 @@ def test_mailbox_is_gone_with_its_process_and_a_new_process_gets_none_of_its_mai
     addr = mailbox._address(node.rdir, w.pid, __import__("syn_mp._procinfo")._procinfo.start_time(w.pid))
     w.kill()
     assert not mailbox._send_raw(addr, b"\x00")  # nobody is bound there any more
+
+def test_publish_counts_a_member_that_never_opened_a_mailbox(node):
+    # a process joined by another (it never called register, join or receive itself)
+    sleeper = node.python("import sys; sys.stdin.read()")
+    syn_mp.join("s", "g", pid=sleeper.pid)
+    syn_mp.register("s", "silent", pid=sleeper.pid)
+    t0 = time.monotonic()
+    assert syn_mp.publish("s", "g", "x") == 1
+    assert syn_mp.send("s", "silent", "y") == syn_mp.Pid("n1", sleeper.pid)
+    replies, bad = syn_mp.multi_call("s", "g", "q", timeout=2)
+    assert replies == [] and bad == [(syn_mp.Pid("n1", sleeper.pid), None)]
+    # no mailbox: nothing to wait for, the sends return at once and the call does not wait its timeout
+    assert time.monotonic() - t0 < 2 + mailbox.SEND_TIMEOUT * 3
