@@ -8,7 +8,6 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-import threading
 from typing import Iterator, NamedTuple
 
 import posix_ipc

@@ -8,8 +8,8 @@ from . import _pids, _procinfo
 from ._client import table_of as _table
 from ._client import wake_if_asleep as _after_write
 from .mailbox import open_mailbox
-from ._table import (ALL_NODES, BY_KEY, BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, ETAKEN,
-                     F_EXPECT_VER, F_MATCH_PID, REG, R_PROCESS_EXIT, WITH_KEY, WITH_META, Table)
+from ._table import (BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, ETAKEN,
+                     F_EXPECT_VER, F_MATCH_PID, REG, R_PROCESS_EXIT, WITH_KEY, Entry, Table)
 from ._types import Pid
 from .codec import decode, decode_name, encode_meta, encode_name
 from .errors import CapacityError, RemotePidError, TakenError, UndefinedError
@@ -84,18 +84,24 @@ def whereis_name(scope: str, name: Any) -> Pid | None:
     return None if found is None else found[0]
 
 
+def _local_holder(t: Table, scope: str, key: bytes, name: Any) -> Entry:
+    """The entry a write acts on: it must exist, be of this node, and (strict mode) be the caller's."""
+    e = t.get(REG, key)
+    if e is None:
+        raise UndefinedError(f"{name!r} is not registered in scope {scope!r}")
+    if e.node != 0:
+        raise RemotePidError(f"{name!r} is held by {Pid(t.node_name(e.node), e.pid)}: write on its own node")
+    _pids.check_self(t, e.pid)
+    return e
+
+
 def update_registry(scope: str, name: Any, fn: Callable[[Pid, Any], Any]) -> tuple[Pid, Any]:
     """Set the meta of `name` to fn(pid, meta); retried if another write changes it meanwhile."""
     t = _table(scope)
     key = encode_name(name)
     while True:
-        e = t.get(REG, key)
-        if e is None:
-            raise UndefinedError(f"{name!r} is not registered in scope {scope!r}")
-        pid = Pid(t.node_name(e.node), e.pid)
-        if e.node != 0:
-            raise RemotePidError(f"{name!r} is held by {pid}: update it on its own node")
-        _pids.check_self(t, e.pid)
+        e = _local_holder(t, scope, key, name)
+        pid = Pid(t.node_name(0), e.pid)
         new_meta = fn(pid, decode(e.meta))
         m = encode_meta(new_meta)
         rc, info = t.put(REG, key, 0, e.pid, e.start, time.time_ns(), m, F_EXPECT_VER, e.ver)
@@ -113,12 +119,7 @@ def unregister(scope: str, name: Any) -> None:
     t = _table(scope)
     key = encode_name(name)
     while True:
-        e = t.get(REG, key)
-        if e is None:
-            raise UndefinedError(f"{name!r} is not registered in scope {scope!r}")
-        if e.node != 0:
-            raise RemotePidError(f"{name!r} is held by {Pid(t.node_name(e.node), e.pid)}: unregister it on its own node")
-        _pids.check_self(t, e.pid)
+        e = _local_holder(t, scope, key, name)
         rc, info = t.delete(REG, key, 0, e.pid, F_MATCH_PID)
         if rc == 0:
             _after_write(info)

@@ -202,3 +202,8 @@ def checked(table_or_scope: Any) -> None:
     t = _table(table_or_scope) if isinstance(table_or_scope, str) else table_or_scope
     err = t.check()
     assert err is None, f"table invariant broken: {err}"
+
+
+# the network-namespace fixture (`cluster`), for every test module; netns imports from this module,
+# so it comes last
+from netns import cluster  # noqa: E402,F401

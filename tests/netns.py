@@ -1,6 +1,6 @@
 """Several hosts on one machine: Linux network namespaces on one bridge (DESIGN.md, "Testing").
 
-    from netns import Cluster, cluster  # noqa: F401  (importing `cluster` makes the fixture visible)
+    # the `cluster` fixture is registered by conftest.py for every test module
 
     def test_x(cluster):
         c = cluster(3)                      # hosts c.h1, c.h2, c.h3 (also c.hosts[0..2], c["h1"])

@@ -12,7 +12,6 @@ import syn_mp
 from syn_mp import Event, Pid, _client
 
 from conftest import wait_for
-from netns import cluster  # noqa: F401  (the fixture)
 
 TIMEOUT = 20  # generous: a loaded 2-core CI machine
 

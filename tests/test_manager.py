@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import psutil
@@ -15,7 +13,7 @@ from syn_mp._table import REG, R_MANAGER_RESTART, R_PROCESS_EXIT
 from syn_mp.codec import encode_meta, encode_name
 from syn_mp._client import table_of as _table
 
-from conftest import ROOT, NodeHandle, checked, pid_alive, wait_for
+from conftest import checked, pid_alive, wait_for
 
 
 def _managers_of(rdir: str) -> list[int]:

@@ -15,7 +15,7 @@ import pytest
 from syn_mp import _config
 
 from conftest import pid_alive, wait_for
-from netns import GROUP, Cluster, Host, cluster, list_namespaces, require_netns  # noqa: F401
+from netns import GROUP, Cluster, Host, list_namespaces, require_netns
 
 MPORT = 47701  # the harness's own multicast port (the daemons use 47700)
 UPORT = 47702

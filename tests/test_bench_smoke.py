@@ -1,0 +1,59 @@
+"""The bench runs end to end (`python -m bench --quick`) and writes every figure: no timing is checked."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+FIGURES = ["lookup_str", "lookup_tuple", "lookup_none", "lookup_uncached", "regunreg", "joinleave", "members",
+           "scale_1k", "scale_100k", "scale_ratio", "scale_uncached_1k", "scale_uncached_100k",
+           "scale_uncached_ratio", "readers_idle", "readers_loaded", "readers_ratio", "writer_rate", "death",
+           "memory", "cluster_visible", "cluster_snapshot"]
+
+
+def _leftovers() -> set[str]:
+    tmp = {"/tmp/" + n for n in os.listdir("/tmp") if n.startswith("synbench-")}
+    shm = {"/dev/shm/" + n for n in os.listdir("/dev/shm") if n.startswith("synbench_")}
+    return tmp | shm
+
+
+@pytest.mark.slow
+def test_bench_quick(tmp_path):
+    out = tmp_path / "results"
+    before = _leftovers()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYN_MP_")}
+    r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    md = (out / "results.md").read_text()
+    doc = json.loads((out / "results.json").read_text())
+    ids = [f["id"] for f in doc["figures"]]
+    assert sorted(ids) == sorted(FIGURES)
+    # syn_mp and the in-process floor have a value wherever the figure means something for them
+    for f in doc["figures"]:
+        if f["pending"]:
+            continue
+        assert f["median"].get("syn_mp") is not None, f["id"]
+        if "dict" not in f["na"]:
+            assert f["median"].get("dict") is not None, f["id"]
+        assert f["title"] in md, f["title"]
+    assert "| figure | syn_mp | dict |" in md
+    assert doc["contenders"]["syn_mp"]["status"] == "ran"
+    assert doc["contenders"]["dict"]["status"] == "ran"
+    assert doc["machine"]["cores"] and doc["machine"]["cpu"]
+    assert doc["command"].startswith("python -m bench --quick")
+    assert "Machine:" in md and "Command: `python -m bench --quick" in md
+    try:
+        import matplotlib  # noqa: F401  (in the bench extra: without it the bench writes no plots)
+    except ImportError:
+        pass
+    else:
+        for png in ("lookup.png", "register.png", "scale.png", "readers_under_writer.png"):
+            assert (out / png).stat().st_size > 0, png
+    # no runtime dir, segment or temp dir of the bench is left behind
+    assert _leftovers() <= before
