@@ -260,7 +260,7 @@ class Cluster:
             self._need_snapshot(peer, scope)
             return
         peer.applied[scope] = seq
-        nid = t.node_id(peer.name, create=True)
+        nid = t.add_node(peer.name)
         if put:
             self._apply_put(t, scope, nid, type_, key, pid, start, time_ns, meta, R_NORMAL)
         else:
@@ -296,7 +296,7 @@ class Cluster:
         pid_i = Pid(t.node_name(i_node), i_pid)
         cb = self.m.callbacks
         custom = cb is not None and getattr(cb.handler, "resolve_registry_conflict", None) is not None
-        if custom and h_node == 0:
+        if custom and h_node == 0 and cb is not None:
             from .codec import decode_name
             winner = cb.call_sync("resolve_registry_conflict", scope, decode_name(key),
                                   (pid_h, decode(h_meta), h_time), (pid_i, decode(i_meta), i_time))
@@ -326,7 +326,7 @@ class Cluster:
         held = None if t is None else t.get(REG, key)
         if t is None or held is None or held.node != 0 or sender not in self.peers:
             return
-        nid = t.node_id(sender, create=True)
+        nid = t.add_node(sender)
         self._resolve(t, scope, key, (0, held.pid, held.start, held.time_ns), (nid, pid, start, time_ns, meta),
                       notified=True)
         if t.get(REG, key) is None:
@@ -385,7 +385,7 @@ class Cluster:
 
     def _apply_snapshot(self, peer: Peer, scope: str, entries: list, reason: int) -> None:
         t = self.m.tables[scope]
-        nid = t.node_id(peer.name, create=True)
+        nid = t.add_node(peer.name)
         present = {(e[0], e[1], e[2]) for e in entries}
         for item in t.collect(BY_NODE, 0, node=nid, flags=WITH_KEY):
             if (item.type, item.key, item.pid) not in present:  # authoritative: gone on its node

@@ -8,7 +8,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from typing import Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import posix_ipc
 
@@ -115,7 +115,7 @@ class Table:
         self._node_names: list[str] = []
         self._seqp = lib.synt_seq_ptr(self._t)
         # name bytes -> (seq, lookup result): reused while the table is unchanged (see registry.lookup)
-        self.lookup_cache: dict[bytes, tuple[int, object]] = {}
+        self.lookup_cache: dict[bytes, tuple[Any, ...]] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -165,6 +165,12 @@ class Table:
 
     def nnodes(self) -> int:
         return lib.synt_nnodes(self._t)
+
+    def add_node(self, name: str) -> int:
+        """The id of node `name`, added to the node table if new."""
+        nid = self.node_id(name, create=True)
+        assert nid is not None
+        return nid
 
     def node_id(self, name: str, create: bool = False) -> int | None:
         b = name.encode()
@@ -233,14 +239,14 @@ class Table:
 
     def put(self, type_: int, key: bytes, node: int, pid: int, start: int, time_ns: int,
             meta: bytes, flags: int = 0, expect_ver: int = 0, reason: int = R_NORMAL,
-            reason_node: int = 0) -> tuple[int, synt_info]:
+            reason_node: int = 0) -> tuple[int, Any]:
         info = ffi.new("synt_info_t *")
         rc = lib.synt_put(self._t, type_, key, len(key), node, pid, start, time_ns, meta, len(meta),
                           flags, expect_ver, reason, reason_node, info)
         return rc, info
 
     def delete(self, type_: int, key: bytes, node: int = 0, pid: int = 0, flags: int = 0,
-               reason: int = R_NORMAL, reason_node: int = 0) -> tuple[int, synt_info]:
+               reason: int = R_NORMAL, reason_node: int = 0) -> tuple[int, Any]:
         info = ffi.new("synt_info_t *")
         rc = lib.synt_delete(self._t, type_, key, len(key), node, pid, flags, reason, reason_node, info)
         return rc, info
@@ -285,8 +291,6 @@ class Table:
     def journal(self, cursor: int | None = None) -> "JournalReader":
         return JournalReader(self, self.journal_head() if cursor is None else cursor)
 
-
-synt_info = object  # the cffi struct type, for annotations only
 
 _ITEM = ffi.sizeof("synt_item_t")
 _JREC = ffi.sizeof("synt_jrec_t")

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from . import _client, _config
 from .errors import EncodingError, InvalidScopeError, ManagerUnavailableError, SynError
@@ -24,7 +24,7 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse exits 2 too; keep it to one line
+    def error(self, message: str) -> NoReturn:  # argparse exits 2 too; keep it to one line
         raise UsageError(message)
 
 
@@ -299,7 +299,7 @@ def _cmd_nodes(args: argparse.Namespace, node: _client.Node) -> int:
     from . import node_name, registry_count, subcluster_nodes
     nodes = [node_name()] + subcluster_nodes(args.scope)
     doc = [{"node": n, "self": i == 0, "names": registry_count(args.scope, n)} for i, n in enumerate(nodes)]
-    rows = [[d["node"] + (" (this node)" if d["self"] else ""), str(d["names"])] for d in doc]
+    rows = [[f"{d['node']} (this node)" if d["self"] else f"{d['node']}", f"{d['names']}"] for d in doc]
     _emit(args, doc, _table(rows, ["NODE", "NAMES"]))
     return EXIT_OK
 

@@ -287,9 +287,9 @@ def multi_call(scope: str, group: Any, message: Any, timeout: float = 5.0
         for n, i in enumerate(t.collect(BY_KEY, PG, encode_name(group), flags=WITH_META)):
             who = (Pid(t.node_name(i.node), i.pid), decode(i.meta))
             token = str(n)
-            data = _envelope(_CALL, ref.encode(), token.encode(), me.node.encode(), str(me.pid).encode(),
-                             reply_addr, i.meta, payload)
-            if _deliver_entry(t, i.node, i.pid, i.start, data):
+            request = _envelope(_CALL, ref.encode(), token.encode(), me.node.encode(), str(me.pid).encode(),
+                                reply_addr, i.meta, payload)
+            if _deliver_entry(t, i.node, i.pid, i.start, request):
                 pending[token] = who
             else:
                 bad.append(who)
@@ -304,13 +304,14 @@ def multi_call(scope: str, group: Any, message: Any, timeout: float = 5.0
                 data = _recv_own_user(sock)
             except TimeoutError:
                 break
+            if data is None:
+                continue
             try:
-                kind, parts = _unpack_envelope(data or b"\xff")
-                if kind != _REPLY or parts[0].decode() != ref:
+                kind, parts = _unpack_envelope(data)
+                token = parts[1].decode()
+                if kind != _REPLY or parts[0].decode() != ref or token not in pending:
                     continue
-                who = pending.pop(parts[1].decode(), None)
-                if who is not None:
-                    replies.append((who, decode(parts[2])))
+                replies.append((pending.pop(token), decode(parts[2])))
             except (EncodingError, ValueError, IndexError, struct.error):
                 continue
         bad.extend(pending.values())
