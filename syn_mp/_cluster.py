@@ -246,6 +246,11 @@ class Cluster:
             body = msgpack.packb(["big", scope, seq])  # too big for a datagram: receivers fetch a snapshot
         self._send(body)
 
+    def resync(self, scope: str) -> None:
+        """Local changes were missed (journal overrun): skip a seq, so every peer sees a gap in
+        our heartbeats and fetches our snapshot."""
+        self.scope_seq[scope] = self.scope_seq.get(scope, 0) + 2
+
     # --------------------------------------------------------- remote changes
 
     def _on_change(self, peer: Peer, msg: list) -> None:

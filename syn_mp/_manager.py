@@ -253,6 +253,8 @@ class Manager:
                 if recs is None:
                     log.warning("scope %r: journal overrun, rescanning the table", scope)
                     self._scan(scope, R_PROCESS_EXIT)
+                    if self.cluster is not None:
+                        self.cluster.resync(scope)  # changes we never broadcast: peers refetch
                     continue
                 if not recs:
                     break

@@ -131,9 +131,13 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     strict = args.strict if args.strict is not None else os.environ.get("SYN_MP_STRICT", "") in ("1", "true", "yes")
-    capacity = args.capacity or int(os.environ.get("SYN_MP_CAPACITY", _config.DEFAULT_CAPACITY))
-    if capacity <= 0:
-        raise UsageError("--capacity must be positive")
+    try:
+        capacity = args.capacity or int(os.environ.get("SYN_MP_CAPACITY", _config.DEFAULT_CAPACITY))
+        journal = int(os.environ.get("SYN_MP_JOURNAL_BYTES", _config.DEFAULT_JOURNAL))
+    except ValueError as e:
+        raise UsageError(f"SYN_MP_CAPACITY / SYN_MP_JOURNAL_BYTES: {e}") from None
+    if capacity <= 0 or journal <= 0:
+        raise UsageError("the capacity and the journal size must be positive")
     handler = None
     if args.event_handler:
         from ._handlers import HandlerError, load_handler
@@ -144,7 +148,7 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     cluster = _cluster_options(args)
     opts = _manager.Options(
         rdir=_config.runtime_dir(args.runtime_dir), node=_config.default_node_name(args.node), strict=strict,
-        watcher=args.watcher or os.environ.get("SYN_MP_WATCHER", "auto"), capacity=capacity,
+        watcher=args.watcher or os.environ.get("SYN_MP_WATCHER", "auto"), capacity=capacity, journal=journal,
         event_handler=handler, cluster=cluster)
     if args.detach and os.fork() > 0:
         return EXIT_OK  # the client that spawned us waits for the socket, not for this process

@@ -361,3 +361,35 @@ def test_send_publish_and_multi_call_across_nodes(cluster):
     replies, bad = w1.call("multi_call", "s", "g", "ping", timeout=5)
     assert bad == []
     assert sorted(r for _, r in replies) == [("pong", "h2", "ping"), ("pong", "h3", "ping")]
+
+
+def test_changes_missed_in_a_journal_overrun_still_reach_the_other_nodes(cluster):
+    """A manager that fell a whole journal ring behind rescans, and its peers refetch its snapshot."""
+    c = cluster(2)
+    c.h1.node.env["SYN_MP_JOURNAL_BYTES"] = "65536"  # a small ring: easy to overrun
+    w1, w2 = start(c)
+    wait_for(lambda: w1.call("subcluster_nodes", "s") == ["h2"] and w2.call("subcluster_nodes", "s") == ["h1"],
+             timeout=TIMEOUT, what="synced both ways")
+    filler = c.h1.python("""
+import sys, syn_mp
+syn_mp.register("s", "ready")
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(1500):
+    syn_mp.register("s", ("x", i), meta="m" * 40)
+print("done", flush=True)
+sys.stdin.read()
+""")
+    assert filler.stdout.readline().strip() == "ready", filler.stderr.read()
+    mgr = c.h1.node.manager_pid()
+    # stopped for far less than the node timeout: h2 must not take h1 for down (that would refetch anyway)
+    os.kill(mgr, signal.SIGSTOP)
+    try:
+        filler.stdin.write("go\n")
+        filler.stdin.flush()
+        assert filler.stdout.readline().strip() == "done", filler.stderr.read()
+    finally:
+        os.kill(mgr, signal.SIGCONT)
+    wait_for(lambda: on(c.h2).registry_count("s", "h1") == 1501, timeout=TIMEOUT, what="all 1501 on h2")
+    assert "journal overrun" in c.h1.log()
+    assert "down" not in c.h2.log()
