@@ -889,6 +889,8 @@ int synt_get(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, uint
 
 const volatile uint64_t *synt_seq_ptr(synt_t *t) { return &H(t)->seq; }
 
+const volatile uint64_t *synt_flags_ptr(synt_t *t) { return &H(t)->flags; }
+
 typedef struct {
     uint32_t mode, type, keylen, node, flags;
     int64_t pid;

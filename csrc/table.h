@@ -155,6 +155,8 @@ int synt_nnodes(synt_t *t);
 
 /* The seqlock word: unchanged since a read's info.seq means the table is unchanged since. */
 const volatile uint64_t *synt_seq_ptr(synt_t *t);
+/* The header's flags word (SYNT_FLAG_*), read on every write without a call. */
+const volatile uint64_t *synt_flags_ptr(synt_t *t);
 
 uint64_t synt_journal_head(synt_t *t);
 int64_t synt_journal_read(synt_t *t, uint64_t *cursor, uint8_t *buf, uint64_t cap,

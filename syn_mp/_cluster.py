@@ -329,17 +329,18 @@ class Cluster:
         _, scope, key, sender, pid, start, time_ns, meta = msg
         t = self.m.tables.get(scope)
         held = None if t is None else t.get(REG, key)
-        if t is None or held is None or held.node != 0 or sender not in self.peers:
-            return
+        if t is None or held is None or held.node != 0:
+            return  # (the sender may not be a known peer yet: the notice is authenticated all the same)
         nid = t.add_node(sender)
         self._resolve(t, scope, key, (0, held.pid, held.start, held.time_ns), (nid, pid, start, time_ns, meta),
                       notified=True)
         if t.get(REG, key) is None:
             # ours gave way: what the sender holds now comes from its snapshot, in order with its changes
-            peer = self.peers[sender]
-            if scope in peer.fetching:
+            # (an unknown sender's discovery snapshot is still to come)
+            peer = self.peers.get(sender)
+            if peer is not None and scope in peer.fetching:
                 peer.refetch.add(scope)  # the one in flight may predate the sender's decision
-            else:
+            elif peer is not None:
                 self._need_snapshot(peer, scope)
 
     def _signal_loser(self, pid: int, start: int) -> None:

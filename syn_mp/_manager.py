@@ -29,6 +29,9 @@ from ._watch import make_watcher
 log = logging.getLogger("syn_mp.manager")
 
 SAFETY_TICK = 1.0  # seconds: rescan journals even if a wake datagram was lost
+STAY_AWAKE = 0.05  # seconds of quiet before the manager sleeps (and writes must wake it)
+POLL_AWAKE = 0.001  # while awake, how often the journals are looked at
+DRAIN_BUDGET = 20000  # journal records handled before the loop lets other work run
 _WATCHED_KINDS = {"registered", "registry_updated", "joined", "group_updated"}
 _GONE_KINDS = {"unregistered", "left"}
 
@@ -233,23 +236,32 @@ class Manager:
                 self.callbacks.check_hung()
 
     async def _pump(self) -> None:
+        """Follow the journals. Awake (flag clear), writers never make a system call for us; after
+        STAY_AWAKE of quiet the manager sleeps and the next write wakes it with one datagram."""
         while True:
             await self._wake.wait()
             self._wake.clear()
             for t in self.tables.values():
                 t.set_sleeping(False)
-            busy = self._drain()
+            quiet_since = loop_time = asyncio.get_running_loop().time()
+            while loop_time - quiet_since < STAY_AWAKE:
+                n = self._drain()
+                if n:
+                    quiet_since = asyncio.get_running_loop().time()
+                # a full budget: more is waiting; else poll again shortly (pidfds and the socket run meanwhile)
+                await asyncio.sleep(0 if n >= DRAIN_BUDGET else POLL_AWAKE)
+                loop_time = asyncio.get_running_loop().time()
             for t in self.tables.values():
                 t.set_sleeping(True)  # then look again: a write between drain and flag is not lost
-            if busy or any(r.pending() for r in self.readers.values()):
+            if any(r.pending() for r in self.readers.values()):
                 self._wake.set()
-                await asyncio.sleep(0)  # let pidfd readers and the control socket run
 
-    def _drain(self, budget: int = 20000) -> bool:
-        """Follow every journal; True when there is more than the budget allowed."""
+    def _drain(self, budget: int = DRAIN_BUDGET) -> int:
+        """Follow every journal, up to `budget` records; returns how many were handled."""
+        left = budget
         for scope, reader in self.readers.items():
-            while budget > 0:
-                recs = reader.read(min(budget, 4096))
+            while left > 0:
+                recs = reader.read(min(left, 4096))
                 if recs is None:
                     log.warning("scope %r: journal overrun, rescanning the table", scope)
                     self._scan(scope, R_PROCESS_EXIT)
@@ -258,10 +270,10 @@ class Manager:
                     continue
                 if not recs:
                     break
-                budget -= len(recs)
+                left -= len(recs)
                 for r in recs:
                     self._on_record(scope, r)
-        return budget <= 0
+        return budget - left
 
     def _on_record(self, scope: str, r: Any) -> None:
         if self.callbacks:

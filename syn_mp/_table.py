@@ -95,6 +95,22 @@ class _Scratch:
         self.buf_bytes = ffi.buffer(self.buf)
 
 
+class _Info(NamedTuple):
+    """synt_info_t as Python values."""
+
+    node: int
+    type: int
+    pid: int
+    start: int
+    time_ns: int
+    ver: int
+    keylen: int
+    metalen: int
+    wake: int
+    pad: int
+    seq: int
+
+
 _new_entry = tuple.__new__  # a NamedTuple without its Python-level __new__: the lookup hot path
 _INFO = struct.Struct("=IIqQqQIIIIQ")  # synt_info_t
 assert _INFO.size == ffi.sizeof("synt_info_t")
@@ -114,6 +130,7 @@ class Table:
         self._pool: list[_Scratch] = []
         self._node_names: list[str] = []
         self._seqp = lib.synt_seq_ptr(self._t)
+        self._flagsp = lib.synt_flags_ptr(self._t)
         # name bytes -> (seq, lookup result): reused while the table is unchanged (see registry.lookup)
         self.lookup_cache: dict[bytes, tuple[Any, ...]] = {}
 
@@ -240,16 +257,24 @@ class Table:
     def put(self, type_: int, key: bytes, node: int, pid: int, start: int, time_ns: int,
             meta: bytes, flags: int = 0, expect_ver: int = 0, reason: int = R_NORMAL,
             reason_node: int = 0) -> tuple[int, Any]:
-        info = ffi.new("synt_info_t *")
-        rc = lib.synt_put(self._t, type_, key, len(key), node, pid, start, time_ns, meta, len(meta),
-                          flags, expect_ver, reason, reason_node, info)
-        return rc, info
+        """(result code, the entry's info: the new one, or the holder on ETAKEN); the info is a
+        snapshot copy, safe to keep."""
+        s = self._scratch()
+        try:
+            rc = lib.synt_put(self._t, type_, key, len(key), node, pid, start, time_ns, meta, len(meta),
+                              flags, expect_ver, reason, reason_node, s.info)
+            return rc, _new_entry(_Info, _INFO.unpack_from(s.info_bytes))
+        finally:
+            self._pool.append(s)
 
     def delete(self, type_: int, key: bytes, node: int = 0, pid: int = 0, flags: int = 0,
                reason: int = R_NORMAL, reason_node: int = 0) -> tuple[int, Any]:
-        info = ffi.new("synt_info_t *")
-        rc = lib.synt_delete(self._t, type_, key, len(key), node, pid, flags, reason, reason_node, info)
-        return rc, info
+        s = self._scratch()
+        try:
+            rc = lib.synt_delete(self._t, type_, key, len(key), node, pid, flags, reason, reason_node, s.info)
+            return rc, _new_entry(_Info, _INFO.unpack_from(s.info_bytes))
+        finally:
+            self._pool.append(s)
 
     def purge_pid(self, node: int, pid: int, start: int, reason: int, reason_node: int = 0) -> int:
         return lib.synt_purge_pid(self._t, node, pid, start, reason, reason_node)
@@ -261,7 +286,7 @@ class Table:
 
     @property
     def flags(self) -> int:
-        return lib.synt_flags(self._t)
+        return self._flagsp[0]  # a plain load: checked on every write (strict mode)
 
     def set_flags(self, flags: int) -> None:
         lib.synt_set_flags(self._t, flags)
