@@ -43,6 +43,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "hypothesis"],
+        # the servers syn_mp.contrib integrates with, for its tests (./dev test installs them)
+        "integrations": ["gunicorn>=21", "uvicorn>=0.30", "celery[redis]>=5.3", "redis>=4"],
         "bench": ["UltraDict", "redis", "matplotlib"],
     },
     entry_points={
