@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from . import _config, _control
-from ._table import Table
+from ._table import Table, TableError
 from .errors import InvalidScopeError, ManagerUnavailableError
 
 MANAGER_START_TIMEOUT = 15.0
@@ -37,7 +37,10 @@ class Node:
         except (KeyError, TypeError):  # TypeError: unhashable, check_scope raises ValueError
             pass
         _config.check_scope(scope)
-        t = Table.attach(_config.segment_name(self.rdir, scope))
+        try:
+            t = Table.attach(_config.segment_name(self.rdir, scope), _config.segment_owner(self.rdir))
+        except TableError as e:  # another user's segment under our node's name
+            raise InvalidScopeError(f"scope {scope!r} can't be used: {e}") from None
         if t is None:
             raise InvalidScopeError(f"scope {scope!r} was not added on this node (runtime dir {self.rdir})")
         self.tables[scope] = t

@@ -163,7 +163,11 @@ class Cluster:
     def _dispatch(self, d: _wire.Datagram, addr: tuple[str, int], msg: list) -> None:
         kind = msg[0]
         if kind == "hb":
-            self._on_heartbeat(d, addr, msg[1], msg[2])
+            scopes, tcp_port = msg[1], msg[2]
+            if not (isinstance(scopes, dict) and all(type(s) is str and type(q) is int for s, q in scopes.items())
+                    and type(tcp_port) is int and 0 < tcp_port < 65536):
+                raise ValueError("malformed heartbeat")  # before it touches any state: counted malformed
+            self._on_heartbeat(d, addr, scopes, tcp_port)
             return
         peer = self.peers.get(d.node)
         if peer is None or peer.incarnation != d.incarnation:
@@ -404,7 +408,7 @@ class Cluster:
         try:
             writer.write(nonce)
             await writer.drain()
-            body = await asyncio.wait_for(_read_frame(reader, self.o.secret, nonce), 10)
+            body = await asyncio.wait_for(_read_frame(reader, self.o.secret, nonce, _wire.MAX_REQUEST), 10)
             if body is None:
                 self.stats["forged"] += 1
                 return
@@ -471,9 +475,10 @@ class Cluster:
         return sorted(p.name for p in self.peers.values() if scope in p.scopes and scope in p.synced)
 
 
-async def _read_frame(reader: asyncio.StreamReader, secret: bytes, nonce: bytes) -> bytes | None:
+async def _read_frame(reader: asyncio.StreamReader, secret: bytes, nonce: bytes,
+                      limit: int = _wire.MAX_FRAME) -> bytes | None:
     (n,) = struct.unpack("!I", await reader.readexactly(4))
-    if n > _wire.MAX_FRAME:
+    if n > limit:  # refused before a byte of it is buffered
         return None
     body = await reader.readexactly(n)
     tag = await reader.readexactly(_wire.MAC_LEN)

@@ -22,7 +22,7 @@ from typing import Any
 from . import _config, _control
 from ._handlers import CallbackRunner
 from .events import to_event
-from ._table import (BY_NODE, BY_PID, R_MANAGER_RESTART, R_PROCESS_EXIT, FLAG_STRICT, Table, TableError,
+from ._table import (BY_NODE, R_MANAGER_RESTART, R_PROCESS_EXIT, FLAG_STRICT, Table, TableError,
                      JournalReader)
 from ._watch import make_watcher
 
@@ -33,7 +33,6 @@ STAY_AWAKE = 0.05  # seconds of quiet before the manager sleeps (and writes must
 POLL_AWAKE = 0.001  # while awake, how often the journals are looked at
 DRAIN_BUDGET = 20000  # journal records handled before the loop lets other work run
 _WATCHED_KINDS = {"registered", "registry_updated", "joined", "group_updated"}
-_GONE_KINDS = {"unregistered", "left"}
 
 
 class AlreadyRunning(Exception):
@@ -73,6 +72,7 @@ class Manager:
 
     def _take_lock(self) -> None:
         _config.ensure_runtime_dir(self.opts.rdir)
+        _config.mailbox_key(self.opts.rdir)  # made by the node's user before any process needs it
         self._lockfd = os.open(self.paths.manager_lock, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -144,7 +144,9 @@ class Manager:
         state = {"node": self.opts.node, "pid": os.getpid(), "scopes": sorted(self.tables),
                  "strict": self.opts.strict}
         tmp = self.paths.state + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # whatever the umask, or the mode of a leftover tmp file
+        with open(fd, "w", encoding="utf-8") as f:
             json.dump(state, f)
         os.replace(tmp, self.paths.state)  # atomic: readers see the old or the new file
 
@@ -201,6 +203,9 @@ class Manager:
         key = "manager_restart" if reason == R_MANAGER_RESTART else "process_exit"
         self.purged[key] += n
         if n:
+            # the purge is journaled like any write, and a sleeping manager would only drain it at
+            # the next SAFETY_TICK: wake now, so peers and event handlers learn of the death at once
+            self._wake.set()
             log.debug("pid %d gone (%s): %d entries removed", pid, key, n)
 
     # ----------------------------------------------------------------- journal
@@ -223,10 +228,10 @@ class Manager:
                 return
             try:
                 dest, target, payload = msgpack.unpackb(data, raw=False)
-            except Exception:
+                if self.cluster is not None:
+                    self.cluster.relay(dest, target, payload)
+            except Exception:  # a malformed datagram must not escape the loop's reader callback
                 continue
-            if self.cluster is not None:
-                self.cluster.relay(dest, target, payload)
 
     async def _tick(self) -> None:
         while True:
@@ -288,20 +293,19 @@ class Manager:
         if self.cluster is not None:
             self.cluster.on_local_record(scope, r)
         if r.kind in _WATCHED_KINDS:
+            # watched until it dies, even once it holds nothing: one fd per process, and no walk of
+            # its entries after every unregister (which made the manager's work grow with them)
             self._ensure_watched(r.pid, r.start)
-        elif r.kind in _GONE_KINDS and self.watcher.watching(r.pid) == r.start:
-            if all(t.count(BY_PID, 0, node=0, pid=r.pid) == 0 for t in self.tables.values()):
-                self.watcher.unwatch(r.pid)  # holds nothing any more: no need to watch
 
     # ------------------------------------------------------------ control socket
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await reader.readline()
             try:
+                line = await reader.readline()  # ValueError: a line over the reader's limit
                 req = json.loads(line)
                 reply = self._handle(req)
-            except (ValueError, TypeError, KeyError) as e:
+            except (ValueError, TypeError, KeyError, RecursionError) as e:  # RecursionError: JSON nested too deep
                 reply = {"ok": False, "error": f"bad request: {e}"}
             except TableError as e:
                 reply = {"ok": False, "error": str(e)}

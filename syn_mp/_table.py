@@ -154,13 +154,18 @@ class Table:
         return cls(name, shm, mm)
 
     @classmethod
-    def attach(cls, name: str) -> "Table | None":
-        """Map an existing segment; None when there is none."""
+    def attach(cls, name: str, owner: int | None = None) -> "Table | None":
+        """Map an existing segment; None when there is none. TableError when it belongs to a user other
+        than `owner` (default: this process's): segment names are predictable, another user may have
+        created one first."""
         try:
             shm = posix_ipc.SharedMemory(name)
         except posix_ipc.ExistentialError:
             return None
         try:
+            uid = os.fstat(shm.fd).st_uid
+            if uid != (os.geteuid() if owner is None else owner):
+                raise TableError(f"segment {name} is owned by uid {uid}, not by the node's user: refusing it")
             if shm.size == 0:
                 return None
             mm = mmap.mmap(shm.fd, shm.size)

@@ -3,7 +3,7 @@
 Datagram:  MAGIC | version u8 | node len u8 | node | incarnation u64 | seq u64 | body | HMAC-SHA256
 The HMAC (keyed with the cluster secret) covers everything before it. A receiver
 keeps, per sender node, the newest incarnation (the sender manager's start time in
-ns) and a 64-wide window of seen sequence numbers: an older incarnation, a seen or
+ns) and a 1024-wide window of seen sequence numbers: an older incarnation, a seen or
 too-old seq is a replay and is dropped. TCP frames are length-prefixed and carry
 an HMAC over the server's per-connection nonce and the body, so they can't be
 replayed on another connection.
@@ -20,7 +20,10 @@ VERSION = 1
 MAC_LEN = 32
 _HDR = struct.Struct("!QQ")
 MAX_DATAGRAM = 1400  # fits a 1500-byte MTU with IP/UDP headers
-WINDOW = 64
+# One seq counter covers a sender's multicast and its unicast datagrams, which arrive on two sockets
+# read in turn: between them, order can slip by a socket queue's worth. A narrow window (64) drops
+# authentic datagrams under load and counts them as replays.
+WINDOW = 1024
 
 
 class Datagram(NamedTuple):
@@ -89,7 +92,8 @@ class ReplayGuard:
 
 
 _LEN = struct.Struct("!I")
-MAX_FRAME = 64 << 20
+MAX_FRAME = 64 << 20    # a snapshot answer
+MAX_REQUEST = 1 << 20   # what a TCP server reads from an unauthenticated peer before checking its MAC
 
 
 def frame(secret: bytes, nonce: bytes, body: bytes) -> bytes:

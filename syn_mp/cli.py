@@ -156,7 +156,7 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
         os.setsid()
     try:
         _manager.serve(opts)
-    except _manager.AlreadyRunning as e:
+    except (_manager.AlreadyRunning, PermissionError) as e:
         print(f"syn-mp: {e}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK

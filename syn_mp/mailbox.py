@@ -21,7 +21,7 @@ import time
 import uuid
 from typing import Any, NamedTuple
 
-from . import _client, _procinfo
+from . import _client, _config, _procinfo
 from ._client import node as _node
 from ._table import ALL_NODES, BY_KEY, PG, REG, WITH_META
 from ._types import Pid
@@ -61,8 +61,15 @@ class MultiCall:
         return f"MultiCall(message={self.message!r}, caller={self.caller.pid}, meta={self.meta!r})"
 
 
+_tags: dict[str, str] = {}  # runtime dir -> the tag of its mailbox names
+
+
 def _address(rdir: str, pid: int, start: int) -> bytes:
-    tag = hashlib.sha256(os.path.realpath(rdir).encode()).hexdigest()[:16]
+    tag = _tags.get(rdir)
+    if tag is None:
+        real = os.path.realpath(rdir)
+        # the node's key makes the name unguessable for other users (see _config.mailbox_key)
+        tag = _tags[rdir] = hashlib.sha256(real.encode() + _config.mailbox_key(real)).hexdigest()[:16]
     return f"\0syn_mp.{tag}.{pid}.{start}".encode()
 
 
