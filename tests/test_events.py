@@ -77,7 +77,7 @@ def test_a_subscriber_does_not_slow_or_block_writers(node):
 
 
 HANDLER = '''
-import json, os, time
+import json, os, threading
 LOG = os.environ["HANDLER_LOG"]
 
 def _log(*args):
@@ -100,7 +100,7 @@ class Raiser:
 class Hanger:
     def on_process_registered(self, scope, name, pid, meta, reason):
         if name == "hang":
-            time.sleep(3600)
+            threading.Event().wait()  # hangs for good: the manager must abandon it
         _log("registered", scope, name)
 '''
 

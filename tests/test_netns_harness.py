@@ -232,7 +232,7 @@ def test_close_leaves_nothing_behind():
     try:
         names = c.namespaces()
         assert len(names) == 3 and set(names) <= set(list_namespaces())
-        sleeper = c.h1.run([sys.executable, "-c", "import time; time.sleep(60)"])
+        sleeper = c.h1.run([sys.executable, "-c", "import signal; signal.pause()"])  # until killed
         # a process the cluster did not start itself, only its namespace holds it
         stray = subprocess.Popen(["ip", "netns", "exec", c.h2.ns, "sleep", "60"])
         wait_for(lambda: stray.pid in c.h2.pids(), timeout=5, what="stray process in h2")
