@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,20 +15,11 @@ import pytest
 import syn_mp
 
 from conftest import pid_alive, wait_for
+from servers import require, free_port, ids, ids_when
 
 
 def ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def require(module: str) -> None:
-    """Skip without the package, except under CI, where a missing integration package is a failure."""
-    try:
-        __import__(module)
-    except ImportError as e:
-        if ci():
-            pytest.fail(f"{module} is not installed (pip install -e '.[integrations]'): {e}")
-        pytest.skip(f"{module} is not installed (pip install -e '.[integrations]')")
 
 
 TASKS = '''
@@ -46,12 +36,6 @@ def whoami(busy=0.0):
     time.sleep(busy)  # a busy child takes no other task: tasks sent at once spread over the children
     return {"pid": os.getpid(), "id": syn_celery.worker_id(), "env": os.environ.get("SYN_MP_WORKER_ID")}
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -85,16 +69,6 @@ def redis_url(tmp_path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
-
-
-def ids(scope: str) -> dict[int, int]:
-    return {n[1]: p.pid for n, p, _ in syn_mp.registry_entries(scope) if isinstance(n, tuple) and n[0] == "worker"}
-
-
-def ids_when(scope: str, want: list[int]) -> dict[int, int] | None:
-    got = ids(scope)
-    members = sorted(m["id"] for _, m in syn_mp.members(scope, "workers"))
-    return got if sorted(got) == want and members == want else None
 
 
 def test_celery_prefork_children_get_stable_ids_and_a_replacement_reclaims_the_dead_ones(make_node, tmp_path,

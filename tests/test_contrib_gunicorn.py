@@ -1,32 +1,19 @@
 """syn_mp.contrib.gunicorn with a real gunicorn master and 3 sync workers on 127.0.0.1."""
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
-import pytest
 
 import syn_mp
 
 from conftest import pid_alive, wait_for
-
-
-def require(module: str) -> None:
-    """Skip without the package, except under CI, where a missing integration package is a failure."""
-    try:
-        __import__(module)
-    except ImportError as e:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"{module} is not installed (pip install -e '.[integrations]'): {e}")
-        pytest.skip(f"{module} is not installed (pip install -e '.[integrations]')")
+from servers import require, free_port, get, ids, ids_when
 
 
 APP = '''
@@ -51,31 +38,10 @@ def gunicorn_cmd(*args: str) -> list[str]:
     return cmd
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(port: int, query: str = "") -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/?{query}", timeout=5) as r:
-        return json.loads(r.read())
-
-
 def spread(port: int, n: int) -> list[dict]:
     """n slow requests at once: each busy worker leaves the next request to another."""
     with ThreadPoolExecutor(n) as ex:
         return list(ex.map(lambda _: get(port, "slow"), range(n)))
-
-
-def ids(scope: str) -> dict[int, int]:
-    return {n[1]: p.pid for n, p, _ in syn_mp.registry_entries(scope) if isinstance(n, tuple) and n[0] == "worker"}
-
-
-def ids_when(scope: str, want: list[int]) -> dict[int, int] | None:
-    got = ids(scope)
-    members = sorted(m["id"] for _, m in syn_mp.members(scope, "workers"))
-    return got if sorted(got) == want and members == want else None
 
 
 def stop(proc: subprocess.Popen, pids: set[int]) -> None:

@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
@@ -20,16 +17,7 @@ from syn_mp.contrib import SettingsError
 from syn_mp.contrib.uvicorn import slots_from_environment, wrap
 
 from conftest import pid_alive, wait_for
-
-
-def require(module: str) -> None:
-    """Skip without the package, except under CI, where a missing integration package is a failure."""
-    try:
-        __import__(module)
-    except ImportError as e:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"{module} is not installed (pip install -e '.[integrations]'): {e}")
-        pytest.skip(f"{module} is not installed (pip install -e '.[integrations]')")
+from servers import require, free_port, get, ids, ids_when
 
 
 # a bare ASGI app that does not speak the lifespan protocol: the wrapper speaks it for it
@@ -49,31 +37,10 @@ app = wrap(inner)
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(port: int, query: str = "") -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/?{query}", timeout=5) as r:
-        return json.loads(r.read())
-
-
 def spread(port: int, n: int) -> list[dict]:
     """n slow requests at once: a blocked worker leaves the next request to another."""
     with ThreadPoolExecutor(n) as ex:
         return [a for a in ex.map(lambda _: _answers(port, "slow"), range(n)) if a]
-
-
-def ids(scope: str) -> dict[int, int]:
-    return {n[1]: p.pid for n, p, _ in syn_mp.registry_entries(scope) if isinstance(n, tuple) and n[0] == "worker"}
-
-
-def ids_when(scope: str, want: list[int]) -> dict[int, int] | None:
-    got = ids(scope)
-    members = sorted(m["id"] for _, m in syn_mp.members(scope, "workers"))
-    return got if sorted(got) == want and members == want else None
 
 
 def test_uvicorn_workers_get_stable_ids_and_a_replacement_reclaims_the_dead_ones(make_node, tmp_path):
