@@ -80,9 +80,10 @@ class _Scratch:
     must never share one: each call pops a set from the table's pool (list.pop and append are
     atomic under the GIL) and gives it back."""
 
-    __slots__ = ("info", "info_bytes", "cap", "buf", "buf_bytes")
+    __slots__ = ("info", "info_bytes", "cap", "buf", "buf_bytes", "needed")
 
     def __init__(self) -> None:
+        self.needed = ffi.new("uint64_t *")
         self.info = ffi.new("synt_info_t *")
         self.info_bytes = ffi.buffer(self.info)  # all fields in one struct.unpack_from
         self.cap = 4096
@@ -232,7 +233,7 @@ class Table:
     def collect(self, mode: int, type_: int, key: bytes = b"", node: int = ALL_NODES,
                 pid: int = 0, flags: int = WITH_KEY | WITH_META) -> list[Item]:
         s = self._scratch()
-        needed = ffi.new("uint64_t *")
+        needed = s.needed
         try:
             while True:
                 n = lib.synt_collect(self._t, mode, type_, key, len(key), node, pid, flags, s.buf, s.cap, needed)
@@ -326,14 +327,18 @@ _ITEM = ffi.sizeof("synt_item_t")
 _JREC = ffi.sizeof("synt_jrec_t")
 
 
+_ITEM_HEAD = struct.Struct("=IIqQqII")  # synt_item_t
+
+
 def _parse_items(data: bytes, n: int) -> list[Item]:
     out = []
     off = 0
-    unpack = struct.Struct("=IIqQqII").unpack_from
+    unpack = _ITEM_HEAD.unpack_from
+    new = _new_entry  # Item without NamedTuple's Python-level __new__: listings build many
     for _ in range(n):
         node, type_, pid, start, t, kl, ml = unpack(data, off)
         d = off + _ITEM
-        out.append(Item(node, type_, pid, start, t, data[d:d + kl], data[d + kl:d + kl + ml]))
+        out.append(new(Item, (node, type_, pid, start, t, data[d:d + kl], data[d + kl:d + kl + ml])))
         off += (_ITEM + kl + ml + 7) & ~7
     return out
 

@@ -47,10 +47,18 @@ def leave(scope: str, group: Any, pid: _pids.PidArg = None) -> None:
     _after_write(info)
 
 
+_new_pid = tuple.__new__  # Pid without NamedTuple's Python-level __new__ (listings build many)
+
+
 def _pairs(t: Table, items: list) -> list[tuple[Pid, Any]]:
-    pairs = [(Pid(t.node_name(i.node), i.pid), decode(i.meta)) for i in items]
-    pairs.sort(key=lambda pm: pm[0])
+    name = t.node_name
+    pairs = [(_new_pid(Pid, (name(i.node), i.pid)), decode(i.meta)) for i in items]
+    pairs.sort(key=_first)
     return pairs
+
+
+def _first(pm: tuple[Pid, Any]) -> Pid:
+    return pm[0]
 
 
 def members(scope: str, group: Any) -> list[tuple[Pid, Any]]:
