@@ -92,12 +92,18 @@ class NodeHandle:
 
     def worker(self) -> "Worker":
         """A real process that runs syn_mp calls on request (see tests/worker.py)."""
-        p = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "worker.py")], env=self.env, cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
-        self.procs.append(p)
-        w = Worker(p)
-        assert w.call("getpid") == p.pid
-        return w
+        return self.workers(1)[0]
+
+    def workers(self, k: int) -> list["Worker"]:
+        """k such processes, started in parallel."""
+        procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "worker.py")], env=self.env,
+                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE,
+                                  text=True) for _ in range(k)]
+        self.procs.extend(procs)
+        ws = [Worker(p) for p in procs]
+        for w in ws:
+            assert w.call("getpid") == w.pid
+        return ws
 
     def kill_manager(self, sig: int = signal.SIGKILL) -> int:
         pid = self.manager_pid()
@@ -194,6 +200,26 @@ def node(make_node: Callable[..., NodeHandle]) -> NodeHandle:
     n = make_node().use()
     syn_mp.add_node_to_scopes(["s"])
     return n
+
+
+def read_all(reader: Any) -> list | None:
+    """Every journal record up to the head (one read() returns at most a buffer's worth); None on overrun."""
+    out: list = []
+    while True:
+        recs = reader.read()
+        if recs is None:
+            return None
+        if not recs:
+            return out
+        out += recs
+
+
+def raw_seq(t: Any) -> int:
+    """A table's seqlock word, through the C stats call."""
+    from syn_mp._native import ffi, lib
+    st = ffi.new("synt_stats_t *")
+    lib.synt_stats(t._t, st)
+    return st.seq
 
 
 def checked(table_or_scope: Any) -> None:

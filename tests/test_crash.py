@@ -18,6 +18,8 @@ from typing import Callable, Iterator
 import posix_ipc
 import pytest
 
+from conftest import raw_seq, read_all
+
 from syn_mp._native import ffi, lib
 from syn_mp._table import (
     ALL_NODES, BY_KEY, BY_NODE, EBUSY, F_EXPECT_VER, F_FORCE, F_MATCH_PID, INSERTED, PG, R_CONFLICT,
@@ -62,24 +64,6 @@ def segments() -> Iterator[Segments]:
     s = Segments()
     yield s
     s.close()
-
-
-def read_all(reader) -> list | None:
-    """Every record up to the head (one read() returns at most a buffer's worth); None on overrun."""
-    out: list = []
-    while True:
-        recs = reader.read()
-        if recs is None:
-            return None
-        if not recs:
-            return out
-        out += recs
-
-
-def raw_seq(t: Table) -> int:
-    st = ffi.new("synt_stats_t *")
-    lib.synt_stats(t._t, st)
-    return st.seq
 
 
 def snapshot(t: Table) -> dict:

@@ -2,29 +2,15 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
 import syn_mp
 from syn_mp import Pid
-from conftest import ROOT, NodeHandle, Worker, checked, wait_for
+from conftest import NodeHandle, checked, wait_for
 
 S = "s"
-
-
-def spawn_workers(node: NodeHandle, k: int) -> list[Worker]:
-    """k Workers started in parallel (node.worker() starts them one by one)."""
-    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "worker.py")], env=node.env, cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
-             for _ in range(k)]
-    node.procs.extend(procs)
-    workers = [Worker(p) for p in procs]
-    for w in workers:
-        assert w.call("getpid") == w.pid
-    return workers
 
 
 def me(node: NodeHandle) -> Pid:
@@ -56,7 +42,7 @@ def test_join_then_members_member_is_member_for_the_caller(node: NodeHandle) -> 
 
 
 def test_members_of_several_processes_are_sorted_by_pid(node: NodeHandle) -> None:
-    workers = spawn_workers(node, 3)
+    workers = node.workers(3)
     for i, w in enumerate(reversed(workers)):
         w.call("join", S, "g", meta=("w", i))
     syn_mp.join(S, "g", meta="me")

@@ -5,31 +5,18 @@ import ast
 import os
 import signal
 import subprocess
-import sys
 from typing import Any
 
 import pytest
 
 import syn_mp
 from syn_mp import Pid
-from conftest import ROOT, NodeHandle, Worker, _literal, checked, pid_alive, wait_for
+from conftest import NodeHandle, Worker, _literal, checked, pid_alive, wait_for
 
 S = "s"
 
 
 # ------------------------------------------------------------------ helpers
-
-def spawn_workers(node: NodeHandle, k: int) -> list[Worker]:
-    """k Workers started in parallel (node.worker() starts them one by one)."""
-    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "worker.py")], env=node.env, cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
-             for _ in range(k)]
-    node.procs.extend(procs)
-    workers = [Worker(p) for p in procs]
-    for w in workers:
-        assert w.call("getpid") == w.pid
-    return workers
-
 
 def call_all(workers: list[Worker], fn: str, *args: Any, **kwargs: Any) -> list[Any]:
     """Send the same call to every worker before reading any reply, so they run concurrently.
@@ -411,7 +398,7 @@ def test_registered_non_syn_process_is_purged_when_it_exits(node: NodeHandle) ->
 # ------------------------------------------------------------------ claim_slot
 
 def test_claim_slot_gives_distinct_ids_to_racing_processes(node: NodeHandle) -> None:
-    workers = spawn_workers(node, 8)
+    workers = node.workers(8)
     ids = call_all(workers, "claim_slot", S, "slot", 8, meta="m")
     assert sorted(ids) == list(range(8)), ids
     for w, i in zip(workers, ids):
@@ -421,7 +408,7 @@ def test_claim_slot_gives_distinct_ids_to_racing_processes(node: NodeHandle) -> 
 
 
 def test_claim_slot_lowest_free_and_capacity_error_when_all_taken(node: NodeHandle) -> None:
-    workers = spawn_workers(node, 3)
+    workers = node.workers(3)
     assert [w.call("claim_slot", S, "p", 3) for w in workers] == [0, 1, 2]
     with pytest.raises(syn_mp.CapacityError) as ei:
         syn_mp.claim_slot(S, "p", 3)
@@ -451,7 +438,7 @@ def test_claim_slot_is_idempotent_for_a_holder(node: NodeHandle) -> None:
 
 
 def test_claim_slot_id_of_a_killed_worker_goes_to_its_replacement(node: NodeHandle) -> None:
-    workers = spawn_workers(node, 4)
+    workers = node.workers(4)
     ids = call_all(workers, "claim_slot", S, "slot", 4)
     assert sorted(ids) == [0, 1, 2, 3]
     victim = workers[ids.index(2)]
@@ -465,7 +452,7 @@ def test_claim_slot_id_of_a_killed_worker_goes_to_its_replacement(node: NodeHand
 
 def test_claim_slot_reuses_a_dead_holders_id_before_the_manager_purges_it(node: NodeHandle) -> None:
     """gunicorn forks a replacement the moment a worker dies: it must not lose the race to the manager."""
-    workers = spawn_workers(node, 2)
+    workers = node.workers(2)
     assert [w.call("claim_slot", S, "slot", 2) for w in workers] == [0, 1]
     manager = node.manager_pid()
     assert manager

@@ -14,6 +14,8 @@ from typing import Callable, Iterator
 import posix_ipc
 import pytest
 
+from conftest import raw_seq, read_all
+
 from syn_mp._native import ffi, lib
 from syn_mp._table import (
     ALL_NODES, BY_KEY, BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, ETAKEN, F_EXPECT_VER,
@@ -59,24 +61,6 @@ def snapshot(t: Table) -> dict:
     """Everything the table holds: (type, key, node, pid) -> (start, time_ns, meta)."""
     return {(i.type, i.key, i.node, i.pid): (i.start, i.time_ns, i.meta)
             for i in t.collect(BY_NODE, 0, node=ALL_NODES)}
-
-
-def read_all(reader) -> list | None:
-    """Every record up to the head (one read() returns at most a buffer's worth); None on overrun."""
-    out: list = []
-    while True:
-        recs = reader.read()
-        if recs is None:
-            return None
-        if not recs:
-            return out
-        out += recs
-
-
-def raw_seq(t: Table) -> int:
-    st = ffi.new("synt_stats_t *")
-    lib.synt_stats(t._t, st)
-    return st.seq
 
 
 # ------------------------------------------------------------------ put / get
