@@ -125,7 +125,7 @@ class Diagnose:
                     raise RuntimeError("the profiled manager did not start")
                 time.sleep(0.01)
             os.environ.update(SYN_MP_RUNTIME_DIR=rdir, SYN_MP_NODE="diag")
-            _client._node = None
+            _client.set_node(None)
             syn_mp.add_node_to_scopes(["m"])
             for i in range(many):
                 syn_mp.register("m", f"held-{i}")
@@ -171,7 +171,7 @@ class Diagnose:
             for k in [k for k in os.environ if k.startswith("SYN_MP_")]:
                 del os.environ[k]
             os.environ.update(saved)
-            _client._node = None
+            _client.set_node(None)
         try:
             buf = io.StringIO()
             pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(14)

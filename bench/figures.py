@@ -528,7 +528,7 @@ class Bench:
             vis.na["syn_mp"] = snap.na["syn_mp"] = f"failed: {_why(e)}"
             self.notes.append(f"cluster figures failed: {_why(e)}")
         finally:
-            _client._node = saved
+            _client.set_node(saved)
         why = "single node"
         for k in ("dict", "ultradict", "manager", "redis"):
             vis.na[k] = snap.na[k] = why

@@ -36,7 +36,7 @@ class BenchNode:
         for k in [k for k in os.environ if k.startswith("SYN_MP_")]:
             del os.environ[k]
         os.environ.update(self.env)
-        _client._node = None
+        _client.set_node(None)
         syn_mp.add_node_to_scopes(scopes)
         return self
 
@@ -80,4 +80,4 @@ class BenchNode:
         for k in [k for k in os.environ if k.startswith("SYN_MP_")]:
             del os.environ[k]
         os.environ.update(self._saved)
-        _client._node = None
+        _client.set_node(None)

@@ -27,6 +27,11 @@
  *   I7 count, reg_count, pg_count and the per-node counters equal what the lists
  *      hold; count <= capacity; node < nnodes.
  *   I8 j_min_valid <= j_head and j_head - j_min_valid <= journal_size.
+ *   I9 a live entry's ver is in [1, next_ver); a free blob's ver is 0. next_ver
+ *      only grows and an entry is never changed in place (an update is a new
+ *      blob), so (offset, ver) names one entry's contents for as long as it
+ *      lives: a process may cache what it read and trust it while that word is
+ *      unchanged (syn_mp's lookup cache), whatever else the table does.
  *
  * WRITERS hold the process-shared robust mutex. Every store to a word that is
  * reachable by readers goes through W(), which first appends (offset, old value)
@@ -61,7 +66,7 @@
 #include <unistd.h>
 
 #define MAGIC 0x3142545053594e53ULL /* "SNYSPTB1" little-endian */
-#define VERSION 1u
+#define VERSION 2u               /* 2: ver is zeroed on free (I9) */
 #define BLOB_MIN 256u
 #define NCLASSES 8u              /* 256 B .. 32 KiB */
 #define UNDO_MAX 512u
@@ -406,6 +411,7 @@ static void blob_free(synt_t *t, uint64_t off) {
     hdr_t *h = H(t);
     entry_t *e = AT(t, off);
     W(t, &e->type, 0);
+    W(t, &e->ver, 0); /* I9: a cached (offset, ver) stops matching here */
     W(t, &e->free_next, h->free_head[e->cls]);
     W(t, &h->free_head[e->cls], off);
 }
@@ -497,6 +503,54 @@ int64_t synt_journal_read(synt_t *t, uint64_t *cursor, uint8_t *buf, uint64_t ca
         return SYNT_ECORRUPT;
     }
     *cursor = pos;
+    return n;
+overrun:
+    *cursor = synt_journal_head(t);
+    return SYNT_EOVERRUN;
+}
+
+static inline int adds_entry(uint16_t kind) {
+    return kind == SYNT_J_REGISTERED || kind == SYNT_J_REG_UPDATED || kind == SYNT_J_JOINED ||
+           kind == SYNT_J_PG_UPDATED;
+}
+
+int64_t synt_journal_pids(synt_t *t, uint64_t *cursor, int64_t *pids, uint64_t *starts, uint32_t cap,
+                          uint32_t max_records, uint64_t *nrecords) {
+    hdr_t *h = H(t);
+    uint64_t size = LD(h->journal_size), mask = size - 1;
+    uint8_t *ring = t->base + LD(h->journal_off);
+    uint64_t pos = *cursor, recs = 0;
+    int64_t n = 0;
+    *nrecords = 0;
+    if (pos < __atomic_load_n(&h->j_min_valid, __ATOMIC_ACQUIRE)) goto overrun;
+    while (recs < max_records && n < (int64_t)cap) {
+        uint64_t head = __atomic_load_n(&h->j_head, __ATOMIC_ACQUIRE);
+        if (pos >= head) break;
+        if (size - (pos & mask) < sizeof(synt_jrec_t)) {
+            pos += size - (pos & mask);
+            continue;
+        }
+        synt_jrec_t r;
+        memcpy(&r, ring + (pos & mask), sizeof(r));
+        uint64_t len = r.reclen;
+        int bad = len < 8 || len > size || (pos & mask) + len > size || (len & 7) ||
+                  (r.kind != SYNT_J_PAD && len < sizeof(r));
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (pos < __atomic_load_n(&h->j_min_valid, __ATOMIC_ACQUIRE)) goto overrun;
+        if (bad) return SYNT_ECORRUPT; /* intact yet malformed */
+        if (r.kind != SYNT_J_PAD) {
+            recs++;
+            if (r.node == 0 && adds_entry(r.kind) &&
+                (n == 0 || pids[n - 1] != r.pid || starts[n - 1] != r.start)) {
+                pids[n] = r.pid;
+                starts[n] = r.start;
+                n++;
+            }
+        }
+        pos += len;
+    }
+    *cursor = pos;
+    *nrecords = recs;
     return n;
 overrun:
     *cursor = synt_journal_head(t);
@@ -636,7 +690,7 @@ static uint64_t make_entry(synt_t *t, uint32_t type, const uint8_t *key, uint32_
     e->pid = pid;
     e->start = start;
     e->time_ns = time_ns;
-    e->ver = h->next_ver;
+    W(t, &e->ver, h->next_ver); /* logged: a rolled-back blob keeps ver 0 (I9) */
     e->keylen = keylen;
     e->metalen = metalen;
     memcpy(e->data, key, keylen);
@@ -653,6 +707,15 @@ static void remove_entry(synt_t *t, uint64_t off, uint32_t kind, uint32_t reason
 }
 
 /* ------------------------------------------------------------------ writes */
+
+/* After a write, still under the mutex: tell the caller whether the manager sleeps. Dekker
+ * with the manager: our journal publish, then its flag (it: its flag, then our head). */
+static inline int report_wake(hdr_t *h, int rc, uint32_t flags, synt_info_t *out) {
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    uint32_t wake = __atomic_load_n(&h->mgr_sleeping, __ATOMIC_RELAXED);
+    if (out) out->wake = wake;
+    return (rc >= 0 && wake && (flags & SYNT_F_WAKE_RC)) ? (rc | SYNT_WAKE) : rc;
+}
 
 static int args_ok(synt_t *t, uint32_t type, uint32_t keylen, uint32_t node, uint32_t metalen) {
     if (type != SYNT_REG && type != SYNT_PG) return 0;
@@ -721,9 +784,7 @@ int synt_put(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, uint
     op_commit(t);
     fill_info(AT(t, off), out);
 done:
-    /* Dekker with the manager: our journal publish, then its flag (it: flag, then head) */
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (out) out->wake = __atomic_load_n(&h->mgr_sleeping, __ATOMIC_RELAXED);
+    rc = report_wake(h, rc, flags, out);
     unlock(t);
     return rc;
 }
@@ -739,8 +800,9 @@ int synt_delete(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, u
     uint64_t off = type == SYNT_REG ? find_reg(t, key, keylen, hk) : find_pg(t, key, keylen, hk, node, pid);
     if (!off) { rc = SYNT_ENOTFOUND; goto done; }
     fill_info(AT(t, off), out);
-    if (type == SYNT_REG && (flags & SYNT_F_MATCH_PID) &&
-        (AT(t, off)->node != node || AT(t, off)->pid != pid)) {
+    if (type == SYNT_REG && (((flags & SYNT_F_MATCH_PID) &&
+                              (AT(t, off)->node != node || AT(t, off)->pid != pid)) ||
+                             ((flags & SYNT_F_MATCH_NODE) && AT(t, off)->node != node))) {
         rc = SYNT_EMISMATCH;
         goto done;
     }
@@ -748,9 +810,7 @@ int synt_delete(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, u
     remove_entry(t, off, type == SYNT_REG ? SYNT_J_UNREGISTERED : SYNT_J_LEFT, reason, reason_node);
     op_commit(t);
 done:
-    /* Dekker with the manager: our journal publish, then its flag (it: flag, then head) */
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (out) out->wake = __atomic_load_n(&h->mgr_sleeping, __ATOMIC_RELAXED);
+    rc = report_wake(h, rc, flags, out);
     unlock(t);
     return rc;
 }
@@ -853,6 +913,7 @@ static int get_walk(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keyle
             (type != SYNT_PG || (c.node == node && c.pid == pid)) &&
             memcmp(AT(t, o)->data, key, keylen) == 0) {
             fill_info(&c, out);
+            out->ver_word = (o + offsetof(entry_t, ver)) / 8;
             if (c.metalen <= cap) memcpy(meta, AT(t, o)->data + c.keylen, c.metalen);
             return 1;
         }
@@ -888,6 +949,8 @@ int synt_get(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, uint
 }
 
 const volatile uint64_t *synt_seq_ptr(synt_t *t) { return &H(t)->seq; }
+
+uint64_t synt_seq_word(synt_t *t) { (void)t; return offsetof(hdr_t, seq) / 8; }
 
 const volatile uint64_t *synt_flags_ptr(synt_t *t) { return &H(t)->flags; }
 
@@ -1076,7 +1139,11 @@ int synt_check(synt_t *t, char *err, uint32_t cap) {
     for (uint64_t o = h->heap_off; o < h->heap_top;) {
         entry_t *e = AT(t, o);
         if (e->cls >= NCLASSES || o + blob_size(e->cls) > h->heap_top) FAIL("I2 blob %llu bad class", (unsigned long long)o);
-        if (e->type == 0) { freeseen++; o += blob_size(e->cls); continue; }
+        if (e->type == 0) {
+            if (e->ver != 0) FAIL("I9 free blob %llu has ver %llu", (unsigned long long)o, (unsigned long long)e->ver);
+            freeseen++; o += blob_size(e->cls); continue;
+        }
+        if (e->ver == 0 || e->ver >= h->next_ver) FAIL("I9 entry %llu ver %llu (next %llu)", (unsigned long long)o, (unsigned long long)e->ver, (unsigned long long)h->next_ver);
         if (e->type != SYNT_REG && e->type != SYNT_PG) FAIL("I3 blob %llu type %llu", (unsigned long long)o, (unsigned long long)e->type);
         if (!lens_ok(t, o, e->keylen, e->metalen, e->cls)) FAIL("I5 entry %llu lengths", (unsigned long long)o);
         if (e->node >= h->nnodes) FAIL("I7 entry %llu node %llu", (unsigned long long)o, (unsigned long long)e->node);

@@ -47,6 +47,11 @@
 #define SYNT_F_EXPECT_VER 2   /* only update an entry whose version is expect_ver */
 /* delete() flags */
 #define SYNT_F_MATCH_PID 4    /* registry: only if held by (node, pid)          */
+#define SYNT_F_MATCH_NODE 32  /* registry: only if held by a process of `node`   */
+/* put() and delete() flag: a success code has SYNT_WAKE set when the manager sleeps
+ * (the caller may then pass out = NULL: the hot paths need nothing else from it) */
+#define SYNT_F_WAKE_RC 64
+#define SYNT_WAKE 0x100
 /* collect() flags */
 #define SYNT_F_WITH_KEY 8
 #define SYNT_F_WITH_META 16
@@ -83,6 +88,8 @@ typedef struct {
     uint32_t wake;      /* writes: the manager sleeps, wake it            */
     uint32_t pad;
     uint64_t seq;       /* reads: the table's seqlock value the read is valid for */
+    uint64_t ver_word;  /* get(): index of the entry's ver word in the segment, counted in
+                         * uint64 words: while it still holds ver, the entry is unchanged */
 } synt_info_t;
 
 /* One record of collect(); key then meta follow, the record padded to 8. */
@@ -155,12 +162,20 @@ int synt_nnodes(synt_t *t);
 
 /* The seqlock word: unchanged since a read's info.seq means the table is unchanged since. */
 const volatile uint64_t *synt_seq_ptr(synt_t *t);
+/* Index of the seqlock word in the segment, counted in uint64 words. */
+uint64_t synt_seq_word(synt_t *t);
 /* The header's flags word (SYNT_FLAG_*), read on every write without a call. */
 const volatile uint64_t *synt_flags_ptr(synt_t *t);
 
 uint64_t synt_journal_head(synt_t *t);
 int64_t synt_journal_read(synt_t *t, uint64_t *cursor, uint8_t *buf, uint64_t cap,
                           uint32_t max_records);
+/* The manager's follow when nobody needs whole records: like journal_read from *cursor, up to
+ * max_records records, but only the (pid, start) of each record of node 0 that adds or updates
+ * an entry, into pids/starts (at most cap; a repeat of the pair just written is dropped).
+ * Returns how many pairs; *nrecords says how many records were passed. */
+int64_t synt_journal_pids(synt_t *t, uint64_t *cursor, int64_t *pids, uint64_t *starts, uint32_t cap,
+                          uint32_t max_records, uint64_t *nrecords);
 void synt_set_sleeping(synt_t *t, uint32_t sleeping);
 int synt_set_flags(synt_t *t, uint64_t flags);
 uint64_t synt_flags(synt_t *t);

@@ -142,24 +142,39 @@ class Node:
 
 
 _node: Node | None = None
+# The tables of the node in use, by scope: the one dict the hot paths (lookup) read, so that
+# reaching a table costs a dict lookup and no call. set_node keeps it in step with _node.
+TABLES: dict[str, Table] = {}
+
+
+def set_node(n: "Node | None") -> "Node | None":
+    """Make `n` this process's node (None: forget it; the next use reads the environment again)."""
+    global _node
+    if _node is not None:
+        _node.tables = dict(_node.tables)  # the node left behind keeps its own tables
+    TABLES.clear()
+    if n is not None:
+        TABLES.update(n.tables)
+        n.tables = TABLES
+    _node = n
+    return n
 
 
 def node() -> Node:
     """This process's node, from SYN_MP_RUNTIME_DIR etc. at first use (kept across fork)."""
-    global _node
-    if _node is None:
-        _node = Node(_config.runtime_dir())
-    return _node
+    n = _node
+    if n is None:
+        n = set_node(Node(_config.runtime_dir()))
+        assert n is not None
+    return n
 
 
 def table_of(scope: str) -> Table:
-    """The hot path's way to a scope's table: one dict lookup once attached."""
-    n = _node if _node is not None else node()
+    """A scope's table: one dict lookup once attached."""
     try:
-        t = n.tables.get(scope)
-    except TypeError:  # unhashable: not a scope name; n.table raises the ValueError
-        t = None
-    return t if t is not None else n.table(scope)
+        return TABLES[scope]
+    except (KeyError, TypeError):  # TypeError: unhashable, not a scope name; n.table raises
+        return node().table(scope)
 
 
 def wake_if_asleep(info: Any) -> None:
@@ -168,9 +183,13 @@ def wake_if_asleep(info: Any) -> None:
         node().wake_manager()
 
 
+def wake_manager() -> None:
+    """A write found the manager asleep (SYNT_WAKE in its result code)."""
+    node().wake_manager()
+
+
 def use_runtime_dir(rdir: str) -> Node:
     """Point this process at another runtime dir (the CLI's --runtime-dir)."""
-    global _node
     if _node is None or _node.rdir != os.path.abspath(rdir):
-        _node = Node(os.path.abspath(rdir))
-    return _node
+        set_node(Node(os.path.abspath(rdir)))
+    return node()

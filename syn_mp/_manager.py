@@ -262,23 +262,43 @@ class Manager:
                 self._wake.set()
 
     def _drain(self, budget: int = DRAIN_BUDGET) -> int:
-        """Follow every journal, up to `budget` records; returns how many were handled."""
+        """Follow every journal, up to `budget` records; returns how many were handled. When no
+        event handler and no peer needs the whole records, only the processes to watch are read
+        (the C side skips the rest), so the manager's cost no longer follows every write."""
+        follow = self._follow_all if self.callbacks or self.cluster is not None else self._follow_watch
         left = budget
         for scope, reader in self.readers.items():
             while left > 0:
-                recs = reader.read(min(left, 4096))
-                if recs is None:
+                n = follow(scope, reader, min(left, 4096))
+                if n is None:
                     log.warning("scope %r: journal overrun, rescanning the table", scope)
                     self._scan(scope, R_PROCESS_EXIT)
                     if self.cluster is not None:
                         self.cluster.resync(scope)  # changes we never broadcast: peers refetch
                     continue
-                if not recs:
+                if not n:
                     break
-                left -= len(recs)
-                for r in recs:
-                    self._on_record(scope, r)
+                left -= n
         return budget - left
+
+    def _follow_all(self, scope: str, reader: JournalReader, most: int) -> int | None:
+        """Records handled (None: the reader fell behind the ring), each one in full."""
+        recs = reader.read(most)
+        if recs is None:
+            return None
+        for r in recs:
+            self._on_record(scope, r)
+        return len(recs)
+
+    def _follow_watch(self, scope: str, reader: JournalReader, most: int) -> int | None:
+        """As _follow_all, but only for the processes to watch."""
+        got = reader.read_pids(most)
+        if got is None:
+            return None
+        pairs, n = got
+        for pid, start in pairs:
+            self._ensure_watched(pid, start)
+        return n
 
     def _on_record(self, scope: str, r: Any) -> None:
         if self.callbacks:

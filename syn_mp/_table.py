@@ -8,6 +8,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import time
 from typing import Any, Iterator, NamedTuple
 
 import posix_ipc
@@ -20,6 +21,7 @@ ALL_NODES = lib.SYNT_ALL_NODES
 BY_KEY, BY_PID, BY_NODE = lib.SYNT_BY_KEY, lib.SYNT_BY_PID, lib.SYNT_BY_NODE
 WITH_KEY, WITH_META = lib.SYNT_F_WITH_KEY, lib.SYNT_F_WITH_META
 F_FORCE, F_EXPECT_VER, F_MATCH_PID = lib.SYNT_F_FORCE, lib.SYNT_F_EXPECT_VER, lib.SYNT_F_MATCH_PID
+F_MATCH_NODE, F_WAKE_RC, WAKE = lib.SYNT_F_MATCH_NODE, lib.SYNT_F_WAKE_RC, lib.SYNT_WAKE
 INSERTED, UPDATED, UNCHANGED = lib.SYNT_INSERTED, lib.SYNT_UPDATED, lib.SYNT_UNCHANGED
 ENOTFOUND, ETAKEN, EFULL, EMISMATCH = lib.SYNT_ENOTFOUND, lib.SYNT_ETAKEN, lib.SYNT_EFULL, lib.SYNT_EMISMATCH
 EBUFSMALL, EBUSY, ECORRUPT, EOVERRUN = lib.SYNT_EBUFSMALL, lib.SYNT_EBUSY, lib.SYNT_ECORRUPT, lib.SYNT_EOVERRUN
@@ -110,10 +112,11 @@ class _Info(NamedTuple):
     wake: int
     pad: int
     seq: int
+    ver_word: int
 
 
 _new_entry = tuple.__new__  # a NamedTuple without its Python-level __new__: the lookup hot path
-_INFO = struct.Struct("=IIqQqQIIIIQ")  # synt_info_t
+_INFO = struct.Struct("=IIqQqQIIIIQQ")  # synt_info_t
 assert _INFO.size == ffi.sizeof("synt_info_t")
 
 
@@ -132,8 +135,15 @@ class Table:
         self._node_names: list[str] = []
         self._seqp = lib.synt_seq_ptr(self._t)
         self._flagsp = lib.synt_flags_ptr(self._t)
-        # name bytes -> (seq, lookup result): reused while the table is unchanged (see registry.lookup)
-        self.lookup_cache: dict[bytes, tuple[Any, ...]] = {}
+        # The segment as 64-bit words: registry.lookup checks one word (an entry's ver, or the
+        # seqlock) to know that what it cached is still what the table holds. An aligned 8-byte
+        # item is one load, so the word is never torn.
+        self.words = memoryview(mm).cast("Q")
+        self.seq_word = lib.synt_seq_word(self._t)
+        # name -> (word index, word value, ...): see registry.lookup
+        self.lookup_cache: dict[Any, tuple[Any, ...]] = {}
+        # (group, node) -> (seqlock value, ...): see groups.members
+        self.members_cache: dict[tuple[bytes, int], tuple[Any, ...]] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -218,10 +228,26 @@ class Table:
             while True:
                 rc = lib.synt_get(self._t, type_, key, len(key), node, pid, s.info, s.buf, s.cap)
                 if rc == 1:
-                    nd, _, p, start, t, ver, _, ml, _, _, seq = _INFO.unpack_from(s.info_bytes)
+                    nd, _, p, start, t, ver, _, ml, _, _, seq, _ = _INFO.unpack_from(s.info_bytes)
                     return _new_entry(Entry, (nd, p, start, t, ver, s.buf_bytes[:ml], seq))
                 if rc == 0:
                     return None
+                self._retry(rc, s, s.info.metalen)
+        finally:
+            self._pool.append(s)
+
+    def read_reg(self, key: bytes) -> tuple[int, int, int, bytes, int, int]:
+        """registry.lookup's read: (found 1/0, node, pid, meta, ver_word, ver); when not found,
+        ver_word and ver are the seqlock's word and value the miss is valid for."""
+        s = self._scratch()
+        try:
+            while True:
+                rc = lib.synt_get(self._t, REG, key, len(key), 0, 0, s.info, s.buf, s.cap)
+                if rc == 1:
+                    nd, _, p, _, _, ver, _, ml, _, _, _, vw = _INFO.unpack_from(s.info_bytes)
+                    return 1, nd, p, s.buf_bytes[:ml], vw, ver
+                if rc == 0:
+                    return 0, 0, 0, b"", self.seq_word, s.info.seq
                 self._retry(rc, s, s.info.metalen)
         finally:
             self._pool.append(s)
@@ -242,6 +268,29 @@ class Table:
                 self._retry(n, s, needed[0])
         finally:
             self._pool.append(s)
+
+    def collect_metas(self, mode: int, type_: int, key: bytes, node: int) -> list[tuple[int, int, bytes]]:
+        """(node, pid, meta) of each entry collect() would return: members()' leaner read."""
+        s = self._scratch()
+        needed = s.needed
+        try:
+            while True:
+                n = lib.synt_collect(self._t, mode, type_, key, len(key), node, 0, WITH_META, s.buf, s.cap, needed)
+                if n >= 0:
+                    break
+                self._retry(n, s, needed[0])
+            data = s.buf_bytes[:needed[0]]
+        finally:
+            self._pool.append(s)
+        out = []
+        off = 0
+        unpack = _ITEM_HEAD.unpack_from
+        for _ in range(n):
+            nd, _, p, _, _, _, ml = unpack(data, off)  # keylen is 0: no WITH_KEY
+            d = off + _ITEM
+            out.append((nd, p, data[d:d + ml]))
+            off += (_ITEM + ml + 7) & ~7
+        return out
 
     def count(self, mode: int, type_: int, key: bytes = b"", node: int = ALL_NODES, pid: int = 0) -> int:
         while True:
@@ -272,6 +321,16 @@ class Table:
             return rc, _new_entry(_Info, _INFO.unpack_from(s.info_bytes))
         finally:
             self._pool.append(s)
+
+    def put_local(self, type_: int, key: bytes, pid: int, start: int, meta: bytes) -> int:
+        """The API's register/join: a put by this node, now; the result code only, with WAKE set
+        when the manager sleeps (no out-struct to fill and convert: the hot path)."""
+        return lib.synt_put(self._t, type_, key, len(key), 0, pid, start, time.time_ns(), meta, len(meta),
+                            F_WAKE_RC, 0, R_NORMAL, 0, ffi.NULL)
+
+    def delete_local(self, type_: int, key: bytes, pid: int, flags: int) -> int:
+        """The API's unregister/leave: a delete on this node; the result code only, as put_local."""
+        return lib.synt_delete(self._t, type_, key, len(key), 0, pid, flags | F_WAKE_RC, R_NORMAL, 0, ffi.NULL)
 
     def delete(self, type_: int, key: bytes, node: int = 0, pid: int = 0, flags: int = 0,
                reason: int = R_NORMAL, reason_node: int = 0) -> tuple[int, Any]:
@@ -351,9 +410,30 @@ class JournalReader:
         self.cursor = ffi.new("uint64_t *", cursor)
         self._cap = 1 << 16
         self._buf = ffi.new("uint8_t[]", self._cap)
+        self._pids: Any = None
+        self._starts: Any = None
+        self._nrec: Any = None
 
     def pending(self) -> bool:
         return self.table.journal_head() != self.cursor[0]
+
+    def read_pids(self, max_records: int = 4096) -> tuple[list[tuple[int, int]], int] | None:
+        """The (pid, start) of the local processes that the next records add or update entries for,
+        and how many records that was (0: none waiting); None when the reader fell behind the ring.
+        What the manager reads when no event handler or peer needs the whole records."""
+        if self._pids is None:
+            self._pids = ffi.new("int64_t[]", 4096)
+            self._starts = ffi.new("uint64_t[]", 4096)
+            self._nrec = ffi.new("uint64_t *")
+        n = lib.synt_journal_pids(self.table._t, self.cursor, self._pids, self._starts, 4096,
+                                  max_records, self._nrec)
+        if n == EOVERRUN:
+            return None
+        if n < 0:
+            raise TableError(f"journal of {self.table.name}: {n}")
+        # in journal order, repeats dropped: a pid reused by another process within one batch must
+        # be seen after the one before it
+        return list(dict.fromkeys(zip(self._pids[0:n], self._starts[0:n]))), self._nrec[0]
 
     def read(self, max_records: int = 4096) -> list[JournalRecord] | None:
         """The next records; None when the reader fell behind the ring (resync from the table)."""

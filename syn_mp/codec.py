@@ -208,12 +208,28 @@ def _meta_item(v: Any, depth: int, what: str) -> Any:
     )
 
 
+def _flat(v: dict | list) -> bool:
+    """A dict or list holding only scalars of the exact built-in types (the common meta, such
+    as {"port": 8000}): msgpack packs it as it is, so the walk that rebuilds it can be skipped."""
+    s = _META_SCALARS
+    if type(v) is dict:
+        for k, x in v.items():
+            if type(k) not in s or type(x) not in s:
+                return False
+        return True
+    for x in v:
+        if type(x) not in s:
+            return False
+    return True
+
+
 def _encode_value(value: Any, limit: int, what: str) -> bytes:
     if value is None:
         return _NONE
     try:
-        if type(value) in _META_SCALARS:
-            data = _pack(value)
+        tv = type(value)
+        if tv in _META_SCALARS or ((tv is dict or tv is list) and _flat(value)):
+            data = _pack(value)  # exact types all through: nothing to normalise
         else:
             data = _pack(_meta_item(value, 0, what))
     except OverflowError:

@@ -4,16 +4,17 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from . import _pids
-from ._table import (BY_KEY, BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, F_EXPECT_VER, PG, WITH_KEY,
-                     WITH_META, Table)
+from . import _pids, _procinfo
+from ._table import (ALL_NODES, BY_KEY, BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, F_EXPECT_VER, PG, WAKE,
+                     WITH_KEY, WITH_META, Table)
 from ._types import Pid
 from .codec import decode, decode_name, encode_meta, encode_name
 from .errors import CapacityError, NotInGroupError, RemotePidError, UndefinedError
 from ._client import table_of as _table
 from ._client import wake_if_asleep as _after_write
+from ._client import wake_manager as _wake
 from .mailbox import open_mailbox
-from .registry import _META_NONE
+from .registry import _META_NONE, _fresh, _frozen
 
 
 def join(scope: str, group: Any, pid: _pids.PidArg = None, meta: Any = None) -> None:
@@ -21,13 +22,14 @@ def join(scope: str, group: Any, pid: _pids.PidArg = None, meta: Any = None) -> 
     t = _table(scope)
     key = encode_name(group)
     m = _META_NONE if meta is None else encode_meta(meta)
-    p, start = _pids.for_write(t, pid)
-    rc, info = t.put(PG, key, 0, p, start, time.time_ns(), m)
-    if rc == EFULL:
-        raise CapacityError(f"scope {scope!r} is full")
+    p, start = _procinfo.self_identity() if pid is None else _pids.for_write(t, pid)
+    rc = t.put_local(PG, key, p, start, m)
     if rc < 0:
+        if rc == EFULL:
+            raise CapacityError(f"scope {scope!r} is full")
         raise RuntimeError(f"join: table error {rc}")
-    _after_write(info)
+    if rc & WAKE:
+        _wake()
     if pid is None:
         open_mailbox()
 
@@ -35,41 +37,60 @@ def join(scope: str, group: Any, pid: _pids.PidArg = None, meta: Any = None) -> 
 def leave(scope: str, group: Any, pid: _pids.PidArg = None) -> None:
     t = _table(scope)
     key = encode_name(group)
-    nid, p = _pids.for_read(t, pid)
-    if nid != 0:
-        raise RemotePidError(f"{pid} belongs to another node: leave on its own node")
-    _pids.check_self(t, p)
-    rc, info = t.delete(PG, key, 0, p)
-    if rc == ENOTFOUND:
-        raise NotInGroupError(f"pid {p} is not a member of {group!r} in scope {scope!r}")
+    if pid is None:
+        p = _procinfo.self_identity()[0]
+    else:
+        nid, p = _pids.for_read(t, pid)
+        if nid != 0:
+            raise RemotePidError(f"{pid} belongs to another node: leave on its own node")
+        _pids.check_self(t, p)
+    rc = t.delete_local(PG, key, p, 0)
     if rc < 0:
+        if rc == ENOTFOUND:
+            raise NotInGroupError(f"pid {p} is not a member of {group!r} in scope {scope!r}")
         raise RuntimeError(f"leave: table error {rc}")
-    _after_write(info)
+    if rc & WAKE:
+        _wake()
 
 
 _new_pid = tuple.__new__  # Pid without NamedTuple's Python-level __new__ (listings build many)
+_CACHE_MAX = 4096  # groups a process keeps the members of (see _members)
 
 
-def _pairs(t: Table, items: list) -> list[tuple[Pid, Any]]:
+def _members(t: Table, key: bytes, node: int) -> list[tuple[Pid, Any]]:
+    """members() and local_members(): cached while the table's seqlock word is unchanged, since a
+    group has no single word that says it changed (lookup's cache checks the entry's own)."""
+    words, sw = t.words, t.seq_word
+    ck = (key, node)
+    hit = t.members_cache.get(ck)
+    if hit is not None and words[sw] == hit[0]:
+        pairs, fresh = hit[1], hit[2]
+        return list(pairs) if fresh is None else [(p, f()) for p, f in fresh]
+    s0 = words[sw]
     name = t.node_name
-    pairs = [(_new_pid(Pid, (name(i.node), i.pid)), decode(i.meta)) for i in items]
-    pairs.sort(key=_first)
-    return pairs
-
-
-def _first(pm: tuple[Pid, Any]) -> Pid:
-    return pm[0]
+    rows = [(_new_pid(Pid, (name(nd), p)), raw) for nd, p, raw in t.collect_metas(BY_KEY, PG, key, node)]
+    rows.sort()  # by Pid: a group holds a Pid once, so the metas are never compared
+    pairs = [(pid, decode(raw)) for pid, raw in rows]
+    if s0 & 1 or words[sw] != s0:
+        return pairs  # the table moved during the read: right, but not cacheable at s0
+    cache = t.members_cache
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    if all(_frozen(m) for _, m in pairs):
+        cache[ck] = (s0, tuple(pairs), None)
+        return pairs
+    fresh = [(pid, _fresh(m, raw)) for (pid, m), (_, raw) in zip(pairs, rows)]
+    cache[ck] = (s0, None, fresh)  # the decoded metas stay the cache's own: callers get copies
+    return [(p, f()) for p, f in fresh]
 
 
 def members(scope: str, group: Any) -> list[tuple[Pid, Any]]:
     """(Pid, meta) of every member, on every node, sorted by Pid."""
-    t = _table(scope)
-    return _pairs(t, t.collect(BY_KEY, PG, encode_name(group), flags=WITH_META))
+    return _members(_table(scope), encode_name(group), ALL_NODES)
 
 
 def local_members(scope: str, group: Any) -> list[tuple[Pid, Any]]:
-    t = _table(scope)
-    return _pairs(t, t.collect(BY_KEY, PG, encode_name(group), node=0, flags=WITH_META))
+    return _members(_table(scope), encode_name(group), 0)
 
 
 def member(scope: str, group: Any, pid: _pids.PidArg) -> tuple[Pid, Any] | None:

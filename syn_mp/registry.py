@@ -1,15 +1,19 @@
 """The registry: one process per name in a scope (Syn's syn_registry)."""
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Callable
 
 from . import _pids, _procinfo
+from ._client import TABLES as _TABLES
 from ._client import table_of as _table
 from ._client import wake_if_asleep as _after_write
+from ._client import wake_manager as _wake
 from .mailbox import open_mailbox
-from ._table import (BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, ETAKEN,
-                     F_EXPECT_VER, F_MATCH_PID, REG, R_PROCESS_EXIT, WITH_KEY, Entry, Table)
+from ._table import (BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, ETAKEN, F_EXPECT_VER,
+                     F_MATCH_NODE, F_MATCH_PID, FLAG_STRICT, REG, R_PROCESS_EXIT, WAKE, WITH_KEY,
+                     Entry, Table)
 from ._types import Pid
 from .codec import decode, decode_name, encode_meta, encode_name
 from .errors import CapacityError, RemotePidError, TakenError, UndefinedError
@@ -30,18 +34,20 @@ def register(scope: str, name: Any, pid: _pids.PidArg = None, meta: Any = None) 
     t = _table(scope)
     key = encode_name(name)
     m = _META_NONE if meta is None else encode_meta(meta)
-    p, start = _pids.for_write(t, pid)
+    p, start = _procinfo.self_identity() if pid is None else _pids.for_write(t, pid)
     while True:
-        rc, info = t.put(REG, key, 0, p, start, time.time_ns(), m)
+        rc = t.put_local(REG, key, p, start, m)
         if rc >= 0:
-            _after_write(info)
+            if rc & WAKE:
+                _wake()
             if pid is None:
                 open_mailbox()  # a process's first register opens its mailbox
             return
         if rc == ETAKEN:
-            if _purge_if_dead(t, info.node, info.pid, info.start):
-                continue
-            raise TakenError(f"{name!r} is registered to {Pid(t.node_name(info.node), info.pid)}")
+            e = t.get(REG, key)
+            if e is None or _purge_if_dead(t, e.node, e.pid, e.start):
+                continue  # the holder went meanwhile
+            raise TakenError(f"{name!r} is registered to {Pid(t.node_name(e.node), e.pid)}")
         if rc == EFULL:
             raise CapacityError(f"scope {scope!r} is full")
         raise RuntimeError(f"register: table error {rc}")
@@ -49,7 +55,8 @@ def register(scope: str, name: Any, pid: _pids.PidArg = None, meta: Any = None) 
 
 _new_pid = tuple.__new__  # Pid without NamedTuple's Python-level __new__ (hot path)
 _IMMUTABLE = frozenset({type(None), bool, int, float, str, bytes})
-_CACHE_MAX = 4096
+# Bound on a process's lookup cache (names it looked up): 131,072 entries of ~250 B at most.
+_CACHE_MAX = 1 << 17
 
 
 def _frozen(v: Any) -> bool:
@@ -57,26 +64,74 @@ def _frozen(v: Any) -> bool:
     return t in _IMMUTABLE or (t is tuple and all(_frozen(x) for x in v))
 
 
+def _fresh(meta: Any, raw: bytes) -> Callable[[], Any]:
+    """How a cache hit hands out its own copy of a mutable meta: a shallow copy when nothing
+    inside can be mutated, else a fresh decode."""
+    tm = type(meta)
+    if (tm is dict and all(_frozen(v) for v in meta.values())) or (tm is list and all(_frozen(v) for v in meta)):
+        return meta.copy
+    return functools.partial(decode, raw)
+
+
+def _cache_key(name: Any) -> Any:
+    """The name itself where Python's equality is the codec's (exact str and int, flat tuples
+    of them); else its encoding. 1, 1.0 and True are equal in a dict but are three names."""
+    tn = type(name)
+    if tn is str or tn is int:
+        return name
+    if tn is tuple:
+        for x in name:
+            tx = type(x)
+            if tx is not str and tx is not int:
+                return encode_name(name)
+        return name
+    return encode_name(name)
+
+
 def lookup(scope: str, name: Any) -> tuple[Pid, Any] | None:
     """(Pid, meta) of the process registered under `name`, from shared memory without locking."""
-    t = _table(scope)
-    key = encode_name(name)
+    try:
+        t = _TABLES[scope]
+    except (KeyError, TypeError):
+        t = _table(scope)
+    tn = type(name)
+    if tn is str or tn is int:
+        k = name
+    elif tn is tuple and len(name) == 2 and type(name[0]) is str and type(name[1]) is int:
+        k = name  # ("web", 3): inline, the commonest tuple name
+    else:
+        k = _cache_key(name)
+    hit = t.lookup_cache.get(k)
+    # A hit stays true while one word of the segment is unchanged: the entry's ver (C I9),
+    # or for a name found missing, the table's seqlock word.
+    if hit is not None and t.words[hit[0]] == hit[1]:
+        r = hit[2]
+        if r is not None:
+            return r  # immutable: shared by every caller
+        p = hit[3]
+        return None if p is None else (p, hit[4]())
+    return _read(t, k, name)
+
+
+def _read(t: Table, k: Any, name: Any) -> tuple[Pid, Any] | None:
+    """lookup's miss: read the table and cache what was read."""
+    key = k if type(k) is bytes else encode_name(name)
+    found, node, p, raw, word, value = t.read_reg(key)
     cache = t.lookup_cache
-    hit = cache.get(key)
-    if hit is not None and hit[0] == t._seqp[0]:
-        # nothing in the table changed since this very entry was read
-        return hit[1] if hit[1] is not None else (hit[2], decode(hit[3]))
-    e = t.get(REG, key)
-    if e is None:
-        return None
-    meta = decode(e.meta)
-    pid = _new_pid(Pid, (t.node_name(e.node), e.pid))
-    result = (pid, meta)
     if len(cache) >= _CACHE_MAX:
         cache.clear()
-    # an immutable result is shared; a mutable meta is decoded afresh for every caller
-    cache[key] = (e.seq, result if _frozen(meta) else None, pid, e.meta)
-    return result
+    if not found:
+        cache[k] = (word, value, None, None, None)
+        return None
+    meta = decode(raw)
+    pid = _new_pid(Pid, (t.node_name(node), p))
+    if _frozen(meta):
+        result = (pid, meta)
+        cache[k] = (word, value, result, pid, None)
+        return result
+    fresh = _fresh(meta, raw)
+    cache[k] = (word, value, None, pid, fresh)  # `meta` stays the cache's own: callers get copies
+    return pid, fresh()
 
 
 def whereis_name(scope: str, name: Any) -> Pid | None:
@@ -118,14 +173,19 @@ def update_registry(scope: str, name: Any, fn: Callable[[Pid, Any], Any]) -> tup
 def unregister(scope: str, name: Any) -> None:
     t = _table(scope)
     key = encode_name(name)
+    if t.flags & FLAG_STRICT:  # only the holder itself
+        p, flags = _procinfo.self_identity()[0], F_MATCH_PID
+    else:  # any process of this node
+        p, flags = 0, F_MATCH_NODE
     while True:
-        e = _local_holder(t, scope, key, name)
-        rc, info = t.delete(REG, key, 0, e.pid, F_MATCH_PID)
-        if rc == 0:
-            _after_write(info)
+        rc = t.delete_local(REG, key, p, flags)
+        if rc >= 0:
+            if rc & WAKE:
+                _wake()
             return
         if rc not in (EMISMATCH, ENOTFOUND):
             raise RuntimeError(f"unregister: table error {rc}")
+        _local_holder(t, scope, key, name)  # raises the error that says why; else it changed: again
 
 
 def registry_count(scope: str, node: str | None = None) -> int:

@@ -56,7 +56,7 @@ class NodeHandle:
     def use(self) -> "NodeHandle":
         """This test process becomes a client of the node (and starts its manager with the node's env)."""
         os.environ.update(self.extra_env)
-        _client._node = None
+        _client.set_node(None)
         return self
 
     def manager_pid(self) -> int | None:
@@ -191,7 +191,7 @@ def make_node() -> Iterator[Callable[..., NodeHandle]]:
     for k in [k for k in os.environ if k.startswith("SYN_MP_")]:
         del os.environ[k]
     os.environ.update(saved)
-    _client._node = None
+    _client.set_node(None)
 
 
 @pytest.fixture

@@ -461,7 +461,7 @@ def test_manager_unavailable_when_the_runtime_dir_cannot_be_created(
     blocker = tmp_path / "a-regular-file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("SYN_MP_RUNTIME_DIR", str(blocker / "syn_mp"))
-    _client._node = None
+    _client.set_node(None)
     with pytest.raises(syn_mp.ManagerUnavailableError) as ei:
         syn_mp.add_node_to_scopes([S])
     assert ei.value.reason == "no_manager"

@@ -36,3 +36,118 @@ def test_mutable_meta_is_a_fresh_object_for_every_caller(node):
     first["x"] = 0
     assert syn_mp.lookup("s", "a")[1] == {"k": [1]}
     assert syn_mp.lookup("s", "a")[1] is not syn_mp.lookup("s", "a")[1]
+
+
+def test_names_that_python_calls_equal_stay_apart(node):
+    """1, 1.0 and True are equal dict keys but three names; so are ("w", 1) and ("w", True)."""
+    names = [1, 1.0, True, "1", b"1", (1,), ("w", 1), ("w", True), ("w", 1.0), ("w", (1,))]
+    for i, n in enumerate(names):
+        syn_mp.register("s", n, meta=i)
+    for _ in range(3):  # the second and third rounds are served by the cache
+        assert [syn_mp.lookup("s", n)[1] for n in names] == list(range(len(names)))
+    syn_mp.unregister("s", True)
+    assert syn_mp.lookup("s", True) is None
+    assert syn_mp.lookup("s", 1)[1] == 0 and syn_mp.lookup("s", 1.0)[1] == 1
+
+
+def test_an_unrelated_write_keeps_the_cached_result(node):
+    """The cache is checked against the entry's own ver word: writes to other names, even by
+    another process, leave a cached result standing (the very same object comes back)."""
+    w = node.worker()
+    syn_mp.register("s", "mine", meta=("t", 1))
+    first = syn_mp.lookup("s", "mine")
+    for i in range(20):
+        w.call("register", "s", ("other", i))
+        w.call("unregister", "s", ("other", i))
+    assert syn_mp.lookup("s", "mine") is first
+
+
+def test_a_reused_blob_does_not_revive_a_cached_name(node):
+    """unregister frees the entry's blob and the next register reuses it: the cached (offset,
+    ver) must not match the new tenant."""
+    syn_mp.register("s", "a", meta="A")
+    assert syn_mp.lookup("s", "a")[1] == "A"
+    syn_mp.unregister("s", "a")
+    assert syn_mp.lookup("s", "a") is None  # the blob is free, its ver zeroed
+    syn_mp.register("s", "b", meta="B")  # same size class: the freed blob, first on its list
+    assert syn_mp.lookup("s", "a") is None
+    assert syn_mp.lookup("s", "b")[1] == "B"
+
+
+def test_a_name_found_missing_is_seen_when_another_process_registers_it(node):
+    w = node.worker()
+    assert syn_mp.lookup("s", "later") is None
+    assert syn_mp.lookup("s", "later") is None  # the miss is cached
+    w.call("register", "s", "later", meta=[1])
+    assert syn_mp.lookup("s", "later") == (Pid("n1", w.pid), [1])
+
+
+def test_flat_and_nested_mutable_metas_are_copies(node):
+    syn_mp.register("s", "d", meta={"port": 80, "tags": ("a", "b")})
+    syn_mp.register("s", "l", meta=[1, "x"])
+    syn_mp.register("s", "n", meta={"k": {"j": [1]}})
+    for name in ("d", "l", "n"):
+        a, b = syn_mp.lookup("s", name)[1], syn_mp.lookup("s", name)[1]
+        assert a == b and a is not b
+    d = syn_mp.lookup("s", "d")[1]
+    d["port"] = 0
+    syn_mp.lookup("s", "l")[1].append(2)
+    syn_mp.lookup("s", "n")[1]["k"]["j"].append(2)
+    assert syn_mp.lookup("s", "d")[1] == {"port": 80, "tags": ("a", "b")}
+    assert syn_mp.lookup("s", "l")[1] == [1, "x"]
+    assert syn_mp.lookup("s", "n")[1] == {"k": {"j": [1]}}
+
+
+def test_a_full_cache_starts_over_and_stays_right(node, monkeypatch):
+    from syn_mp import registry
+    monkeypatch.setattr(registry, "_CACHE_MAX", 8)
+    for i in range(30):
+        syn_mp.register("s", ("n", i), meta=i)
+    for _ in range(2):
+        assert [syn_mp.lookup("s", ("n", i))[1] for i in range(30)] == list(range(30))
+    assert len(syn_mp._client.table_of("s").lookup_cache) <= 8
+
+
+def test_lookups_never_go_back_in_time_while_a_writer_updates(node):
+    """A reader's successive lookups of a name another process keeps updating (and whose
+    neighbours it keeps churning) see the values in order, and see the last one at the end."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent("""
+        import sys, syn_mp
+        n = int(sys.argv[1])
+        for i in range(n):
+            syn_mp.register("s", "counter", meta={"i": i})
+            syn_mp.register("s", ("churn", i % 7), meta=i)
+            syn_mp.unregister("s", ("churn", i % 7))
+        print("done", flush=True)
+        sys.stdin.read()
+    """)
+    last = 3000
+    p = subprocess.Popen([sys.executable, "-c", code, str(last)], env=node.env,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        import time
+        seen, prev = 0, -1
+        deadline = time.monotonic() + 60
+        from conftest import wait_for
+        wait_for(lambda: syn_mp.lookup("s", "counter") is not None, what="the writer's first write")
+        while True:
+            r = syn_mp.lookup("s", "counter")
+            i = r[1]["i"]
+            assert i >= prev, f"went back from {prev} to {i}"
+            seen += i != prev
+            prev = i
+            if i == last - 1:
+                break
+            assert time.monotonic() < deadline, f"stuck at {i}: the cache never saw the writer's updates"
+
+        assert p.stdout.readline() == "done\n"
+        assert syn_mp.lookup("s", "counter")[1] == {"i": last - 1}
+        assert seen > 1
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()

@@ -532,6 +532,42 @@ def test_journal_reader_that_falls_behind_gets_overrun_and_continues_from_head(m
     sound(t)
 
 
+def test_read_pids_gives_the_local_processes_that_added_entries_in_journal_order(make_table):
+    """The manager's lean follow: (pid, start) of local registered/updated/joined records, a
+    repeat of the previous pair dropped, in order; deletes and other nodes' records only counted."""
+    t = make_table()
+    other = t.add_node("n2")
+    r = t.journal()
+    assert r.read_pids() == ([], 0)
+    t.put(REG, b"a", 0, 10, 1, 0, b"m")       # registered by (10, 1)
+    t.put(REG, b"a", 0, 10, 1, 0, b"m2")      # updated: the same pair, dropped as a repeat
+    t.put(PG, b"g", 0, 11, 2, 0, b"")         # joined by (11, 2)
+    t.put(REG, b"r", other, 12, 3, 0, b"")    # another node's: not ours to watch
+    t.delete(REG, b"a")                       # deletes add nothing
+    t.put(PG, b"g", 0, 10, 1, 0, b"")         # (10, 1) again, after others
+    t.put(REG, b"b", 0, 10, 7, 0, b"")        # pid 10 reused by another process (start 7)
+    pairs, n = r.read_pids()
+    assert n == 7
+    # (10, 1) is given once, and the reused pid's new process comes after the old one
+    assert pairs == [(10, 1), (11, 2), (10, 7)]
+    assert r.read_pids() == ([], 0)
+    # max_records bounds a read, and the cursor goes on from there
+    r2 = t.journal(0)
+    assert r2.read_pids(2) == ([(10, 1)], 2)
+    assert r2.read_pids() == ([(11, 2), (10, 1), (10, 7)], 5)
+
+
+def test_read_pids_reports_an_overrun_like_read(make_table):
+    t = make_table(journal=64 << 10)
+    slow = t.journal()
+    for i in range(1500):  # more than two laps of the ring
+        t.put(REG, b"key", 0, 1, 1, i, b"%06d" % i + b"." * 40)
+    assert slow.read_pids() is None
+    assert slow.cursor[0] == t.journal_head()
+    t.put(REG, b"k2", 0, 5, 5, 0, b"")
+    assert slow.read_pids() == ([(5, 5)], 1)
+
+
 def test_journal_wrap_with_short_tail_keeps_heap_and_records_intact(make_table):
     """Records sized so the ring's tail ends up 8 bytes short of the end, then wrap: the padding
     must stay inside the ring (the heap begins right after it) and readers must skip it."""
@@ -719,7 +755,7 @@ class Layout:
         assert self.u64(self.reg_count) == t.stats()["reg_count"]
 
     # entry_t field offsets: free_next, cls, type, link[4][2], hkey, node, pid, ...
-    E_CLS, E_TYPE, E_LINK, E_NODE, E_PID = 8, 16, 24, 96, 104
+    E_CLS, E_TYPE, E_LINK, E_NODE, E_PID, E_VER = 8, 16, 24, 96, 104, 128
     IX_KEY, IX_PID, IX_KP, IX_NODE = 0, 1, 2, 3
 
     def u64(self, off: int) -> int:
@@ -828,6 +864,48 @@ def test_checker_catches_a_corrupt_free_list(three_entries):
     lay.put64(e2 + lay.E_TYPE, REG)  # a blob on the free list that claims to be live
     err = check_in_child(t)
     assert err and "I3" in err
+
+
+def test_checker_catches_a_free_blob_that_keeps_its_ver(three_entries):
+    """I9: a freed entry's ver is 0, or a lookup cache holding (offset, ver) would trust it."""
+    t, lay, ents = three_entries
+    e2 = ents[1][0]
+    ver = lay.u64(e2 + lay.E_VER)
+    t.delete(REG, b"name2")
+    sound(t)
+    assert ver != 0 and lay.u64(e2 + lay.E_VER) == 0
+    lay.put64(e2 + lay.E_VER, ver)
+    assert "I9" in (check_in_child(t) or "")
+
+
+def test_checker_catches_a_live_entry_without_a_ver(three_entries):
+    t, lay, ents = three_entries
+    lay.put64(ents[0][0] + lay.E_VER, 0)
+    assert "I9" in (check_in_child(t) or "")
+
+
+def test_a_read_names_the_ver_word_that_an_update_or_a_delete_clears(three_entries):
+    """read_reg's (ver_word, ver) is the entry's own ver word; any change of the name zeroes it
+    (an update is a new blob), while writes to other names leave it as it was."""
+    t, lay, ents = three_entries
+    found, node, pid, meta, word, ver = t.read_reg(b"name1")
+    assert (found, node, pid, meta) == (1, 0, 1, b"m")
+    assert word * 8 == ents[0][0] + lay.E_VER and t.words[word] == ver != 0
+    t.put(REG, b"other", 0, 9, 1, 1, b"x")
+    t.delete(REG, b"name3")
+    assert t.words[word] == ver  # unrelated writes: still valid
+    t.put(REG, b"name1", 0, 1, 1, 1, b"new meta")
+    assert t.words[word] == 0
+    found, *_, word2, ver2 = t.read_reg(b"name1")
+    assert found == 1 and ver2 > ver
+    t.delete(REG, b"name1")
+    assert t.words[word2] == 0
+    # a miss is valid for as long as the seqlock word holds the same value
+    found, *_, word3, seq = t.read_reg(b"name1")
+    assert found == 0 and word3 == t.seq_word and t.words[word3] == seq == raw_seq(t)
+    t.put(REG, b"more", 0, 9, 1, 1, b"x")
+    assert t.words[word3] != seq
+    sound(t)
 
 
 def test_checker_reports_an_odd_seq_under_a_free_mutex(three_entries):
