@@ -67,6 +67,10 @@ class Store:
     def delete(self, key: Any) -> None:
         raise NotImplementedError
 
+    def change(self, key: Any, i: int) -> None:
+        """A new meta for an existing name, its holder kept (what makes every cache of it stale)."""
+        self.put(key, i)
+
     def regunreg_loop(self, keys: list) -> int:
         raise NotImplementedError
 
@@ -260,6 +264,10 @@ class SynMpStore(Store):
 
     def put(self, key, i):
         self.syn_mp.register(self.scope, key, meta=meta_for(i))
+
+    def change(self, key, i):
+        holder = self.syn_mp.whereis_name(self.scope, key)  # untimed: the poker's side
+        self.syn_mp.register(self.scope, key, pid=holder.pid if holder else None, meta=meta_for(i))
 
     def delete(self, key):
         self.syn_mp.unregister(self.scope, key)

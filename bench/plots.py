@@ -66,10 +66,11 @@ def write(out_dir: str, figs: list[Figure], columns: list[str], machine: str) ->
         return [by_id[i] for i in ids if i in by_id]
 
     # lookup latency
-    fs = pick("lookup_str", "lookup_tuple", "lookup_none", "lookup_uncached")
+    fs = pick("lookup_str", "lookup_tuple", "lookup_none", "lookup_after_other", "lookup_uncached")
     if fs:
         fig, ax = plt.subplots(figsize=(10, 5))
-        _bars(ax, fs, columns, labels=["str name", "tuple name", "str name, meta None", "after a write elsewhere"])
+        _bars(ax, fs, columns, labels=["str name", "tuple name", "str name, meta None", "after a write elsewhere",
+                                         "of a name just changed"])
         ax.set_ylabel("ns per lookup (log)")
         ax.set_title("lookup latency (median of repetitions; whiskers: min-max)")
         save(fig, "lookup.png")

@@ -89,6 +89,19 @@ cmd(["uncached", S, N0, Count0]) ->
     Overhead = median([begin T0 = now_ns(), now_ns() - T0 end || _ <- lists:seq(1, 1000)]),
     fmt([median(Samples) - Overhead]);
 
+cmd(["changed", S, N0, Count0]) ->
+    %% another process gives the name a new meta (its holder kept), then one timed lookup of it
+    Scope = scope(S), N = int(N0),
+    Poker = spawn_link(fun() -> poker(Scope) end),
+    Samples = [begin
+                   K = name("str", rand:uniform(N) - 1),
+                   Poker ! {change, self(), K, I}, receive poked -> ok end,
+                   T0 = now_ns(), _ = syn:lookup(Scope, K), now_ns() - T0
+               end || I <- lists:seq(1, int(Count0))],
+    Poker ! stop,
+    Overhead = median([begin T0 = now_ns(), now_ns() - T0 end || _ <- lists:seq(1, 1000)]),
+    fmt([median(Samples) - Overhead]);
+
 cmd(["regunreg", Count0]) ->
     Count = int(Count0), Self = self(),
     T0 = now_ns(),
@@ -162,6 +175,9 @@ lookup_loop(Scope, [K | Rest]) -> _ = syn:lookup(Scope, K), lookup_loop(Scope, R
 poker(Scope) ->
     receive
         {poke, From, I} -> ok = syn:register(Scope, <<"poke">>, self(), #{port => I}), From ! poked, poker(Scope);
+        {change, From, K, I} ->
+            {Pid, _} = syn:lookup(Scope, K),
+            ok = syn:register(Scope, K, Pid, #{port => I}), From ! poked, poker(Scope);
         stop -> ok
     end.
 

@@ -4,6 +4,7 @@ Each attaches to the store that SPEC (a Store.spec() plus role options) names, p
 "ready", then answers one line per command line on stdin:
 
   poke    "p TAG"      -> one write of the name "poke" in store TAG (elsewhere in the table); "k" once done
+          "c TAG KEY"  -> a new meta for the name KEY itself in store TAG (its holder kept); "k" once done
   reader  "read S"     -> lookups of the spec's names for S seconds; "N SECONDS"
   writer  "write S"    -> register+unregister of its own names for S seconds; "N SECONDS"
   death   "spawn N"    -> forks N children that each register ("victim", i) and wait; "ready"
@@ -135,6 +136,10 @@ def main() -> None:
             if cmd and cmd[0] == "p":
                 i += 1
                 stores[cmd[1]].put("poke", i)
+                _say("k")
+            elif cmd and cmd[0] == "c":
+                i += 1
+                stores[cmd[1]].change(cmd[2], i)
                 _say("k")
             elif cmd and cmd[0] == "quit":
                 break

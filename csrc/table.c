@@ -63,6 +63,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAGIC 0x3142545053594e53ULL /* "SNYSPTB1" little-endian */
@@ -815,6 +816,23 @@ done:
     return rc;
 }
 
+static int64_t realtime_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int synt_put_local(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, int64_t pid,
+                   uint64_t start, const uint8_t *meta, uint32_t metalen) {
+    return synt_put(t, type, key, keylen, 0, pid, start, realtime_ns(), meta, metalen,
+                    SYNT_F_WAKE_RC, 0, 0, 0, NULL);
+}
+
+int synt_delete_local(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, int64_t pid,
+                      uint32_t flags) {
+    return synt_delete(t, type, key, keylen, 0, pid, flags | SYNT_F_WAKE_RC, 0, 0, NULL);
+}
+
 int64_t synt_purge_pid(synt_t *t, uint32_t node, int64_t pid, uint64_t start, uint32_t reason,
                        uint32_t reason_node) {
     if (lock(t)) return SYNT_ELOCK;
@@ -948,6 +966,26 @@ int synt_get(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, uint
     return out->metalen <= cap ? 1 : SYNT_EBUFSMALL;
 }
 
+int synt_lookup(synt_t *t, const uint8_t *key, uint32_t keylen, synt_hit_t *out, uint8_t *meta,
+                uint32_t cap) {
+    synt_info_t info;
+    int rc = synt_get(t, SYNT_REG, key, keylen, 0, 0, &info, meta, cap);
+    memset(out, 0, sizeof(*out));
+    if (rc == 1) {
+        out->word = info.ver_word;
+        out->value = info.ver;
+        out->pid = info.pid;
+        out->node = info.node;
+        out->metalen = info.metalen;
+    } else if (rc == 0) {
+        out->word = offsetof(hdr_t, seq) / 8;
+        out->value = info.seq;
+    } else if (rc == SYNT_EBUFSMALL) {
+        out->metalen = info.metalen;
+    }
+    return rc;
+}
+
 const volatile uint64_t *synt_seq_ptr(synt_t *t) { return &H(t)->seq; }
 
 uint64_t synt_seq_word(synt_t *t) { (void)t; return offsetof(hdr_t, seq) / 8; }
@@ -971,6 +1009,33 @@ static inline int matches(const query_t *q, const entry_t *c, synt_t *t, uint64_
     case SYNT_BY_PID: return c->node == q->node && c->pid == q->pid;
     default: return 1;
     }
+}
+
+static inline void put_be(uint8_t *p, uint64_t v, int nbytes) {
+    for (int i = nbytes - 1; i >= 0; i--) { p[i] = (uint8_t)v; v >>= 8; }
+}
+
+/* One collect() row as msgpack, written at buf + at if it fits: [node, pid, key?, meta?], the
+ * key and meta copied as they are stored (both are msgpack already; an empty one is nil).
+ * Returns the row's length. */
+static uint64_t pack_row(synt_t *t, uint32_t flags, uint64_t off, const entry_t *c, uint8_t *buf,
+                         uint64_t cap, uint64_t at) {
+    int wk = (flags & SYNT_F_WITH_KEY) != 0, wm = (flags & SYNT_F_WITH_META) != 0;
+    uint64_t kl = wk ? (c->keylen ? c->keylen : 1) : 0, ml = wm ? (c->metalen ? c->metalen : 1) : 0;
+    uint64_t len = 1 + 5 + 9 + kl + ml;
+    if (!buf || at + len > cap) return len;
+    uint8_t *p = buf + at;
+    *p++ = (uint8_t)(0x90 | (2 + wk + wm));
+    *p++ = 0xce; put_be(p, c->node, 4); p += 4;
+    *p++ = 0xd3; put_be(p, (uint64_t)c->pid, 8); p += 8;
+    if (wk) {
+        if (c->keylen) memcpy(p, AT(t, off)->data, c->keylen); else *p = 0xc0;
+        p += kl;
+    }
+    if (wm) {
+        if (c->metalen) memcpy(p, AT(t, off)->data + c->keylen, c->metalen); else *p = 0xc0;
+    }
+    return len;
 }
 
 /* Walk the list(s) the query selects and count matches; when `measure`, add up in
@@ -998,14 +1063,17 @@ static int64_t walk(synt_t *t, const query_t *q, int measure, uint8_t *buf, uint
             heads[nheads++] = LD(h->nodes[q->node].head);
         }
     }
-    *used = 0;
+    int packed = (q->flags & SYNT_F_MSGPACK) != 0;
+    *used = packed ? 5 : 0; /* msgpack: an array32 header, written once the count is known */
     for (int i = 0; i < nheads; i++) {
         for (uint64_t o = heads[i]; o;) {
             entry_t c;
             if (++steps > limit || !rd_entry(t, o, &c)) return SYNT_ECORRUPT;
             if (matches(q, &c, t, o)) {
                 n++;
-                if (measure) {
+                if (measure && packed) {
+                    *used += pack_row(t, q->flags, o, &c, buf, cap, *used);
+                } else if (measure) {
                     uint64_t kl = (q->flags & SYNT_F_WITH_KEY) ? c.keylen : 0;
                     uint64_t ml = (q->flags & SYNT_F_WITH_META) ? c.metalen : 0;
                     uint64_t len = ALIGN8(sizeof(synt_item_t) + kl + ml);
@@ -1027,6 +1095,10 @@ static int64_t walk(synt_t *t, const query_t *q, int measure, uint8_t *buf, uint
             }
             o = c.link[ix][0];
         }
+    }
+    if (packed && buf && cap >= 5) {
+        buf[0] = 0xdd;
+        put_be(buf + 1, (uint64_t)n, 4);
     }
     return n;
 }

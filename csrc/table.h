@@ -55,6 +55,9 @@
 /* collect() flags */
 #define SYNT_F_WITH_KEY 8
 #define SYNT_F_WITH_META 16
+/* collect(): rows as msgpack instead of synt_item_t records: one array32 of [node, pid, key?,
+ * meta?] arrays, ready for one unpack (key and meta are stored as msgpack already) */
+#define SYNT_F_MSGPACK 128
 
 /* collect()/count() modes */
 #define SYNT_BY_KEY 1         /* entries of one key (a name, or a group's members), of `node` or SYNT_ALL_NODES */
@@ -91,6 +94,17 @@ typedef struct {
     uint64_t ver_word;  /* get(): index of the entry's ver word in the segment, counted in
                          * uint64 words: while it still holds ver, the entry is unchanged */
 } synt_info_t;
+
+/* What lookup() reports: the entry, and the word of the segment (counted in uint64 words)
+ * that holds `value` for as long as the answer stays true: the entry's ver when found, the
+ * seqlock word when not. */
+typedef struct {
+    uint64_t word;
+    uint64_t value;
+    int64_t pid;
+    uint32_t node;
+    uint32_t metalen;
+} synt_hit_t;
 
 /* One record of collect(); key then meta follow, the record padded to 8. */
 typedef struct {
@@ -144,12 +158,22 @@ int synt_put(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, uint
 int synt_delete(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, uint32_t node,
                 int64_t pid, uint32_t flags, uint32_t reason, uint32_t reason_node,
                 synt_info_t *out);
+/* The API's own writes, with the fewest arguments to convert (the hot path): put by node 0,
+ * timed now (CLOCK_REALTIME), reason normal, SYNT_F_WAKE_RC, no out-struct; and delete the same. */
+int synt_put_local(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, int64_t pid,
+                   uint64_t start, const uint8_t *meta, uint32_t metalen);
+int synt_delete_local(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, int64_t pid,
+                      uint32_t flags);
 int64_t synt_purge_pid(synt_t *t, uint32_t node, int64_t pid, uint64_t start, uint32_t reason,
                        uint32_t reason_node);
 int64_t synt_purge_node(synt_t *t, uint32_t node, uint32_t reason, uint32_t reason_node);
 
 int synt_get(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, uint32_t node,
              int64_t pid, synt_info_t *out, uint8_t *meta, uint32_t cap);
+/* get() of a registry name with what a cache needs to check it later (synt_hit_t); 1 found,
+ * 0 not found, < 0 as get(). */
+int synt_lookup(synt_t *t, const uint8_t *key, uint32_t keylen, synt_hit_t *out, uint8_t *meta,
+                uint32_t cap);
 int64_t synt_collect(synt_t *t, uint32_t mode, uint32_t type, const uint8_t *key,
                      uint32_t keylen, uint32_t node, int64_t pid, uint32_t flags, uint8_t *buf,
                      uint64_t cap, uint64_t *needed);

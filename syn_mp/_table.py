@@ -8,7 +8,6 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-import time
 from typing import Any, Iterator, NamedTuple
 
 import posix_ipc
@@ -19,7 +18,7 @@ REG = lib.SYNT_REG
 PG = lib.SYNT_PG
 ALL_NODES = lib.SYNT_ALL_NODES
 BY_KEY, BY_PID, BY_NODE = lib.SYNT_BY_KEY, lib.SYNT_BY_PID, lib.SYNT_BY_NODE
-WITH_KEY, WITH_META = lib.SYNT_F_WITH_KEY, lib.SYNT_F_WITH_META
+WITH_KEY, WITH_META, F_MSGPACK = lib.SYNT_F_WITH_KEY, lib.SYNT_F_WITH_META, lib.SYNT_F_MSGPACK
 F_FORCE, F_EXPECT_VER, F_MATCH_PID = lib.SYNT_F_FORCE, lib.SYNT_F_EXPECT_VER, lib.SYNT_F_MATCH_PID
 F_MATCH_NODE, F_WAKE_RC, WAKE = lib.SYNT_F_MATCH_NODE, lib.SYNT_F_WAKE_RC, lib.SYNT_WAKE
 INSERTED, UPDATED, UNCHANGED = lib.SYNT_INSERTED, lib.SYNT_UPDATED, lib.SYNT_UNCHANGED
@@ -82,12 +81,14 @@ class _Scratch:
     must never share one: each call pops a set from the table's pool (list.pop and append are
     atomic under the GIL) and gives it back."""
 
-    __slots__ = ("info", "info_bytes", "cap", "buf", "buf_bytes", "needed")
+    __slots__ = ("info", "info_bytes", "hit", "hit_bytes", "cap", "buf", "buf_bytes", "needed")
 
     def __init__(self) -> None:
         self.needed = ffi.new("uint64_t *")
         self.info = ffi.new("synt_info_t *")
         self.info_bytes = ffi.buffer(self.info)  # all fields in one struct.unpack_from
+        self.hit = ffi.new("synt_hit_t *")
+        self.hit_bytes = ffi.buffer(self.hit)
         self.cap = 4096
         self.buf = ffi.new("uint8_t[]", self.cap)
         self.buf_bytes = ffi.buffer(self.buf)
@@ -118,6 +119,8 @@ class _Info(NamedTuple):
 _new_entry = tuple.__new__  # a NamedTuple without its Python-level __new__: the lookup hot path
 _INFO = struct.Struct("=IIqQqQIIIIQQ")  # synt_info_t
 assert _INFO.size == ffi.sizeof("synt_info_t")
+_HIT = struct.Struct("=QQqII")  # synt_hit_t
+assert _HIT.size == ffi.sizeof("synt_hit_t")
 
 
 class Table:
@@ -196,6 +199,12 @@ class Table:
             names.append(ffi.buffer(buf, n)[:].decode("utf-8", "replace"))
         return names[node_id]
 
+    def node_names(self) -> list[str]:
+        """Every node's name, by id: the table's own list (do not change it), brought up to date."""
+        if len(self._node_names) < lib.synt_nnodes(self._t):
+            self.node_name(lib.synt_nnodes(self._t) - 1)
+        return self._node_names
+
     def nnodes(self) -> int:
         return lib.synt_nnodes(self._t)
 
@@ -237,18 +246,16 @@ class Table:
             self._pool.append(s)
 
     def read_reg(self, key: bytes) -> tuple[int, int, int, bytes, int, int]:
-        """registry.lookup's read: (found 1/0, node, pid, meta, ver_word, ver); when not found,
-        ver_word and ver are the seqlock's word and value the miss is valid for."""
+        """registry.lookup's read: (found 1/0, node, pid, meta, word, value), where word is the
+        index of the segment's uint64 word that holds value while the answer stays true."""
         s = self._scratch()
         try:
             while True:
-                rc = lib.synt_get(self._t, REG, key, len(key), 0, 0, s.info, s.buf, s.cap)
-                if rc == 1:
-                    nd, _, p, _, _, ver, _, ml, _, _, _, vw = _INFO.unpack_from(s.info_bytes)
-                    return 1, nd, p, s.buf_bytes[:ml], vw, ver
-                if rc == 0:
-                    return 0, 0, 0, b"", self.seq_word, s.info.seq
-                self._retry(rc, s, s.info.metalen)
+                rc = lib.synt_lookup(self._t, key, len(key), s.hit, s.buf, s.cap)
+                if rc >= 0:
+                    word, value, p, nd, ml = _HIT.unpack_from(s.hit_bytes)
+                    return rc, nd, p, s.buf_bytes[:ml], word, value
+                self._retry(rc, s, s.hit.metalen)
         finally:
             self._pool.append(s)
 
@@ -269,28 +276,22 @@ class Table:
         finally:
             self._pool.append(s)
 
-    def collect_metas(self, mode: int, type_: int, key: bytes, node: int) -> list[tuple[int, int, bytes]]:
-        """(node, pid, meta) of each entry collect() would return: members()' leaner read."""
+    def collect_packed(self, mode: int, type_: int, key: bytes = b"", node: int = ALL_NODES,
+                       pid: int = 0, flags: int = WITH_META) -> bytes:
+        """collect() as one msgpack array of [node, pid, key?, meta?] rows (codec.decode reads
+        it in one call): what listings use where Python-level parsing of each item would cost
+        more than the C read itself."""
         s = self._scratch()
         needed = s.needed
         try:
             while True:
-                n = lib.synt_collect(self._t, mode, type_, key, len(key), node, 0, WITH_META, s.buf, s.cap, needed)
+                n = lib.synt_collect(self._t, mode, type_, key, len(key), node, pid, flags | F_MSGPACK,
+                                     s.buf, s.cap, needed)
                 if n >= 0:
-                    break
+                    return s.buf_bytes[:needed[0]]
                 self._retry(n, s, needed[0])
-            data = s.buf_bytes[:needed[0]]
         finally:
             self._pool.append(s)
-        out = []
-        off = 0
-        unpack = _ITEM_HEAD.unpack_from
-        for _ in range(n):
-            nd, _, p, _, _, _, ml = unpack(data, off)  # keylen is 0: no WITH_KEY
-            d = off + _ITEM
-            out.append((nd, p, data[d:d + ml]))
-            off += (_ITEM + ml + 7) & ~7
-        return out
 
     def count(self, mode: int, type_: int, key: bytes = b"", node: int = ALL_NODES, pid: int = 0) -> int:
         while True:
@@ -323,14 +324,13 @@ class Table:
             self._pool.append(s)
 
     def put_local(self, type_: int, key: bytes, pid: int, start: int, meta: bytes) -> int:
-        """The API's register/join: a put by this node, now; the result code only, with WAKE set
-        when the manager sleeps (no out-struct to fill and convert: the hot path)."""
-        return lib.synt_put(self._t, type_, key, len(key), 0, pid, start, time.time_ns(), meta, len(meta),
-                            F_WAKE_RC, 0, R_NORMAL, 0, ffi.NULL)
+        """The API's register/join: a put by this node, timed now; the result code only, with WAKE
+        set when the manager sleeps (no out-struct to fill and convert: the hot path)."""
+        return lib.synt_put_local(self._t, type_, key, len(key), pid, start, meta, len(meta))
 
     def delete_local(self, type_: int, key: bytes, pid: int, flags: int) -> int:
         """The API's unregister/leave: a delete on this node; the result code only, as put_local."""
-        return lib.synt_delete(self._t, type_, key, len(key), 0, pid, flags | F_WAKE_RC, R_NORMAL, 0, ffi.NULL)
+        return lib.synt_delete_local(self._t, type_, key, len(key), pid, flags)
 
     def delete(self, type_: int, key: bytes, node: int = 0, pid: int = 0, flags: int = 0,
                reason: int = R_NORMAL, reason_node: int = 0) -> tuple[int, Any]:

@@ -14,7 +14,7 @@ from ._client import table_of as _table
 from ._client import wake_if_asleep as _after_write
 from ._client import wake_manager as _wake
 from .mailbox import open_mailbox
-from .registry import _META_NONE, _fresh, _frozen
+from .registry import _IMMUTABLE, _META_NONE, _copier, _frozen
 
 
 def join(scope: str, group: Any, pid: _pids.PidArg = None, meta: Any = None) -> None:
@@ -67,20 +67,25 @@ def _members(t: Table, key: bytes, node: int) -> list[tuple[Pid, Any]]:
         pairs, fresh = hit[1], hit[2]
         return list(pairs) if fresh is None else [(p, f()) for p, f in fresh]
     s0 = words[sw]
-    name = t.node_name
-    rows = [(_new_pid(Pid, (name(nd), p)), raw) for nd, p, raw in t.collect_metas(BY_KEY, PG, key, node)]
-    rows.sort()  # by Pid: a group holds a Pid once, so the metas are never compared
-    pairs = [(pid, decode(raw)) for pid, raw in rows]
+    rows = decode(t.collect_packed(BY_KEY, PG, key, node))
+    names = t.node_names()  # after the read: it covers every node id the rows hold
+    pairs = [(_new_pid(Pid, (names[nd], p)), m) for nd, p, m in rows]
+    pairs.sort()  # by Pid: a group holds a Pid once, so the metas are never compared
     if s0 & 1 or words[sw] != s0:
         return pairs  # the table moved during the read: right, but not cacheable at s0
     cache = t.members_cache
     if len(cache) >= _CACHE_MAX:
         cache.clear()
-    if all(_frozen(m) for _, m in pairs):
+    for _, m in pairs:
+        if type(m) not in _IMMUTABLE and not _frozen(m):
+            break
+    else:  # all immutable: the cache shares them
         cache[ck] = (s0, tuple(pairs), None)
         return pairs
-    fresh = [(pid, _fresh(m, raw)) for (pid, m), (_, raw) in zip(pairs, rows)]
-    cache[ck] = (s0, None, fresh)  # the decoded metas stay the cache's own: callers get copies
+    fresh = [(pid, _copier(m)) for pid, m in pairs]
+    if not all(f for _, f in fresh):
+        return pairs  # a nested mutable meta: a copy would cost a decode, so the next call reads again
+    cache[ck] = (s0, None, fresh)  # the metas stay the cache's own: callers get copies
     return [(p, f()) for p, f in fresh]
 
 

@@ -64,13 +64,16 @@ def _frozen(v: Any) -> bool:
     return t in _IMMUTABLE or (t is tuple and all(_frozen(x) for x in v))
 
 
-def _fresh(meta: Any, raw: bytes) -> Callable[[], Any]:
-    """How a cache hit hands out its own copy of a mutable meta: a shallow copy when nothing
-    inside can be mutated, else a fresh decode."""
+def _copier(meta: Any) -> Callable[[], Any] | None:
+    """How a cache hit can hand out its own copy of a mutable meta without decoding it again: a
+    shallow copy, when nothing inside can be mutated; None otherwise."""
     tm = type(meta)
-    if (tm is dict and all(_frozen(v) for v in meta.values())) or (tm is list and all(_frozen(v) for v in meta)):
+    if tm is dict or tm is list:
+        for v in (meta.values() if tm is dict else meta):
+            if type(v) not in _IMMUTABLE and not _frozen(v):
+                return None
         return meta.copy
-    return functools.partial(decode, raw)
+    return None
 
 
 def _cache_key(name: Any) -> Any:
@@ -129,7 +132,7 @@ def _read(t: Table, k: Any, name: Any) -> tuple[Pid, Any] | None:
         result = (pid, meta)
         cache[k] = (word, value, result, pid, None)
         return result
-    fresh = _fresh(meta, raw)
+    fresh = _copier(meta) or functools.partial(decode, raw)
     cache[k] = (word, value, None, pid, fresh)  # `meta` stays the cache's own: callers get copies
     return pid, fresh()
 

@@ -1,5 +1,7 @@
-"""lookup() reuses a result only while the table is unchanged, and never shares a mutable meta."""
+"""lookup() and members() reuse what they read only while it is unchanged, and never share a mutable meta."""
 from __future__ import annotations
+
+import os
 
 import syn_mp
 from syn_mp import Pid
@@ -151,3 +153,26 @@ def test_lookups_never_go_back_in_time_while_a_writer_updates(node):
     finally:
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
+
+
+def test_members_are_cached_until_the_table_changes_and_never_share_a_mutable_meta(node):
+    """members() answers from its cache while the seqlock word is unchanged; a join elsewhere (by
+    another process) is seen at once, and a caller that mutates its result changes nothing."""
+    w = node.worker()
+    me = os.getpid()
+    syn_mp.join("s", "g", meta={"port": 1})
+    first = syn_mp.members("s", "g")
+    assert first == [(Pid("n1", me), {"port": 1})]
+    first[0][1]["port"] = 99
+    first.append("junk")
+    assert syn_mp.members("s", "g") == [(Pid("n1", me), {"port": 1})]
+    w.call("join", "s", "g", meta=("t", 2))
+    assert syn_mp.members("s", "g") == sorted([(Pid("n1", me), {"port": 1}), (Pid("n1", w.pid), ("t", 2))])
+    w.call("join", "s", "other")  # a write elsewhere: read again, same answer
+    assert syn_mp.local_members("s", "g") == sorted([(Pid("n1", me), {"port": 1}), (Pid("n1", w.pid), ("t", 2))])
+    syn_mp.join("s", "n", meta={"k": [1]})  # nested mutable: not cached, still a copy each call
+    a, b = syn_mp.members("s", "n")[0][1], syn_mp.members("s", "n")[0][1]
+    a["k"].append(2)
+    assert b == {"k": [1]} and syn_mp.members("s", "n")[0][1] == {"k": [1]}
+    syn_mp.leave("s", "g")
+    assert syn_mp.members("s", "g") == [(Pid("n1", w.pid), ("t", 2))]

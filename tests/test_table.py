@@ -532,6 +532,31 @@ def test_journal_reader_that_falls_behind_gets_overrun_and_continues_from_head(m
     sound(t)
 
 
+def test_collect_packed_is_one_msgpack_array_of_the_rows_collect_gives(make_table):
+    """F_MSGPACK: the same rows as collect(), as [node, pid, key?, meta?] arrays, the stored key
+    and meta bytes embedded as they are (an empty one as nil), for one unpack."""
+    import msgpack
+    t = make_table(capacity=256)
+    other = t.add_node("n2")
+    t.put(PG, b"\xa1g", 0, 7, 1, 1, b"\x81\xa4port\x01")
+    t.put(PG, b"\xa1g", other, -5, 1, 1, b"")
+    t.put(PG, b"\xa1g", 0, 1 << 40, 1, 1, b"\x93\x01\x02\x03")
+    t.put(REG, b"\xa1x", 0, 7, 1, 1, b"\xc3")
+    rows = msgpack.unpackb(t.collect_packed(BY_KEY, PG, b"\xa1g"))
+    assert sorted(rows) == sorted([[0, 7, {"port": 1}], [other, -5, None], [0, 1 << 40, [1, 2, 3]]])
+    items = t.collect(BY_KEY, PG, b"\xa1g", flags=WITH_META)
+    assert sorted((i.node, i.pid) for i in items) == sorted((r[0], r[1]) for r in rows)
+    rows = msgpack.unpackb(t.collect_packed(BY_PID, 0, node=0, pid=7, flags=WITH_KEY | WITH_META))
+    assert sorted(rows, key=repr) == sorted([[0, 7, "g", {"port": 1}], [0, 7, "x", True]], key=repr)
+    assert msgpack.unpackb(t.collect_packed(BY_KEY, PG, b"\xa1none")) == []
+    # more rows than the first buffer holds: grown and read again
+    for i in range(200):
+        t.put(PG, b"\xa1big", 0, 1000 + i, 1, 1, b"\xa5" + b"%05d" % i)
+    rows = msgpack.unpackb(t.collect_packed(BY_KEY, PG, b"\xa1big"))
+    assert sorted(r[1] for r in rows) == list(range(1000, 1200))
+    sound(t)
+
+
 def test_read_pids_gives_the_local_processes_that_added_entries_in_journal_order(make_table):
     """The manager's lean follow: (pid, start) of local registered/updated/joined records, a
     repeat of the previous pair dropped, in order; deletes and other nodes' records only counted."""
