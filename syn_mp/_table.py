@@ -143,6 +143,8 @@ class Table:
         # item is one load, so the word is never torn.
         self.words = memoryview(mm).cast("Q")
         self.seq_word = lib.synt_seq_word(self._t)
+        addr = int(ffi.cast("uintptr_t", self._flagsp)) - int(ffi.cast("uintptr_t", self._base))
+        self.flags_word = addr // 8  # the header's flags (SYNT_FLAG_*): strict mode, read on writes
         # name -> (word index, word value, ...): see registry.lookup
         self.lookup_cache: dict[Any, tuple[Any, ...]] = {}
         # (group, node) -> (seqlock value, ...): see groups.members

@@ -134,7 +134,10 @@ def encode_name(value: Any) -> bytes:
         # Hot path (every lookup): exact str/int/bytes pack directly, and a flat
         # tuple of str/int needs no normalising, only its ext header.
         if t is str or t is int or t is bytes:
-            return _check_name_size(_pack(value))
+            data = _pack(value)
+            if len(data) <= MAX_NAME:
+                return data
+            return _check_name_size(data)  # raises
         if t is tuple:
             for x in value:
                 tx = type(x)
@@ -250,6 +253,10 @@ def _encode_value(value: Any, limit: int, what: str) -> bytes:
 
 def encode_meta(value: Any) -> bytes:
     """Encode a registration's or membership's meta (at most MAX_META bytes)."""
+    if type(value) is dict and _flat(value):
+        data = _pack(value)  # the common meta, {"port": 8000}: no walk, no size to fear
+        if len(data) <= MAX_META:
+            return data
     return _encode_value(value, MAX_META, "meta")
 
 

@@ -176,7 +176,7 @@ def update_registry(scope: str, name: Any, fn: Callable[[Pid, Any], Any]) -> tup
 def unregister(scope: str, name: Any) -> None:
     t = _table(scope)
     key = encode_name(name)
-    if t.flags & FLAG_STRICT:  # only the holder itself
+    if t.words[t.flags_word] & FLAG_STRICT:  # only the holder itself
         p, flags = _procinfo.self_identity()[0], F_MATCH_PID
     else:  # any process of this node
         p, flags = 0, F_MATCH_NODE

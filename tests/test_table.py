@@ -19,7 +19,7 @@ from conftest import raw_seq, read_all
 from syn_mp._native import ffi, lib
 from syn_mp._table import (
     ALL_NODES, BY_KEY, BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, ETAKEN, F_EXPECT_VER,
-    F_FORCE, F_MATCH_PID, INSERTED, PG, R_CONFLICT, R_NODE_DOWN, R_NORMAL, R_PROCESS_EXIT, REG,
+    F_FORCE, F_MATCH_PID, FLAG_STRICT, INSERTED, PG, R_CONFLICT, R_NODE_DOWN, R_NORMAL, R_PROCESS_EXIT, REG,
     UNCHANGED, UPDATED, WITH_KEY, WITH_META, Table, TableError,
 )
 
@@ -889,6 +889,38 @@ def test_checker_catches_a_corrupt_free_list(three_entries):
     lay.put64(e2 + lay.E_TYPE, REG)  # a blob on the free list that claims to be live
     err = check_in_child(t)
     assert err and "I3" in err
+
+
+def test_local_writes_report_a_sleeping_manager_in_the_result_code(make_table):
+    """put_local/delete_local: no out-struct; WAKE rides on a success code when the manager sleeps,
+    and delete with F_MATCH_NODE leaves another node's holder alone."""
+    from syn_mp._table import F_MATCH_NODE, WAKE
+    t = make_table()
+    other = t.add_node("n2")
+    assert t.put_local(REG, b"a", 5, 1, b"m") == INSERTED
+    t.set_sleeping(True)
+    assert t.put_local(REG, b"a", 5, 1, b"m2") == UPDATED | WAKE
+    assert t.put_local(REG, b"a", 6, 1, b"m") == ETAKEN  # errors never carry WAKE
+    assert t.delete_local(REG, b"a", 0, F_MATCH_NODE) == WAKE  # 0, deleted
+    t.set_sleeping(False)
+    t.put(REG, b"r", other, 7, 1, 1, b"")
+    assert t.delete_local(REG, b"r", 0, F_MATCH_NODE) == EMISMATCH
+    assert t.get(REG, b"r") is not None
+    assert t.delete_local(REG, b"gone", 0, F_MATCH_NODE) == ENOTFOUND
+    assert t.put_local(PG, b"g", 5, 1, b"") == INSERTED
+    before = time.time_ns()
+    t.put_local(REG, b"t", 5, 1, b"")
+    assert abs(t.get(REG, b"t").time_ns - before) < 5e9  # timed by the C side's CLOCK_REALTIME
+    sound(t)
+
+
+def test_the_flags_word_is_the_header_flags(make_table):
+    """unregister reads strict mode as t.words[t.flags_word], without a call."""
+    t = make_table()
+    assert t.words[t.flags_word] == t.flags == 0
+    t.set_flags(FLAG_STRICT)
+    assert t.words[t.flags_word] == t.flags == FLAG_STRICT
+    sound(t)
 
 
 def test_checker_catches_a_free_blob_that_keeps_its_ver(three_entries):
