@@ -53,6 +53,15 @@
  * The journal ring is read lock-free by cursors (logical byte positions): a
  * record at p is intact iff p >= j_min_valid after the copy; writers raise
  * j_min_valid before they overwrite.
+ *
+ * THE ANNOUNCE RING tells the manager which local processes to watch without it
+ * reading every journal record (those lines are hot in the writer's cache: at a
+ * million writes a second, following them cost the manager half a core). A put
+ * of a node-0 entry appends (pid, start) unless the filter slot of that pair
+ * holds it already. The manager resets the filter (under the mutex), then reads
+ * from the head it got back and scans the table: a pair it never reads was
+ * announced before the reset and so held an entry the scan finds, or was filtered
+ * as announced after the reset. On an overrun it resets and scans again.
  */
 #include "table.h"
 
@@ -67,13 +76,15 @@
 #include <unistd.h>
 
 #define MAGIC 0x3142545053594e53ULL /* "SNYSPTB1" little-endian */
-#define VERSION 2u               /* 2: ver is zeroed on free (I9) */
+#define VERSION 3u               /* 2: ver is zeroed on free (I9); 3: the announce ring */
 #define BLOB_MIN 256u
 #define NCLASSES 8u              /* 256 B .. 32 KiB */
 #define UNDO_MAX 512u
 #define NIDX 4
 enum { IX_KEY = 0, IX_PID = 1, IX_KP = 2, IX_NODE = 3 };
 #define SPIN_LIMIT (1u << 22)    /* reader spins on an odd seq before EBUSY */
+#define WRING 4096u              /* announce ring: (pid, start) of local processes that added entries */
+#define WSEEN 256u               /* its filter: per hash slot, the pair last announced there */
 #define JREC_ALIGN 8u
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -99,6 +110,11 @@ typedef struct {
     uint64_t off;
     uint64_t old;
 } undo_t;
+
+typedef struct {
+    int64_t pid;
+    uint64_t start;
+} pidpair_t;
 
 typedef struct {
     /* geometry: written once by synt_init */
@@ -144,6 +160,13 @@ typedef struct {
 
     uint64_t undo_n;
     undo_t undo[UNDO_MAX];
+
+    /* announce ring (W-logged): what the manager reads to learn which processes to watch,
+     * instead of every journal record; w_seen keeps a process that writes again and again
+     * from being announced again and again */
+    uint64_t w_head;             /* pairs ever appended */
+    pidpair_t w_ring[WRING];
+    pidpair_t w_seen[WSEEN];
 } hdr_t;
 
 typedef struct {
@@ -510,54 +533,6 @@ overrun:
     return SYNT_EOVERRUN;
 }
 
-static inline int adds_entry(uint16_t kind) {
-    return kind == SYNT_J_REGISTERED || kind == SYNT_J_REG_UPDATED || kind == SYNT_J_JOINED ||
-           kind == SYNT_J_PG_UPDATED;
-}
-
-int64_t synt_journal_pids(synt_t *t, uint64_t *cursor, int64_t *pids, uint64_t *starts, uint32_t cap,
-                          uint32_t max_records, uint64_t *nrecords) {
-    hdr_t *h = H(t);
-    uint64_t size = LD(h->journal_size), mask = size - 1;
-    uint8_t *ring = t->base + LD(h->journal_off);
-    uint64_t pos = *cursor, recs = 0;
-    int64_t n = 0;
-    *nrecords = 0;
-    if (pos < __atomic_load_n(&h->j_min_valid, __ATOMIC_ACQUIRE)) goto overrun;
-    while (recs < max_records && n < (int64_t)cap) {
-        uint64_t head = __atomic_load_n(&h->j_head, __ATOMIC_ACQUIRE);
-        if (pos >= head) break;
-        if (size - (pos & mask) < sizeof(synt_jrec_t)) {
-            pos += size - (pos & mask);
-            continue;
-        }
-        synt_jrec_t r;
-        memcpy(&r, ring + (pos & mask), sizeof(r));
-        uint64_t len = r.reclen;
-        int bad = len < 8 || len > size || (pos & mask) + len > size || (len & 7) ||
-                  (r.kind != SYNT_J_PAD && len < sizeof(r));
-        __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        if (pos < __atomic_load_n(&h->j_min_valid, __ATOMIC_ACQUIRE)) goto overrun;
-        if (bad) return SYNT_ECORRUPT; /* intact yet malformed */
-        if (r.kind != SYNT_J_PAD) {
-            recs++;
-            if (r.node == 0 && adds_entry(r.kind) &&
-                (n == 0 || pids[n - 1] != r.pid || starts[n - 1] != r.start)) {
-                pids[n] = r.pid;
-                starts[n] = r.start;
-                n++;
-            }
-        }
-        pos += len;
-    }
-    *cursor = pos;
-    *nrecords = recs;
-    return n;
-overrun:
-    *cursor = synt_journal_head(t);
-    return SYNT_EOVERRUN;
-}
-
 void synt_set_sleeping(synt_t *t, uint32_t sleeping) {
     __atomic_store_n(&H(t)->mgr_sleeping, sleeping, __ATOMIC_SEQ_CST);
 }
@@ -707,6 +682,59 @@ static void remove_entry(synt_t *t, uint64_t off, uint32_t kind, uint32_t reason
     blob_free(t, off);
 }
 
+/* ---------------------------------------------------------------- announce */
+
+/* A local process now holds an entry: put (pid, start) on the announce ring, unless its filter
+ * slot says it was the pair last announced there. The filter is only trusted by a manager that
+ * reset it when it started following the ring (synt_watch_reset), so every pair it misses was
+ * announced after its reset, or is in the table its scan reads. */
+static void announce(synt_t *t, int64_t pid, uint64_t start) {
+    hdr_t *h = H(t);
+    pidpair_t *seen = &h->w_seen[mix64((uint64_t)pid ^ (start << 24)) & (WSEEN - 1)];
+    if (seen->pid == pid && seen->start == start) return;
+    uint64_t head = h->w_head;
+    pidpair_t *r = &h->w_ring[head & (WRING - 1)];
+    W(t, (uint64_t *)&r->pid, (uint64_t)pid);
+    W(t, &r->start, start);
+    W(t, (uint64_t *)&seen->pid, (uint64_t)pid);
+    W(t, &seen->start, start);
+    __atomic_thread_fence(__ATOMIC_RELEASE); /* the pair before the head that publishes it */
+    W(t, &h->w_head, head + 1);
+}
+
+uint64_t synt_watch_reset(synt_t *t) {
+    if (lock(t)) return 0;
+    hdr_t *h = H(t);
+    /* Plain stores, no undo log: only writers read the filter, under the mutex, and a filter
+     * left half cleared by a caller that died here only announces more than it must. */
+    memset(h->w_seen, 0, sizeof(h->w_seen));
+    uint64_t head = h->w_head;
+    unlock(t);
+    return head;
+}
+
+uint64_t synt_watch_head(synt_t *t) { return __atomic_load_n(&H(t)->w_head, __ATOMIC_ACQUIRE); }
+
+int64_t synt_watch_read(synt_t *t, uint64_t *cursor, int64_t *pids, uint64_t *starts, uint32_t cap) {
+    hdr_t *h = H(t);
+    uint64_t pos = *cursor;
+    uint64_t head = __atomic_load_n(&h->w_head, __ATOMIC_ACQUIRE);
+    if (head - pos > WRING || pos > head) goto overrun;
+    int64_t n = 0;
+    for (; pos < head && n < (int64_t)cap; pos++, n++) {
+        pids[n] = LD(h->w_ring[pos & (WRING - 1)].pid);
+        starts[n] = LD(h->w_ring[pos & (WRING - 1)].start);
+    }
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    /* pairs at positions the writer has lapped since were torn */
+    if (__atomic_load_n(&h->w_head, __ATOMIC_ACQUIRE) - *cursor > WRING) goto overrun;
+    *cursor = pos;
+    return n;
+overrun:
+    *cursor = __atomic_load_n(&h->w_head, __ATOMIC_ACQUIRE);
+    return SYNT_EOVERRUN;
+}
+
 /* ------------------------------------------------------------------ writes */
 
 /* After a write, still under the mutex: tell the caller whether the manager sleeps. Dekker
@@ -782,6 +810,7 @@ int synt_put(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, uint
                        reason, reason_node);
         rc = SYNT_INSERTED;
     }
+    if (node == 0) announce(t, pid, start);
     op_commit(t);
     fill_info(AT(t, off), out);
 done:

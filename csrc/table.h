@@ -194,12 +194,14 @@ const volatile uint64_t *synt_flags_ptr(synt_t *t);
 uint64_t synt_journal_head(synt_t *t);
 int64_t synt_journal_read(synt_t *t, uint64_t *cursor, uint8_t *buf, uint64_t cap,
                           uint32_t max_records);
-/* The manager's follow when nobody needs whole records: like journal_read from *cursor, up to
- * max_records records, but only the (pid, start) of each record of node 0 that adds or updates
- * an entry, into pids/starts (at most cap; a repeat of the pair just written is dropped).
- * Returns how many pairs; *nrecords says how many records were passed. */
-int64_t synt_journal_pids(synt_t *t, uint64_t *cursor, int64_t *pids, uint64_t *starts, uint32_t cap,
-                          uint32_t max_records, uint64_t *nrecords);
+/* The announce ring: the (pid, start) of local processes that added or updated entries, each
+ * announced again only when the ring's filter no longer remembers it. watch_reset clears the
+ * filter (a manager calls it when it starts following, then scans the table) and returns the
+ * head to read from; watch_read copies up to cap pairs from *cursor and advances it, or
+ * returns SYNT_EOVERRUN (cursor moved to the head: reset and scan again). */
+uint64_t synt_watch_reset(synt_t *t);
+uint64_t synt_watch_head(synt_t *t);
+int64_t synt_watch_read(synt_t *t, uint64_t *cursor, int64_t *pids, uint64_t *starts, uint32_t cap);
 void synt_set_sleeping(synt_t *t, uint32_t sleeping);
 int synt_set_flags(synt_t *t, uint64_t flags);
 uint64_t synt_flags(synt_t *t);

@@ -22,8 +22,8 @@ from typing import Any
 from . import _config, _control
 from ._handlers import CallbackRunner
 from .events import to_event
-from ._table import (BY_NODE, R_MANAGER_RESTART, R_PROCESS_EXIT, FLAG_STRICT, Table, TableError,
-                     JournalReader)
+from ._table import (BY_NODE, R_MANAGER_RESTART, R_PROCESS_EXIT, FLAG_STRICT, AnnounceReader, Table,
+                     TableError, JournalReader)
 from ._watch import make_watcher
 
 log = logging.getLogger("syn_mp.manager")
@@ -59,7 +59,7 @@ class Manager:
         self.opts = opts
         self.paths = _config.Paths(opts.rdir)
         self.tables: dict[str, Table] = {}
-        self.readers: dict[str, JournalReader] = {}
+        self.readers: dict[str, JournalReader | AnnounceReader] = {}
         self.started = time.time()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -67,6 +67,9 @@ class Manager:
         self.purged = {"process_exit": 0, "manager_restart": 0}
         self.cluster: Any = None
         self.callbacks = CallbackRunner(opts.event_handler, opts.handler_timeout) if opts.event_handler else None
+        # no event handler and no peers: nothing needs every journal record, only the processes to
+        # watch, which the announce ring gives (see _drain)
+        self._lean = opts.event_handler is None and opts.cluster is None
 
     # ------------------------------------------------------------ start / stop
 
@@ -171,7 +174,10 @@ class Manager:
         if want != flags:
             t.set_flags(want)
         self.tables[scope] = t
-        self.readers[scope] = t.journal()  # from now: older changes are covered by the scan
+        if self._lean:
+            self.readers[scope] = t.announced()  # from now: older processes are found by the scan
+        else:
+            self.readers[scope] = t.journal()  # from now: older changes are covered by the scan
         self._scan(scope, R_MANAGER_RESTART if restart else R_PROCESS_EXIT)
         return t
 
@@ -262,43 +268,47 @@ class Manager:
                 self._wake.set()
 
     def _drain(self, budget: int = DRAIN_BUDGET) -> int:
-        """Follow every journal, up to `budget` records; returns how many were handled. When no
-        event handler and no peer needs the whole records, only the processes to watch are read
-        (the C side skips the rest), so the manager's cost no longer follows every write."""
-        follow = self._follow_all if self.callbacks or self.cluster is not None else self._follow_watch
+        """Follow every journal, up to `budget` records; returns how many were handled. Without
+        event handlers and peers, which need every record, only the announce ring is followed:
+        the processes to watch, each announced once, so the manager's work no longer follows
+        every write (csrc/table.c, "the announce ring")."""
         left = budget
         for scope, reader in self.readers.items():
             while left > 0:
-                n = follow(scope, reader, min(left, 4096))
-                if n is None:
-                    log.warning("scope %r: journal overrun, rescanning the table", scope)
-                    self._scan(scope, R_PROCESS_EXIT)
-                    if self.cluster is not None:
-                        self.cluster.resync(scope)  # changes we never broadcast: peers refetch
-                    continue
+                if isinstance(reader, AnnounceReader):
+                    n = self._follow_announced(scope, reader)
+                else:
+                    n = self._follow_journal(scope, reader, min(left, 4096))
                 if not n:
                     break
                 left -= n
         return budget - left
 
-    def _follow_all(self, scope: str, reader: JournalReader, most: int) -> int | None:
-        """Records handled (None: the reader fell behind the ring), each one in full."""
+    def _follow_journal(self, scope: str, reader: JournalReader, most: int) -> int:
+        """Records handled, each one in full; after an overrun, the table is read again."""
         recs = reader.read(most)
         if recs is None:
-            return None
+            log.warning("scope %r: journal overrun, rescanning the table", scope)
+            self._scan(scope, R_PROCESS_EXIT)
+            if self.cluster is not None:
+                self.cluster.resync(scope)  # changes we never broadcast: peers refetch
+            return 1
         for r in recs:
             self._on_record(scope, r)
         return len(recs)
 
-    def _follow_watch(self, scope: str, reader: JournalReader, most: int) -> int | None:
-        """As _follow_all, but only for the processes to watch."""
-        got = reader.read_pids(most)
-        if got is None:
-            return None
-        pairs, n = got
+    def _follow_announced(self, scope: str, reader: AnnounceReader) -> int:
+        """Processes announced and now watched; after an overrun, the ring starts over and the
+        table is read again."""
+        pairs = reader.read()
+        if pairs is None:
+            log.warning("scope %r: announce ring overrun, rescanning the table", scope)
+            self.readers[scope] = self.tables[scope].announced()
+            self._scan(scope, R_PROCESS_EXIT)
+            return 1
         for pid, start in pairs:
             self._ensure_watched(pid, start)
-        return n
+        return len(pairs)
 
     def _on_record(self, scope: str, r: Any) -> None:
         if self.callbacks:

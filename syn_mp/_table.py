@@ -380,6 +380,11 @@ class Table:
         return {f: getattr(st, f) for f in ("capacity", "count", "reg_count", "pg_count", "heap_size",
                                             "heap_used", "nnodes", "journal_size", "journal_head")}
 
+    def announced(self) -> "AnnounceReader":
+        """Clear the announce ring's filter and follow the ring from now (csrc/table.c, "the
+        announce ring"): the manager's way to learn which processes to watch; scan the table after."""
+        return AnnounceReader(self, lib.synt_watch_reset(self._t))
+
     def journal(self, cursor: int | None = None) -> "JournalReader":
         return JournalReader(self, self.journal_head() if cursor is None else cursor)
 
@@ -412,30 +417,9 @@ class JournalReader:
         self.cursor = ffi.new("uint64_t *", cursor)
         self._cap = 1 << 16
         self._buf = ffi.new("uint8_t[]", self._cap)
-        self._pids: Any = None
-        self._starts: Any = None
-        self._nrec: Any = None
 
     def pending(self) -> bool:
         return self.table.journal_head() != self.cursor[0]
-
-    def read_pids(self, max_records: int = 4096) -> tuple[list[tuple[int, int]], int] | None:
-        """The (pid, start) of the local processes that the next records add or update entries for,
-        and how many records that was (0: none waiting); None when the reader fell behind the ring.
-        What the manager reads when no event handler or peer needs the whole records."""
-        if self._pids is None:
-            self._pids = ffi.new("int64_t[]", 4096)
-            self._starts = ffi.new("uint64_t[]", 4096)
-            self._nrec = ffi.new("uint64_t *")
-        n = lib.synt_journal_pids(self.table._t, self.cursor, self._pids, self._starts, 4096,
-                                  max_records, self._nrec)
-        if n == EOVERRUN:
-            return None
-        if n < 0:
-            raise TableError(f"journal of {self.table.name}: {n}")
-        # in journal order, repeats dropped: a pid reused by another process within one batch must
-        # be seen after the one before it
-        return list(dict.fromkeys(zip(self._pids[0:n], self._starts[0:n]))), self._nrec[0]
 
     def read(self, max_records: int = 4096) -> list[JournalRecord] | None:
         """The next records; None when the reader fell behind the ring (resync from the table)."""
@@ -460,6 +444,29 @@ class JournalReader:
                                          data[d:d + kl], data[d + kl:d + kl + ml]))
                 off += reclen
             return out
+
+
+class AnnounceReader:
+    """A cursor over a table's announce ring: (pid, start) of local processes that added entries."""
+
+    def __init__(self, table: Table, cursor: int) -> None:
+        self.table = table
+        self.cursor = ffi.new("uint64_t *", cursor)
+        self._pids = ffi.new("int64_t[]", 4096)
+        self._starts = ffi.new("uint64_t[]", 4096)
+
+    def pending(self) -> bool:
+        return lib.synt_watch_head(self.table._t) != self.cursor[0]
+
+    def read(self) -> list[tuple[int, int]] | None:
+        """The next pairs, in the order announced (a pid reused by a new process comes after the
+        old one); None after an overrun: call Table.announced() again and scan the table."""
+        n = lib.synt_watch_read(self.table._t, self.cursor, self._pids, self._starts, 4096)
+        if n == EOVERRUN:
+            return None
+        if n < 0:
+            raise TableError(f"announce ring of {self.table.name}: {n}")
+        return list(zip(self._pids[0:n], self._starts[0:n]))
 
 
 def iter_segments(prefix: str) -> Iterator[str]:

@@ -151,6 +151,27 @@ def test_a_registration_made_while_the_manager_is_down_is_watched_after_restart(
     wait_for(lambda: syn_mp.lookup("s", "late") is None)
 
 
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_a_process_announced_to_the_last_manager_is_watched_by_the_next(node, how):
+    """The announce ring filters a process it announced already; a new manager clears that filter
+    when it starts, so a process that held nothing at its start and registers afterwards is still
+    announced, watched, and purged when it dies."""
+    w = node.worker()
+    w.call("register", "s", "first")  # announced to this manager
+    if how == "stop":
+        assert node.cli("stop").returncode == 0
+    else:
+        node.kill_manager(signal.SIGKILL)
+    w.call("unregister", "s", "first")  # holds nothing: the next manager's scan won't see it
+    syn_mp.add_node_to_scopes(["s"])  # the next manager
+    w.call("register", "s", "second")
+    w.call("join", "s", "g")
+    w.kill()
+    wait_for(lambda: syn_mp.lookup("s", "second") is None and syn_mp.members("s", "g") == [],
+             what="the re-announced process purged on death")
+    checked("s")
+
+
 def test_many_processes_killed_at_once_all_disappear(node):
     n_procs = 100
     code = """

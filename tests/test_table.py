@@ -557,40 +557,40 @@ def test_collect_packed_is_one_msgpack_array_of_the_rows_collect_gives(make_tabl
     sound(t)
 
 
-def test_read_pids_gives_the_local_processes_that_added_entries_in_journal_order(make_table):
-    """The manager's lean follow: (pid, start) of local registered/updated/joined records, a
-    repeat of the previous pair dropped, in order; deletes and other nodes' records only counted."""
+def test_the_announce_ring_gives_each_local_process_that_adds_entries_once(make_table):
+    """Announced: (pid, start) of node-0 puts, in order, a pair its filter remembers dropped;
+    deletes and other nodes' entries are not announced; a reset clears the filter."""
     t = make_table()
     other = t.add_node("n2")
-    r = t.journal()
-    assert r.read_pids() == ([], 0)
+    r = t.announced()
+    assert r.read() == [] and not r.pending()
     t.put(REG, b"a", 0, 10, 1, 0, b"m")       # registered by (10, 1)
-    t.put(REG, b"a", 0, 10, 1, 0, b"m2")      # updated: the same pair, dropped as a repeat
+    t.put(REG, b"a", 0, 10, 1, 0, b"m2")      # updated: (10, 1) is remembered
     t.put(PG, b"g", 0, 11, 2, 0, b"")         # joined by (11, 2)
     t.put(REG, b"r", other, 12, 3, 0, b"")    # another node's: not ours to watch
     t.delete(REG, b"a")                       # deletes add nothing
-    t.put(PG, b"g", 0, 10, 1, 0, b"")         # (10, 1) again, after others
+    t.put(PG, b"g", 0, 10, 1, 0, b"")         # (10, 1) again: still remembered
     t.put(REG, b"b", 0, 10, 7, 0, b"")        # pid 10 reused by another process (start 7)
-    pairs, n = r.read_pids()
-    assert n == 7
-    # (10, 1) is given once, and the reused pid's new process comes after the old one
-    assert pairs == [(10, 1), (11, 2), (10, 7)]
-    assert r.read_pids() == ([], 0)
-    # max_records bounds a read, and the cursor goes on from there
-    r2 = t.journal(0)
-    assert r2.read_pids(2) == ([(10, 1)], 2)
-    assert r2.read_pids() == ([(11, 2), (10, 1), (10, 7)], 5)
+    assert r.pending()
+    assert r.read() == [(10, 1), (11, 2), (10, 7)]
+    assert r.read() == [] and not r.pending()
+    r2 = t.announced()  # a new follower: the filter forgets, so the next writes announce again
+    t.put(REG, b"c", 0, 10, 1, 0, b"")
+    t.put(REG, b"d", 0, 10, 1, 0, b"")
+    assert r2.read() == [(10, 1)]
+    sound(t)
 
 
-def test_read_pids_reports_an_overrun_like_read(make_table):
-    t = make_table(journal=64 << 10)
-    slow = t.journal()
-    for i in range(1500):  # more than two laps of the ring
-        t.put(REG, b"key", 0, 1, 1, i, b"%06d" % i + b"." * 40)
-    assert slow.read_pids() is None
-    assert slow.cursor[0] == t.journal_head()
-    t.put(REG, b"k2", 0, 5, 5, 0, b"")
-    assert slow.read_pids() == ([(5, 5)], 1)
+def test_the_announce_ring_reports_an_overrun(make_table):
+    t = make_table(capacity=8192, heap=4 << 20)
+    slow = t.announced()
+    for i in range(5000):  # more distinct processes than the ring holds
+        assert t.put(PG, b"g", 0, 1000 + i, 1, 0, b"")[0] == INSERTED
+    assert slow.read() is None
+    again = t.announced()  # what the manager does: reset, then scan the table
+    t.put(PG, b"g", 0, 1, 1, 0, b"")
+    assert again.read() == [(1, 1)]
+    sound(t)
 
 
 def test_journal_wrap_with_short_tail_keeps_heap_and_records_intact(make_table):
