@@ -444,12 +444,6 @@ class Diagnose:
                 put(tt, REG, k, len(k), p, st, meta, len(meta))
                 delete(tt, REG, k, len(k), 0, F_MATCH_NODE)
 
-        def binding() -> None:
-            put, delete = t.put_local, t.delete_local
-            for k in keys:
-                put(REG, k, p, st, meta)
-                delete(REG, k, 0, F_MATCH_NODE)
-
         def rep(fn: Callable[[], Any]) -> Callable[[], None]:
             def f() -> None:
                 for _ in range(n):
@@ -482,17 +476,15 @@ class Diagnose:
         time.sleep(0.2)
         rows = [
             ("register + unregister (the figure's pair)", whole, "whole"),
-            ("  Table.put_local + Table.delete_local (the binding, C calls included)", _med_ns(binding, n, reps),
-             "part"),
-            ("    lib.synt_put_local + lib.synt_delete_local alone (mutex, table, undo log, journal)",
-             _med_ns(c_only, n, reps), "part"),
+            ("  lib.synt_put_local + lib.synt_delete_local (the C calls, through cffi: mutex, table, undo "
+             "log, journal, announce ring)", _med_ns(c_only, n, reps), "part"),
             ("  2 x codec.encode_name(str)", 2 * _med_ns(rep(lambda: codec.encode_name("tmp-1-1")), n, reps), "part"),
             ("  codec.encode_meta({'port': i})", _med_ns(rep(lambda: codec.encode_meta({"port": 1})), n, reps),
              "part"),
             ("  _procinfo.self_identity()", _med_ns(rep(_procinfo.self_identity), n, reps), "part"),
             ("  t.words[t.flags_word] (unregister: strict mode?)",
              _med_ns(rep(lambda: t.words[t.flags_word]), n, reps), "part"),
-            ("  2 x _client.table_of(scope)", 2 * _med_ns(rep(lambda: _client.table_of("d")), n, reps), "part"),
+            ("  2 x _client.TABLES[scope]", 2 * _med_ns(rep(lambda: _client.TABLES["d"]), n, reps), "part"),
             ("  mailbox.open_mailbox() (already open)", _med_ns(rep(mailbox.open_mailbox), n, reps), "part"),
         ]
         rows += [

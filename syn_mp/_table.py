@@ -117,6 +117,14 @@ class _Info(NamedTuple):
 
 
 _new_entry = tuple.__new__  # a NamedTuple without its Python-level __new__: the lookup hot path
+
+# The API's own writes, called by registry and groups straight with Table.ptr, as every Python frame
+# on that path counts (csrc/table.h): a put or delete by node 0, timed in C, whose result code has
+# WAKE set when the manager sleeps.
+#   put_local(ptr, type, key, len(key), pid, start, meta, len(meta)) -> int
+#   delete_local(ptr, type, key, len(key), pid, flags) -> int
+put_local = lib.synt_put_local
+delete_local = lib.synt_delete_local
 _INFO = struct.Struct("=IIqQqQIIIIQQ")  # synt_info_t
 assert _INFO.size == ffi.sizeof("synt_info_t")
 _HIT = struct.Struct("=QQqII")  # synt_hit_t
@@ -131,6 +139,7 @@ class Table:
         self._mm = mm
         self._base = ffi.from_buffer(mm)
         self._t = ffi.new("synt_t *")
+        self.ptr = self._t  # what put_local/delete_local take
         rc = lib.synt_open(self._t, self._base, len(mm))
         if rc != 0:
             raise TableError(f"segment {name} is not a syn_mp table of this version")
@@ -324,15 +333,6 @@ class Table:
             return rc, _new_entry(_Info, _INFO.unpack_from(s.info_bytes))
         finally:
             self._pool.append(s)
-
-    def put_local(self, type_: int, key: bytes, pid: int, start: int, meta: bytes) -> int:
-        """The API's register/join: a put by this node, timed now; the result code only, with WAKE
-        set when the manager sleeps (no out-struct to fill and convert: the hot path)."""
-        return lib.synt_put_local(self._t, type_, key, len(key), pid, start, meta, len(meta))
-
-    def delete_local(self, type_: int, key: bytes, pid: int, flags: int) -> int:
-        """The API's unregister/leave: a delete on this node; the result code only, as put_local."""
-        return lib.synt_delete_local(self._t, type_, key, len(key), pid, flags)
 
     def delete(self, type_: int, key: bytes, node: int = 0, pid: int = 0, flags: int = 0,
                reason: int = R_NORMAL, reason_node: int = 0) -> tuple[int, Any]:

@@ -7,6 +7,8 @@ from typing import Any, Callable
 from . import _pids, _procinfo
 from ._table import (ALL_NODES, BY_KEY, BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, F_EXPECT_VER, PG, WAKE,
                      WITH_KEY, WITH_META, Table)
+from ._table import delete_local as _delete_local
+from ._table import put_local as _put_local
 from ._types import Pid
 from .codec import decode, decode_name, encode_meta, encode_name
 from .errors import CapacityError, NotInGroupError, RemotePidError, UndefinedError
@@ -23,7 +25,7 @@ def join(scope: str, group: Any, pid: _pids.PidArg = None, meta: Any = None) -> 
     key = encode_name(group)
     m = _META_NONE if meta is None else encode_meta(meta)
     p, start = _procinfo.self_identity() if pid is None else _pids.for_write(t, pid)
-    rc = t.put_local(PG, key, p, start, m)
+    rc = _put_local(t.ptr, PG, key, len(key), p, start, m, len(m))
     if rc < 0:
         if rc == EFULL:
             raise CapacityError(f"scope {scope!r} is full")
@@ -44,7 +46,7 @@ def leave(scope: str, group: Any, pid: _pids.PidArg = None) -> None:
         if nid != 0:
             raise RemotePidError(f"{pid} belongs to another node: leave on its own node")
         _pids.check_self(t, p)
-    rc = t.delete_local(PG, key, p, 0)
+    rc = _delete_local(t.ptr, PG, key, len(key), p, 0)
     if rc < 0:
         if rc == ENOTFOUND:
             raise NotInGroupError(f"pid {p} is not a member of {group!r} in scope {scope!r}")

@@ -14,6 +14,8 @@ from .mailbox import open_mailbox
 from ._table import (BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, ETAKEN, F_EXPECT_VER,
                      F_MATCH_NODE, F_MATCH_PID, FLAG_STRICT, REG, R_PROCESS_EXIT, WAKE, WITH_KEY,
                      Entry, Table)
+from ._table import delete_local as _delete_local
+from ._table import put_local as _put_local
 from ._types import Pid
 from .codec import decode, decode_name, encode_meta, encode_name
 from .errors import CapacityError, RemotePidError, TakenError, UndefinedError
@@ -31,12 +33,15 @@ def _purge_if_dead(t: Table, node: int, pid: int, start: int) -> bool:
 
 def register(scope: str, name: Any, pid: _pids.PidArg = None, meta: Any = None) -> None:
     """Register `name` to a process (the caller by default); the same name and pid again updates meta."""
-    t = _table(scope)
+    try:
+        t = _TABLES[scope]
+    except (KeyError, TypeError):
+        t = _table(scope)
     key = encode_name(name)
     m = _META_NONE if meta is None else encode_meta(meta)
     p, start = _procinfo.self_identity() if pid is None else _pids.for_write(t, pid)
     while True:
-        rc = t.put_local(REG, key, p, start, m)
+        rc = _put_local(t.ptr, REG, key, len(key), p, start, m, len(m))
         if rc >= 0:
             if rc & WAKE:
                 _wake()
@@ -104,15 +109,17 @@ def lookup(scope: str, name: Any) -> tuple[Pid, Any] | None:
         k = name  # ("web", 3): inline, the commonest tuple name
     else:
         k = _cache_key(name)
-    hit = t.lookup_cache.get(k)
+    try:
+        hit = t.lookup_cache[k]
+    except KeyError:
+        return _read(t, k, name)
     # A hit stays true while one word of the segment is unchanged: the entry's ver (C I9),
     # or for a name found missing, the table's seqlock word.
-    if hit is not None and t.words[hit[0]] == hit[1]:
-        r = hit[2]
-        if r is not None:
-            return r  # immutable: shared by every caller
-        p = hit[3]
-        return None if p is None else (p, hit[4]())
+    if t.words[hit[0]] == hit[1]:
+        r = hit[2]  # the result when immutable (shared by every caller), None, or False: missing
+        if r:
+            return r
+        return (hit[3], hit[4]()) if r is None else None
     return _read(t, k, name)
 
 
@@ -124,7 +131,7 @@ def _read(t: Table, k: Any, name: Any) -> tuple[Pid, Any] | None:
     if len(cache) >= _CACHE_MAX:
         cache.clear()
     if not found:
-        cache[k] = (word, value, None, None, None)
+        cache[k] = (word, value, False, None, None)
         return None
     meta = decode(raw)
     pid = _new_pid(Pid, (t.node_name(node), p))
@@ -174,14 +181,17 @@ def update_registry(scope: str, name: Any, fn: Callable[[Pid, Any], Any]) -> tup
 
 
 def unregister(scope: str, name: Any) -> None:
-    t = _table(scope)
+    try:
+        t = _TABLES[scope]
+    except (KeyError, TypeError):
+        t = _table(scope)
     key = encode_name(name)
     if t.words[t.flags_word] & FLAG_STRICT:  # only the holder itself
         p, flags = _procinfo.self_identity()[0], F_MATCH_PID
     else:  # any process of this node
         p, flags = 0, F_MATCH_NODE
     while True:
-        rc = t.delete_local(REG, key, p, flags)
+        rc = _delete_local(t.ptr, REG, key, len(key), p, flags)
         if rc >= 0:
             if rc & WAKE:
                 _wake()

@@ -892,24 +892,32 @@ def test_checker_catches_a_corrupt_free_list(three_entries):
 
 
 def test_local_writes_report_a_sleeping_manager_in_the_result_code(make_table):
-    """put_local/delete_local: no out-struct; WAKE rides on a success code when the manager sleeps,
-    and delete with F_MATCH_NODE leaves another node's holder alone."""
-    from syn_mp._table import F_MATCH_NODE, WAKE
+    """put_local/delete_local (as registry and groups call them): no out-struct; WAKE rides on a
+    success code when the manager sleeps, and delete with F_MATCH_NODE leaves another node's
+    holder alone."""
+    from syn_mp._table import F_MATCH_NODE, WAKE, delete_local, put_local
     t = make_table()
+
+    def put(type_: int, key: bytes, pid: int, meta: bytes) -> int:
+        return put_local(t.ptr, type_, key, len(key), pid, 1, meta, len(meta))
+
+    def delete(key: bytes) -> int:
+        return delete_local(t.ptr, REG, key, len(key), 0, F_MATCH_NODE)
+
     other = t.add_node("n2")
-    assert t.put_local(REG, b"a", 5, 1, b"m") == INSERTED
+    assert put(REG, b"a", 5, b"m") == INSERTED
     t.set_sleeping(True)
-    assert t.put_local(REG, b"a", 5, 1, b"m2") == UPDATED | WAKE
-    assert t.put_local(REG, b"a", 6, 1, b"m") == ETAKEN  # errors never carry WAKE
-    assert t.delete_local(REG, b"a", 0, F_MATCH_NODE) == WAKE  # 0, deleted
+    assert put(REG, b"a", 5, b"m2") == UPDATED | WAKE
+    assert put(REG, b"a", 6, b"m") == ETAKEN  # errors never carry WAKE
+    assert delete(b"a") == WAKE  # 0: deleted
     t.set_sleeping(False)
     t.put(REG, b"r", other, 7, 1, 1, b"")
-    assert t.delete_local(REG, b"r", 0, F_MATCH_NODE) == EMISMATCH
+    assert delete(b"r") == EMISMATCH
     assert t.get(REG, b"r") is not None
-    assert t.delete_local(REG, b"gone", 0, F_MATCH_NODE) == ENOTFOUND
-    assert t.put_local(PG, b"g", 5, 1, b"") == INSERTED
+    assert delete(b"gone") == ENOTFOUND
+    assert put(PG, b"g", 5, b"") == INSERTED
     before = time.time_ns()
-    t.put_local(REG, b"t", 5, 1, b"")
+    put(REG, b"t", 5, b"")
     assert abs(t.get(REG, b"t").time_ns - before) < 5e9  # timed by the C side's CLOCK_REALTIME
     sound(t)
 
