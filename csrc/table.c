@@ -1007,7 +1007,7 @@ int synt_lookup(synt_t *t, const uint8_t *key, uint32_t keylen, synt_hit_t *out,
         out->node = info.node;
         out->metalen = info.metalen;
     } else if (rc == 0) {
-        out->word = offsetof(hdr_t, seq) / 8;
+        out->word = synt_seq_word(t);
         out->value = info.seq;
     } else if (rc == SYNT_EBUFSMALL) {
         out->metalen = info.metalen;
