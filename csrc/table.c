@@ -1,193 +1,64 @@
-/* syn_mp shared-memory table.
+/* syn_mp shared-memory table: the operations, composed from the engine's units.
  *
- * LAYOUT (one segment, offsets from its base; every offset below is 8-aligned)
- *   [0, HDR)            hdr_t: magic, version, geometry, robust mutex, seqlock,
- *                       allocator, counters, node table, journal cursors, undo log
- *   buckets             3 arrays of nbuckets uint64 entry offsets (0 = empty):
- *                       IX_KEY by (type, key), IX_PID by (node, pid),
- *                       IX_KP by (type, key, node, pid) (groups only)
- *   journal             ring of journal_size bytes (a power of two)
- *   heap                blobs carved by a bump pointer in size classes
- *                       BLOB_MIN << c; freed blobs go on free_head[c]
+ *   layout.h   the segment's layout (read it first)
+ *   ring.h     one ring protocol: the journal and the announce ring (R1-R3)
+ *   undo.h     the undo log, the mutex and repair: crash atomicity (U1-U4)
+ *   alloc.h    the chunk allocator: no fragmentation (A1-A4)
+ *   view.h     the read protocol: readers never wait for a writer
  *
- * An entry is one blob: entry_t followed by key bytes then meta bytes. It is on
- * four doubly linked lists: its IX_KEY bucket chain, its IX_PID chain, its IX_KP
- * chain (groups; registry entries leave it unlinked) and its node's list.
+ * An entry is a chain of chunks: a head (its fields, the first bytes of key and meta) and data
+ * chunks. Its head is on four doubly linked lists (chunk indices): its IX_KEY bucket chain, its
+ * IX_PID chain, its IX_KP chain (groups; registry entries leave it unlinked) and its node's list.
  *
  * INVARIANTS (synt_check verifies all of them, under the mutex, after repair)
- *   I1 hdr magic/version/geometry match what synt_init wrote; seq is even and
- *      undo_n == 0 and j_pending == 0 whenever the mutex is free.
- *   I2 every blob in [heap_off, heap_top) is carved at a multiple of BLOB_MIN,
- *      has a valid class and does not cross heap_top; blobs tile the region.
- *   I3 a blob is free (type 0) iff it is on free_head[its class], exactly once.
- *   I4 a live entry (type REG or PG) is on exactly the lists named above, in the
- *      bucket its stored hash selects, and every link is mutual (n->prev == e).
- *   I5 keylen <= MAX_KEY, metalen <= MAX_META, and key+meta fit in the blob.
+ *   I1 hdr magic/version/geometry are what synt_init wrote; seq is even, undo_n == 0 and no ring
+ *      has pending records whenever the mutex is free.
+ *   I2 every chunk in [1, top] is exactly one of: a head of a live entry, a data chunk of exactly
+ *      one live entry's chain, or on the free list; top <= nchunks; free_count is the free
+ *      list's length.
+ *   I3 a chunk is free or data iff its type is 0, and then its word 1 is 0 (A4).
+ *   I4 a live entry (type REG or PG) is on exactly the lists named above, in the bucket its
+ *      stored hash selects, and every link is mutual (n->prev == e); its chain is exactly
+ *      chunks_for(keylen + metalen) long.
+ *   I5 keylen <= MAX_KEY, metalen <= MAX_META.
  *   I6 at most one REG entry per key; at most one PG entry per (key, node, pid).
- *   I7 count, reg_count, pg_count and the per-node counters equal what the lists
- *      hold; count <= capacity; node < nnodes.
- *   I8 j_min_valid <= j_head and j_head - j_min_valid <= journal_size.
- *   I9 a live entry's ver is in [1, next_ver); a free blob's ver is 0. next_ver
- *      only grows and an entry is never changed in place (an update is a new
- *      blob), so (offset, ver) names one entry's contents for as long as it
- *      lives: a process may cache what it read and trust it while that word is
- *      unchanged (syn_mp's lookup cache), whatever else the table does.
+ *   I7 count, reg_count, pg_count and the per-node counters equal what the lists hold;
+ *      count <= capacity; node < nnodes.
+ *   I8 for both rings, min_valid <= head and head - min_valid <= size.
+ *   I9 a live entry's ver is in [1, next_ver); next_ver only grows, even across a rollback, and
+ *      an entry is never changed in place (an update is a new chain), so (chunk, ver) names one
+ *      entry's contents for as long as it lives: a process may cache what it read and trust it
+ *      while that word is unchanged (syn_mp's lookup cache), whatever else the table does.
+ *   I10 the journal agrees with the table's cursor: when anything was published, the record at
+ *      j_last (if still intact) ends at the head and carries seq j_seq, so a rolled-back
+ *      operation's records can't have been published.
  *
- * WRITERS hold the process-shared robust mutex. Every store to a word that is
- * reachable by readers goes through W(), which first appends (offset, old value)
- * to the undo log, then bumps undo_n, then stores: so at any instruction a dead
- * writer leaves a log that restores the state before its operation. Blob bytes a
- * writer fills before linking the blob are unreachable and need no log. The
- * commit point of an operation is the store undo_n = 0; journal records written
- * before it are published after it (j_pending holds the head to publish, so doing
- * it twice is harmless), and repair rolls that publication forward. The next
- * locker gets EOWNERDEAD, runs repair() and marks the mutex consistent.
+ * WRITERS hold the process-shared robust mutex and follow U1: every store to a byte reachable
+ * before the operation is logged first. The next locker after a dead writer repairs (U3).
+ * A writer stopped inside its operation delays other writers (they wait on the mutex;
+ * synt_stats names the holder) but no reader.
  *
- * READERS never lock and never make a system call: a seqlock around the whole
- * table (odd while a writer is inside an operation). Everything read under it
- * can be torn, so each offset and length is bounds-checked before it is
- * followed, chain walks are bounded, and the result is only trusted when seq is
- * unchanged. A reader that sees an odd seq for too long returns SYNT_EBUSY: its
- * caller takes the mutex once (synt_repair), which repairs a dead writer's work.
+ * READERS follow view.h: the last committed state, never a wait.
  *
- * The journal ring is read lock-free by cursors (logical byte positions): a
- * record at p is intact iff p >= j_min_valid after the copy; writers raise
- * j_min_valid before they overwrite.
- *
- * THE ANNOUNCE RING tells the manager which local processes to watch without it
- * reading every journal record (those lines are hot in the writer's cache: at a
- * million writes a second, following them cost the manager half a core). A put
- * of a node-0 entry appends (pid, start) unless the filter slot of that pair
- * holds it already. The manager resets the filter (under the mutex), then reads
- * from the head it got back and scans the table: a pair it never reads was
- * announced before the reset and so held an entry the scan finds, or was filtered
- * as announced after the reset. On an overrun it resets and scans again.
+ * THE ANNOUNCE RING tells the manager which local processes to watch without it reading every
+ * journal record (those lines are hot in the writer's cache: at a million writes a second,
+ * following them cost the manager half a core). A put of a node-0 entry appends (pid, start)
+ * unless the filter slot of that pair holds it already. The manager resets the filter (under
+ * the mutex), then reads from the head it got back and scans the table: a pair it never reads
+ * was announced before the reset and so held an entry the scan finds, or was filtered as
+ * announced after the reset. On an overrun it resets and scans again.
  */
 #include "table.h"
 
-#include <errno.h>
-#include <pthread.h>
-#include <signal.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
-#define MAGIC 0x3142545053594e53ULL /* "SNYSPTB1" little-endian */
-#define VERSION 3u               /* 2: ver is zeroed on free (I9); 3: the announce ring */
-#define BLOB_MIN 256u
-#define NCLASSES 8u              /* 256 B .. 32 KiB */
-#define UNDO_MAX 512u
-#define NIDX 4
-enum { IX_KEY = 0, IX_PID = 1, IX_KP = 2, IX_NODE = 3 };
-#define SPIN_LIMIT (1u << 22)    /* reader spins on an odd seq before EBUSY */
-#define WRING 4096u              /* announce ring: (pid, start) of local processes that added entries */
-#define WSEEN 256u               /* its filter: per hash slot, the pair last announced there */
-#define JREC_ALIGN 8u
-
-#if defined(__x86_64__) || defined(__i386__)
-#define CPU_RELAX() __builtin_ia32_pause()
-#elif defined(__aarch64__)
-#define CPU_RELAX() __asm__ __volatile__("yield")
-#else
-#define CPU_RELAX() do { } while (0)
-#endif
-#define LD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
-#define ST(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
-#define BARRIER() __atomic_signal_fence(__ATOMIC_SEQ_CST)
-
-typedef struct {
-    uint64_t len;
-    uint64_t reg_count;
-    uint64_t pg_count;
-    uint64_t head;               /* IX_NODE list */
-    char name[SYNT_MAX_NODE_NAME + 1];
-} node_t;
-
-typedef struct {
-    uint64_t off;
-    uint64_t old;
-} undo_t;
-
-typedef struct {
-    int64_t pid;
-    uint64_t start;
-} pidpair_t;
-
-typedef struct {
-    /* geometry: written once by synt_init */
-    uint64_t magic;
-    uint64_t version;
-    uint64_t hdr_size;
-    uint64_t mutex_size;
-    uint64_t total_size;
-    uint64_t capacity;
-    uint64_t nbuckets;
-    uint64_t buckets_off;
-    uint64_t journal_off;
-    uint64_t journal_size;
-    uint64_t heap_off;
-    uint64_t heap_size;
-    uint64_t flags;
-    uint64_t _geom_pad[3];
-
-    pthread_mutex_t mutex;
-    char _pad0[128];
-
-    uint64_t seq;                /* seqlock: odd while a writer is inside */
-    char _pad1[56];
-
-    /* allocator and counters (W-logged) */
-    uint64_t heap_top;
-    uint64_t free_head[NCLASSES];
-    uint64_t count;
-    uint64_t reg_count;
-    uint64_t pg_count;
-    uint64_t next_ver;
-    uint64_t nnodes;
-
-    /* journal */
-    uint64_t j_head;             /* logical bytes published */
-    uint64_t j_min_valid;        /* oldest logical byte still intact */
-    uint64_t j_seq;              /* seq of the last record (W-logged) */
-    uint64_t j_pending;          /* head to publish at commit (0: nothing written) */
-    uint32_t mgr_sleeping;
-    uint32_t _pad2;
-
-    node_t nodes[SYNT_MAX_NODES];
-
-    uint64_t undo_n;
-    undo_t undo[UNDO_MAX];
-
-    /* announce ring (W-logged): what the manager reads to learn which processes to watch,
-     * instead of every journal record; w_seen keeps a process that writes again and again
-     * from being announced again and again */
-    uint64_t w_head;             /* pairs ever appended */
-    pidpair_t w_ring[WRING];
-    pidpair_t w_seen[WSEEN];
-} hdr_t;
-
-typedef struct {
-    uint64_t free_next;          /* word 0: free-list link, kept while allocated */
-    uint64_t cls;
-    uint64_t type;               /* 0 free, SYNT_REG, SYNT_PG */
-    uint64_t link[NIDX][2];      /* [index][0 next, 1 prev] */
-    uint64_t hkey;               /* hash of (type, key) */
-    uint64_t node;
-    int64_t pid;
-    uint64_t start;
-    int64_t time_ns;
-    uint64_t ver;
-    uint64_t keylen;
-    uint64_t metalen;
-    uint8_t data[];              /* key then meta */
-} entry_t;
-
-#define H(t) ((hdr_t *)(t)->base)
-#define AT(t, off) ((entry_t *)((t)->base + (off)))
-#define ALIGN8(x) (((x) + 7u) & ~(uint64_t)7u)
+#include "layout.h"
+#include "ring.h"
+#include "undo.h"
+#include "alloc.h"
+#include "view.h"
 
 /* ---------------------------------------------------------------- hashing */
 
@@ -211,93 +82,6 @@ static inline uint64_t hash_kp(uint64_t hkey, uint64_t node, int64_t pid) {
     return mix64(hkey ^ hash_pid(node, pid));
 }
 
-static inline uint64_t *bucket(synt_t *t, int ix, uint64_t h) {
-    hdr_t *hd = H(t);
-    uint64_t *b = (uint64_t *)(t->base + hd->buckets_off);
-    return &b[(uint64_t)ix * hd->nbuckets + (h & (hd->nbuckets - 1))];
-}
-
-/* ------------------------------------------------------------ undo logging */
-
-static int64_t test_stop_after = -1;
-void synt_test_stop_after(int64_t n) { test_stop_after = n; }
-
-/* Every store a reader or a repair can see goes through here: log, count, store. */
-static inline void W(synt_t *t, uint64_t *p, uint64_t v) {
-    hdr_t *h = H(t);
-    uint64_t n = h->undo_n;
-    if (n >= UNDO_MAX) abort(); /* an operation touches a bounded number of words */
-    if (test_stop_after >= 0 && test_stop_after-- == 0) raise(SIGKILL);
-    h->undo[n].off = (uint64_t)((uint8_t *)p - t->base);
-    h->undo[n].old = *p;
-    BARRIER(); /* the record is complete before it is counted */
-    ST(h->undo_n, n + 1);
-    BARRIER(); /* and counted before the word changes */
-    ST(*p, v);
-}
-
-static void rollback(synt_t *t) {
-    hdr_t *h = H(t);
-    uint64_t n = h->undo_n;
-    if (n > UNDO_MAX) n = UNDO_MAX;
-    while (n > 0) {
-        n--;
-        undo_t *u = &h->undo[n];
-        if (u->off + 8 <= t->size && (u->off & 7) == 0)
-            ST(*(uint64_t *)(t->base + u->off), u->old);
-        BARRIER();
-        ST(h->undo_n, n);
-    }
-}
-
-/* ---------------------------------------------------------------- locking */
-
-static void repair(synt_t *t) {
-    hdr_t *h = H(t);
-    if (h->undo_n > 0) {
-        rollback(t);            /* the operation never happened */
-        h->j_pending = 0;
-    } else if (h->j_pending > 0) {
-        /* committed: publish its journal records as the dead writer would have (it may
-         * have published them already, but not cleared j_pending) */
-        __atomic_store_n(&h->j_head, h->j_pending, __ATOMIC_RELEASE);
-        h->j_pending = 0;
-    }
-    if (h->seq & 1) __atomic_store_n(&h->seq, h->seq + 1, __ATOMIC_RELEASE);
-}
-
-static int lock(synt_t *t) {
-    int r = pthread_mutex_lock(&H(t)->mutex);
-    if (r == EOWNERDEAD) {
-        repair(t);
-        pthread_mutex_consistent(&H(t)->mutex);
-        return 0;
-    }
-    return r == 0 ? 0 : SYNT_ELOCK;
-}
-
-static void unlock(synt_t *t) { pthread_mutex_unlock(&H(t)->mutex); }
-
-/* Start of one crash-atomic operation (under the mutex). */
-static inline void op_begin(synt_t *t) {
-    hdr_t *h = H(t);
-    __atomic_store_n(&h->seq, h->seq + 1, __ATOMIC_RELAXED);
-    __atomic_thread_fence(__ATOMIC_RELEASE); /* readers see odd before any change */
-}
-
-/* Commit: clear the log (the commit point), then publish the journal record. */
-static inline void op_commit(synt_t *t) {
-    hdr_t *h = H(t);
-    BARRIER();
-    ST(h->undo_n, 0);
-    BARRIER();
-    if (h->j_pending) {
-        __atomic_store_n(&h->j_head, h->j_pending, __ATOMIC_RELEASE);
-        h->j_pending = 0;
-    }
-    __atomic_store_n(&h->seq, h->seq + 1, __ATOMIC_RELEASE);
-}
-
 /* --------------------------------------------------------------- geometry */
 
 static uint64_t pow2_at_least(uint64_t x) {
@@ -306,42 +90,38 @@ static uint64_t pow2_at_least(uint64_t x) {
     return p;
 }
 
-static uint64_t blob_size(uint64_t cls) { return (uint64_t)BLOB_MIN << cls; }
+#define PAGE_UP(x) (((x) + 4095u) & ~4095ULL)
+#define MAX_BUCKETS (1ULL << 31)
 
-static int class_for(uint64_t need) {
-    for (uint32_t c = 0; c < NCLASSES; c++)
-        if (need <= blob_size(c)) return (int)c;
-    return -1;
-}
+static uint64_t nbuckets_for(uint64_t capacity) { return pow2_at_least(capacity < 16 ? 16 : capacity); }
+static uint64_t journal_for(uint64_t journal) { return pow2_at_least(journal < 65536 ? 65536 : journal); }
 
 uint64_t synt_layout_size(uint64_t capacity, uint64_t heap_size, uint64_t journal_size) {
-    uint64_t nb = pow2_at_least(capacity < 16 ? 16 : capacity);
-    uint64_t hdr = (sizeof(hdr_t) + 4095) & ~4095ULL;
-    uint64_t bk = ((3 * nb * 8) + 4095) & ~4095ULL;
-    if (journal_size < 65536) journal_size = 65536; /* as synt_init rounds it */
-    return hdr + bk + pow2_at_least(journal_size) + ((heap_size + 4095) & ~4095ULL);
+    uint64_t nb = nbuckets_for(capacity);
+    return PAGE_UP(sizeof(hdr_t)) + PAGE_UP(3 * nb * 4) + journal_for(journal_size) +
+           PAGE_UP((heap_size + SYNT_CHUNK - 1) / SYNT_CHUNK * SYNT_CHUNK);
 }
 
 int synt_init(uint8_t *base, uint64_t size, uint64_t capacity, uint64_t heap_size,
               uint64_t journal_size, const char *node, uint32_t nodelen, uint64_t flags) {
-    if (capacity == 0 || nodelen == 0 || nodelen > SYNT_MAX_NODE_NAME) return SYNT_EBADLAYOUT;
-    journal_size = pow2_at_least(journal_size < 65536 ? 65536 : journal_size);
+    if (capacity == 0 || capacity > MAX_BUCKETS || nodelen == 0 || nodelen > SYNT_MAX_NODE_NAME)
+        return SYNT_EBADLAYOUT;
     if (synt_layout_size(capacity, heap_size, journal_size) > size) return SYNT_EBADLAYOUT;
     hdr_t *h = (hdr_t *)base;
     /* The segment is fresh from ftruncate: all zero, so empty buckets and lists cost no pages. */
-    uint64_t nb = pow2_at_least(capacity < 16 ? 16 : capacity);
+    uint64_t nb = nbuckets_for(capacity);
     h->version = VERSION;
     h->hdr_size = sizeof(hdr_t);
     h->mutex_size = sizeof(pthread_mutex_t);
     h->total_size = size;
     h->capacity = capacity;
     h->nbuckets = nb;
-    h->buckets_off = (sizeof(hdr_t) + 4095) & ~4095ULL;
-    h->journal_off = h->buckets_off + (((3 * nb * 8) + 4095) & ~4095ULL);
-    h->journal_size = journal_size;
-    h->heap_off = h->journal_off + journal_size;
-    h->heap_size = size - h->heap_off;
-    h->heap_top = h->heap_off;
+    h->buckets_off = PAGE_UP(sizeof(hdr_t));
+    h->journal_off = h->buckets_off + PAGE_UP(3 * nb * 4);
+    h->journal_size = journal_for(journal_size);
+    h->heap_off = h->journal_off + h->journal_size;
+    uint64_t nch = (size - h->heap_off) / SYNT_CHUNK;
+    h->nchunks = nch > 0xfffffffeULL ? 0xfffffffeULL : nch;
     h->flags = flags;
     h->next_ver = 1;
     memcpy(h->nodes[0].name, node, nodelen);
@@ -360,101 +140,95 @@ int synt_init(uint8_t *base, uint64_t size, uint64_t capacity, uint64_t heap_siz
     return 0;
 }
 
+/* Check the geometry with overflow-safe arithmetic and copy it into t: from here on no offset
+ * of the header is trusted again. */
 int synt_open(synt_t *t, uint8_t *base, uint64_t size) {
     hdr_t *h = (hdr_t *)base;
-    if (size < sizeof(hdr_t)) return SYNT_EBADLAYOUT;
-    if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != MAGIC || h->version != VERSION ||
-        h->hdr_size != sizeof(hdr_t) || h->mutex_size != sizeof(pthread_mutex_t) ||
-        h->total_size != size || h->heap_off + h->heap_size != size ||
-        (h->nbuckets & (h->nbuckets - 1)) != 0 || (h->journal_size & (h->journal_size - 1)) != 0)
+    if (size < PAGE_UP(sizeof(hdr_t))) return SYNT_EBADLAYOUT;
+    uint64_t nb = LD(h->nbuckets), joff = LD(h->journal_off), jsz = LD(h->journal_size);
+    uint64_t hoff = LD(h->heap_off), nch = LD(h->nchunks), cap = LD(h->capacity);
+    if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != MAGIC || LD(h->version) != VERSION ||
+        LD(h->hdr_size) != sizeof(hdr_t) || LD(h->mutex_size) != sizeof(pthread_mutex_t) ||
+        LD(h->total_size) != size)
+        return SYNT_EBADLAYOUT;
+    if (nb < 16 || nb > MAX_BUCKETS || (nb & (nb - 1)) || cap == 0 || cap > nb ||
+        LD(h->buckets_off) != PAGE_UP(sizeof(hdr_t)) ||
+        joff != PAGE_UP(sizeof(hdr_t)) + PAGE_UP(3 * nb * 4) || joff > size ||
+        jsz < 65536 || (jsz & (jsz - 1)) || jsz > size - joff || hoff != joff + jsz ||
+        nch == 0 || nch > 0xfffffffeULL || nch > (size - hoff) / SYNT_CHUNK)
         return SYNT_EBADLAYOUT;
     t->base = base;
     t->size = size;
+    t->capacity = cap;
+    t->nbuckets = nb;
+    t->buckets_off = PAGE_UP(sizeof(hdr_t));
+    t->journal_off = joff;
+    t->journal_size = jsz;
+    t->heap_off = hoff;
+    t->nchunks = nch;
     return 0;
 }
 
-/* ----------------------------------------------------------- bounds checks */
-
-/* May offset `off` be followed as an entry? (A torn read can produce anything.) */
-static inline int entry_ok(synt_t *t, uint64_t off) {
-    hdr_t *h = H(t);
-    uint64_t ho = LD(h->heap_off), hs = LD(h->heap_size);
-    return off >= ho && off - ho < hs && ((off - ho) % BLOB_MIN) == 0 &&
-           off + sizeof(entry_t) <= ho + hs;
-}
-
-/* Do the key and meta lengths of e fit inside its blob and the segment? */
-static inline int lens_ok(synt_t *t, uint64_t off, uint64_t keylen, uint64_t metalen,
-                          uint64_t cls) {
-    if (keylen > SYNT_MAX_KEY || metalen > SYNT_MAX_META || cls >= NCLASSES) return 0;
-    uint64_t end = off + sizeof(entry_t) + keylen + metalen;
-    return end <= off + blob_size(cls) && end <= t->size;
+/* nnodes as readers may use it */
+static inline uint32_t nnodes_of(synt_t *t) {
+    uint64_t n = __atomic_load_n(&H(t)->nnodes, __ATOMIC_ACQUIRE);
+    return n > SYNT_MAX_NODES ? SYNT_MAX_NODES : (uint32_t)n;
 }
 
 /* ------------------------------------------------------------------ lists */
 
-static void list_push(synt_t *t, int ix, uint64_t *head, uint64_t off) {
-    entry_t *e = AT(t, off);
-    uint64_t old = *head;
-    /* e is not yet reachable: plain stores */
-    e->link[ix][0] = old;
-    e->link[ix][1] = 0;
-    if (old) W(t, &AT(t, old)->link[ix][1], off);
-    W(t, head, off);
+static inline uint64_t link_off(synt_t *t, uint64_t idx, int ix) {
+    return chunk_off(t, idx) + offsetof(head_t, link) + 8 * (uint64_t)ix;
 }
 
-static void list_unlink(synt_t *t, int ix, uint64_t *head, uint64_t off) {
-    entry_t *e = AT(t, off);
-    uint64_t nx = e->link[ix][0], pv = e->link[ix][1];
-    if (pv) W(t, &AT(t, pv)->link[ix][0], nx);
-    else W(t, head, nx);
-    if (nx) W(t, &AT(t, nx)->link[ix][1], pv);
-}
-
-/* ------------------------------------------------------------- allocation */
-
-static uint64_t blob_alloc(synt_t *t, uint64_t need) {
-    hdr_t *h = H(t);
-    int c = class_for(need);
-    if (c < 0) return 0;
-    uint64_t off = h->free_head[c];
-    if (off) {
-        W(t, &h->free_head[c], AT(t, off)->free_next);
-        return off;
+/* offset of the uint32 head of list ix for an entry with these fields */
+static uint64_t list_head_off(synt_t *t, int ix, uint64_t hkey, uint32_t node, int64_t pid) {
+    switch (ix) {
+    case IX_KEY: return bucket_off(t, IX_KEY, hkey);
+    case IX_PID: return bucket_off(t, IX_PID, hash_pid(node, pid));
+    case IX_KP: return bucket_off(t, IX_KP, hash_kp(hkey, node, pid));
+    default: return offsetof(hdr_t, nodes) + (uint64_t)node * sizeof(node_t) + offsetof(node_t, head);
     }
-    uint64_t sz = blob_size((uint64_t)c);
-    if (h->heap_top + sz > h->heap_off + h->heap_size) return 0;
-    off = h->heap_top;
-    AT(t, off)->cls = (uint64_t)c; /* beyond heap_top: unreachable until heap_top moves */
-    AT(t, off)->type = 0;
-    W(t, &h->heap_top, off + sz);
-    return off;
 }
 
-static void blob_free(synt_t *t, uint64_t off) {
-    hdr_t *h = H(t);
-    entry_t *e = AT(t, off);
-    W(t, &e->type, 0);
-    W(t, &e->ver, 0); /* I9: a cached (offset, ver) stops matching here */
-    W(t, &e->free_next, h->free_head[e->cls]);
-    W(t, &h->free_head[e->cls], off);
+/* push a new (unreachable) entry at the head of a list */
+static void list_push(synt_t *t, int ix, uint64_t hoff, uint64_t idx) {
+    uint32_t old = R32(t, hoff);
+    *(uint64_t *)(t->base + link_off(t, idx, ix)) = MK_L(old, 0); /* unreachable: plain */
+    if (old) {
+        uint64_t *ol = (uint64_t *)(t->base + link_off(t, old, ix));
+        W(t, ol, MK_L(L_NEXT(*ol), idx));
+    }
+    W32(t, hoff, (uint32_t)idx);
+}
+
+static void list_unlink(synt_t *t, int ix, uint64_t hoff, uint64_t idx) {
+    uint64_t l = *(uint64_t *)(t->base + link_off(t, idx, ix));
+    uint32_t nx = L_NEXT(l), pv = L_PREV(l);
+    if (pv) {
+        uint64_t *pl = (uint64_t *)(t->base + link_off(t, pv, ix));
+        W(t, pl, MK_L(nx, L_PREV(*pl)));
+    } else {
+        W32(t, hoff, nx);
+    }
+    if (nx) {
+        uint64_t *nl = (uint64_t *)(t->base + link_off(t, nx, ix));
+        W(t, nl, MK_L(L_NEXT(*nl), pv));
+    }
 }
 
 /* ---------------------------------------------------------------- journal */
 
-static void journal_append(synt_t *t, uint32_t kind, entry_t *e, uint32_t reason,
+/* Append a record of e (its key and meta copied from its chain); published at commit (R2). */
+static void journal_append(synt_t *t, uint32_t kind, const ent_t *e, uint32_t reason,
                            uint32_t reason_node) {
     hdr_t *h = H(t);
-    uint64_t size = h->journal_size, mask = size - 1;
-    uint8_t *ring = t->base + h->journal_off;
+    uint64_t size = t->journal_size, mask = size - 1;
+    uint8_t *ring = t->base + t->journal_off;
     uint64_t len = ALIGN8(sizeof(synt_jrec_t) + e->keylen + e->metalen);
-    /* after the records this operation already wrote, if any */
-    uint64_t head = h->j_pending ? h->j_pending : h->j_head, phys = head & mask, pad = 0;
+    uint64_t at = ring_tail(&h->jr), phys = at & mask, pad = 0;
     if (size - phys < len) pad = size - phys; /* records never wrap */
-    uint64_t new_head = head + pad + len;
-    if (new_head > size && new_head - size > h->j_min_valid)
-        __atomic_store_n(&h->j_min_valid, new_head - size, __ATOMIC_RELEASE);
-    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* readers see the raise before the overwrite */
+    ring_claim(&h->jr, size, at + pad + len);
     if (pad) {
         /* a tail shorter than a record header is padding without one (readers skip it):
          * a header there would run past the ring into the heap */
@@ -465,6 +239,7 @@ static void journal_append(synt_t *t, uint32_t kind, entry_t *e, uint32_t reason
             p->kind = SYNT_J_PAD;
         }
         phys = 0;
+        at += pad;
     }
     W(t, &h->j_seq, h->j_seq + 1);
     synt_jrec_t *r = (synt_jrec_t *)(ring + phys);
@@ -472,32 +247,31 @@ static void journal_append(synt_t *t, uint32_t kind, entry_t *e, uint32_t reason
     r->reclen = (uint32_t)len;
     r->kind = (uint16_t)kind;
     r->reason = (uint16_t)reason;
-    r->node = (uint32_t)e->node;
+    r->node = e->node;
     r->reason_node = reason_node;
     r->pid = e->pid;
     r->start = e->start;
     r->time_ns = e->time_ns;
-    r->keylen = (uint32_t)e->keylen;
-    r->metalen = (uint32_t)e->metalen;
-    memcpy((uint8_t *)(r + 1), e->data, e->keylen + e->metalen);
-    h->j_pending = new_head; /* published by op_commit, or by repair after the commit */
+    r->keylen = e->keylen;
+    r->metalen = e->metalen;
+    view_t v = {t, NULL};
+    rd_data(&v, e, 0, (uint64_t)e->keylen + e->metalen, (uint8_t *)(r + 1));
+    ST(h->j_last_pending, at);
+    ST(h->jr.pending, at + len);
 }
 
-uint64_t synt_journal_head(synt_t *t) { return __atomic_load_n(&H(t)->j_head, __ATOMIC_ACQUIRE); }
+uint64_t synt_journal_head(synt_t *t) { return ring_head(&H(t)->jr); }
 
 int64_t synt_journal_read(synt_t *t, uint64_t *cursor, uint8_t *buf, uint64_t cap,
                           uint32_t max_records) {
     hdr_t *h = H(t);
-    uint64_t size = LD(h->journal_size), mask = size - 1;
-    uint8_t *ring = t->base + LD(h->journal_off);
+    uint64_t size = t->journal_size, mask = size - 1;
+    uint8_t *ring = t->base + t->journal_off;
     uint64_t pos = *cursor, used = 0;
     int64_t n = 0;
-    if (pos < __atomic_load_n(&h->j_min_valid, __ATOMIC_ACQUIRE)) {
-        *cursor = synt_journal_head(t);
-        return SYNT_EOVERRUN;
-    }
+    if (!ring_intact(&h->jr, pos)) goto overrun;
     while (n < (int64_t)max_records) {
-        uint64_t head = __atomic_load_n(&h->j_head, __ATOMIC_ACQUIRE);
+        uint64_t head = ring_head(&h->jr);
         if (pos >= head) break;
         if (size - (pos & mask) < sizeof(synt_jrec_t)) {
             pos += size - (pos & mask); /* too short for any record: the writer wrapped */
@@ -506,24 +280,22 @@ int64_t synt_journal_read(synt_t *t, uint64_t *cursor, uint8_t *buf, uint64_t ca
         synt_jrec_t r;
         memcpy(&r, ring + (pos & mask), sizeof(r));
         uint64_t len = r.reclen;
-        if (len < 8 || len > size || (pos & mask) + len > size || (len & 7)) goto overrun_check;
+        if (len < 8 || len > size || (pos & mask) + len > size || (len & 7) || pos + len > head)
+            goto untrusted;
         if (r.kind != SYNT_J_PAD) {
-            if (len < sizeof(r) || sizeof(r) + (uint64_t)r.keylen + r.metalen > len)
-                goto overrun_check;
+            if (len < sizeof(r) || sizeof(r) + (uint64_t)r.keylen + r.metalen > len) goto untrusted;
             if (used + len > cap) {
                 if (n == 0) return SYNT_EBUFSMALL;
                 break;
             }
             memcpy(buf + used, ring + (pos & mask), len);
         }
-        __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        if (pos < __atomic_load_n(&h->j_min_valid, __ATOMIC_ACQUIRE)) goto overrun;
+        if (!ring_intact(&h->jr, pos)) goto overrun;
         if (r.kind != SYNT_J_PAD) { used += len; n++; }
         pos += len;
         continue;
-    overrun_check:
-        __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        if (pos < __atomic_load_n(&h->j_min_valid, __ATOMIC_ACQUIRE)) goto overrun;
+    untrusted:
+        if (!ring_intact(&h->jr, pos)) goto overrun;
         return SYNT_ECORRUPT;
     }
     *cursor = pos;
@@ -539,30 +311,35 @@ void synt_set_sleeping(synt_t *t, uint32_t sleeping) {
 
 /* ------------------------------------------------------------ node table */
 
-int synt_nnodes(synt_t *t) { return (int)__atomic_load_n(&H(t)->nnodes, __ATOMIC_ACQUIRE); }
+int synt_nnodes(synt_t *t) { return (int)nnodes_of(t); }
 
 int synt_node_name(synt_t *t, uint32_t id, char *buf, uint32_t cap) {
     hdr_t *h = H(t);
-    if (id >= (uint32_t)synt_nnodes(t)) return SYNT_ENOTFOUND;
-    uint64_t len = h->nodes[id].len; /* names never change once published */
+    if (id >= nnodes_of(t)) return SYNT_ENOTFOUND;
+    uint64_t len = LD(h->nodes[id].len); /* names never change once published */
+    if (len > SYNT_MAX_NODE_NAME) return SYNT_ECORRUPT;
     if (len > cap) return SYNT_EBUFSMALL;
     memcpy(buf, h->nodes[id].name, len);
     return (int)len;
 }
 
+static int node_find(synt_t *t, const char *name, uint32_t len) {
+    hdr_t *h = H(t);
+    uint32_t n = nnodes_of(t);
+    for (uint32_t i = 0; i < n; i++)
+        if (LD(h->nodes[i].len) == len && memcmp(h->nodes[i].name, name, len) == 0) return (int)i;
+    return SYNT_ENOTFOUND;
+}
+
 int synt_node_id(synt_t *t, const char *name, uint32_t len, int create) {
     hdr_t *h = H(t);
     if (len == 0 || len > SYNT_MAX_NODE_NAME) return SYNT_ETOOBIG;
-    int n = synt_nnodes(t);
-    for (int i = 0; i < n; i++)
-        if (h->nodes[i].len == len && memcmp(h->nodes[i].name, name, len) == 0) return i;
-    if (!create) return SYNT_ENOTFOUND;
+    int id = node_find(t, name, len);
+    if (id >= 0 || !create) return id;
     if (lock(t)) return SYNT_ELOCK;
-    n = (int)h->nnodes;
-    int id = SYNT_ENOTFOUND;
-    for (int i = 0; i < n; i++)
-        if (h->nodes[i].len == len && memcmp(h->nodes[i].name, name, len) == 0) id = i;
+    id = node_find(t, name, len);
     if (id < 0) {
+        uint32_t n = nnodes_of(t);
         if (n >= SYNT_MAX_NODES) { unlock(t); return SYNT_EFULL; }
         /* the slot is unreachable until nnodes covers it */
         memset(&h->nodes[n], 0, sizeof(node_t));
@@ -571,58 +348,53 @@ int synt_node_id(synt_t *t, const char *name, uint32_t len, int create) {
         op_begin(t);
         W(t, &h->nnodes, (uint64_t)n + 1);
         op_commit(t);
-        id = n;
+        id = (int)n;
     }
     unlock(t);
     return id;
 }
 
-/* ---------------------------------------------------------- finding (locked) */
+/* ---------------------------------------------------------- finding */
 
-static inline int key_eq(entry_t *e, uint32_t type, const uint8_t *key, uint32_t keylen) {
-    return e->type == type && e->keylen == keylen && memcmp(e->data, key, keylen) == 0;
-}
-
-static uint64_t find_reg(synt_t *t, const uint8_t *key, uint32_t keylen, uint64_t hk) {
-    for (uint64_t o = *bucket(t, IX_KEY, hk); o; o = AT(t, o)->link[IX_KEY][0])
-        if (AT(t, o)->hkey == hk && key_eq(AT(t, o), SYNT_REG, key, keylen)) return o;
-    return 0;
-}
-
-static uint64_t find_pg(synt_t *t, const uint8_t *key, uint32_t keylen, uint64_t hk,
-                        uint64_t node, int64_t pid) {
-    for (uint64_t o = *bucket(t, IX_KP, hash_kp(hk, node, pid)); o; o = AT(t, o)->link[IX_KP][0]) {
-        entry_t *e = AT(t, o);
-        if (e->hkey == hk && e->node == node && e->pid == pid && key_eq(e, SYNT_PG, key, keylen))
-            return o;
+/* The entry of a registry key or a membership: 1 found (e filled), 0 not, -1 untrusted. */
+static int find(const view_t *v, uint32_t type, const uint8_t *key, uint32_t keylen, uint64_t hk,
+                uint32_t node, int64_t pid, ent_t *e) {
+    synt_t *t = v->t;
+    int ix = type == SYNT_PG ? IX_KP : IX_KEY;
+    uint64_t o = vw32(v, type == SYNT_PG ? bucket_off(t, IX_KP, hash_kp(hk, node, pid))
+                                         : bucket_off(t, IX_KEY, hk));
+    for (uint64_t steps = 0; o; steps++) {
+        if (steps > t->capacity || !rd_ent(v, o, e)) return -1;
+        if (type != SYNT_PG || (e->node == node && e->pid == pid)) {
+            int k = key_is(v, e, type, key, keylen, hk);
+            if (k) return k;
+        }
+        o = L_NEXT(e->link[ix]);
     }
     return 0;
 }
 
-static void fill_info(entry_t *e, synt_info_t *out) {
+static void fill_info(const ent_t *e, synt_info_t *out) {
     if (!out) return;
-    out->node = (uint32_t)e->node;
-    out->type = (uint32_t)e->type;
+    out->node = e->node;
+    out->type = e->type;
     out->pid = e->pid;
     out->start = e->start;
     out->time_ns = e->time_ns;
     out->ver = e->ver;
-    out->keylen = (uint32_t)e->keylen;
-    out->metalen = (uint32_t)e->metalen;
+    out->keylen = e->keylen;
+    out->metalen = e->metalen;
 }
 
 /* ------------------------------------------------------- link and unlink */
 
-static uint64_t *node_head(synt_t *t, uint64_t node) { return &H(t)->nodes[node].head; }
-
-static void link_entry(synt_t *t, uint64_t off) {
+static void link_entry(synt_t *t, const ent_t *e) {
     hdr_t *h = H(t);
-    entry_t *e = AT(t, off);
-    list_push(t, IX_KEY, bucket(t, IX_KEY, e->hkey), off);
-    list_push(t, IX_PID, bucket(t, IX_PID, hash_pid(e->node, e->pid)), off);
-    if (e->type == SYNT_PG) list_push(t, IX_KP, bucket(t, IX_KP, hash_kp(e->hkey, e->node, e->pid)), off);
-    else { e->link[IX_KP][0] = 0; e->link[IX_KP][1] = 0; }
-    list_push(t, IX_NODE, node_head(t, e->node), off);
+    list_push(t, IX_KEY, list_head_off(t, IX_KEY, e->hkey, e->node, e->pid), e->idx);
+    list_push(t, IX_PID, list_head_off(t, IX_PID, e->hkey, e->node, e->pid), e->idx);
+    if (e->type == SYNT_PG) list_push(t, IX_KP, list_head_off(t, IX_KP, e->hkey, e->node, e->pid), e->idx);
+    else *(uint64_t *)(t->base + link_off(t, e->idx, IX_KP)) = 0;
+    list_push(t, IX_NODE, list_head_off(t, IX_NODE, e->hkey, e->node, e->pid), e->idx);
     W(t, &h->count, h->count + 1);
     if (e->type == SYNT_REG) {
         W(t, &h->reg_count, h->reg_count + 1);
@@ -633,13 +405,12 @@ static void link_entry(synt_t *t, uint64_t off) {
     }
 }
 
-static void unlink_entry(synt_t *t, uint64_t off) {
+static void unlink_entry(synt_t *t, const ent_t *e) {
     hdr_t *h = H(t);
-    entry_t *e = AT(t, off);
-    list_unlink(t, IX_KEY, bucket(t, IX_KEY, e->hkey), off);
-    list_unlink(t, IX_PID, bucket(t, IX_PID, hash_pid(e->node, e->pid)), off);
-    if (e->type == SYNT_PG) list_unlink(t, IX_KP, bucket(t, IX_KP, hash_kp(e->hkey, e->node, e->pid)), off);
-    list_unlink(t, IX_NODE, node_head(t, e->node), off);
+    list_unlink(t, IX_KEY, list_head_off(t, IX_KEY, e->hkey, e->node, e->pid), e->idx);
+    list_unlink(t, IX_PID, list_head_off(t, IX_PID, e->hkey, e->node, e->pid), e->idx);
+    if (e->type == SYNT_PG) list_unlink(t, IX_KP, list_head_off(t, IX_KP, e->hkey, e->node, e->pid), e->idx);
+    list_unlink(t, IX_NODE, list_head_off(t, IX_NODE, e->hkey, e->node, e->pid), e->idx);
     W(t, &h->count, h->count - 1);
     if (e->type == SYNT_REG) {
         W(t, &h->reg_count, h->reg_count - 1);
@@ -650,36 +421,42 @@ static void unlink_entry(synt_t *t, uint64_t off) {
     }
 }
 
-/* A filled, unlinked entry in a fresh blob; 0 when there is no room. */
-static uint64_t make_entry(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen,
-                           uint64_t hk, uint32_t node, int64_t pid, uint64_t start,
-                           int64_t time_ns, const uint8_t *meta, uint32_t metalen) {
-    hdr_t *h = H(t);
-    uint64_t off = blob_alloc(t, sizeof(entry_t) + keylen + metalen);
-    if (!off) return 0;
-    entry_t *e = AT(t, off);
-    /* type is logged: a rolled-back blob goes back on its free list marked free.
-     * The rest is unreachable until linked: plain stores (word 0 and cls stay). */
-    W(t, &e->type, type);
-    e->hkey = hk;
-    e->node = node;
-    e->pid = pid;
-    e->start = start;
-    e->time_ns = time_ns;
-    W(t, &e->ver, h->next_ver); /* logged: a rolled-back blob keeps ver 0 (I9) */
-    e->keylen = keylen;
-    e->metalen = metalen;
-    memcpy(e->data, key, keylen);
-    if (metalen) memcpy(e->data + keylen, meta, metalen);
-    W(t, &h->next_ver, h->next_ver + 1);
-    return off;
+/* A filled, unlinked entry in fresh chunks; 0 when there is no room (A1). */
+static int make_entry(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, uint64_t hk,
+                      uint32_t node, int64_t pid, uint64_t start, int64_t time_ns,
+                      const uint8_t *meta, uint32_t metalen, ent_t *e) {
+    uint64_t total = (uint64_t)keylen + metalen, k = chunks_for(total);
+    uint64_t idx = chunk_alloc(t, k, type);
+    if (!idx) return 0;
+    head_t *hd = HD(t, idx);
+    /* unreachable until linked: plain stores (word 0 and ver were set by the allocator) */
+    hd->hkey = hk;
+    hd->pid = pid;
+    hd->start = start;
+    hd->time_ns = time_ns;
+    hd->lens = MK_LENS(node, keylen, metalen);
+    /* the key + meta stream: the head's inline bytes, then each data chunk's */
+    uint8_t *dst = hd->data;
+    uint64_t room = INLINE, c = idx, done = 0;
+    while (done < total) {
+        uint64_t n = total - done < room ? total - done : room;
+        for (uint64_t i = 0; i < n; i++, done++)
+            dst[i] = done < keylen ? key[done] : meta[done - keylen];
+        if (done < total) {
+            c = W0_NEXT(*CW0(t, c));
+            dst = t->base + chunk_off(t, c) + DATA_HDR;
+            room = DATA_BYTES;
+        }
+    }
+    view_t v = {t, NULL};
+    return rd_ent(&v, idx, e);
 }
 
-static void remove_entry(synt_t *t, uint64_t off, uint32_t kind, uint32_t reason,
-                         uint32_t reason_node) {
-    unlink_entry(t, off);
-    journal_append(t, kind, AT(t, off), reason, reason_node);
-    blob_free(t, off);
+static int remove_entry(synt_t *t, const ent_t *e, uint32_t kind, uint32_t reason,
+                        uint32_t reason_node) {
+    unlink_entry(t, e);
+    journal_append(t, kind, e, reason, reason_node);
+    return chunk_free(t, e->idx, chunks_for((uint64_t)e->keylen + e->metalen));
 }
 
 /* ---------------------------------------------------------------- announce */
@@ -692,14 +469,14 @@ static void announce(synt_t *t, int64_t pid, uint64_t start) {
     hdr_t *h = H(t);
     pidpair_t *seen = &h->w_seen[mix64((uint64_t)pid ^ (start << 24)) & (WSEEN - 1)];
     if (seen->pid == pid && seen->start == start) return;
-    uint64_t head = h->w_head;
-    pidpair_t *r = &h->w_ring[head & (WRING - 1)];
-    W(t, (uint64_t *)&r->pid, (uint64_t)pid);
-    W(t, &r->start, start);
+    uint64_t at = ring_tail(&h->wr);
+    ring_claim(&h->wr, WRING, at + 1);
+    pidpair_t *r = &h->w_ring[at & (WRING - 1)];
+    ST(r->pid, pid);
+    ST(r->start, start);
     W(t, (uint64_t *)&seen->pid, (uint64_t)pid);
     W(t, &seen->start, start);
-    __atomic_thread_fence(__ATOMIC_RELEASE); /* the pair before the head that publishes it */
-    W(t, &h->w_head, head + 1);
+    ST(h->wr.pending, at + 1);
 }
 
 uint64_t synt_watch_reset(synt_t *t) {
@@ -708,30 +485,27 @@ uint64_t synt_watch_reset(synt_t *t) {
     /* Plain stores, no undo log: only writers read the filter, under the mutex, and a filter
      * left half cleared by a caller that died here only announces more than it must. */
     memset(h->w_seen, 0, sizeof(h->w_seen));
-    uint64_t head = h->w_head;
+    uint64_t head = h->wr.head;
     unlock(t);
     return head;
 }
 
-uint64_t synt_watch_head(synt_t *t) { return __atomic_load_n(&H(t)->w_head, __ATOMIC_ACQUIRE); }
+uint64_t synt_watch_head(synt_t *t) { return ring_head(&H(t)->wr); }
 
 int64_t synt_watch_read(synt_t *t, uint64_t *cursor, int64_t *pids, uint64_t *starts, uint32_t cap) {
     hdr_t *h = H(t);
-    uint64_t pos = *cursor;
-    uint64_t head = __atomic_load_n(&h->w_head, __ATOMIC_ACQUIRE);
-    if (head - pos > WRING || pos > head) goto overrun;
+    uint64_t pos = *cursor, head = ring_head(&h->wr);
+    if (pos > head || !ring_intact(&h->wr, pos)) goto overrun;
     int64_t n = 0;
     for (; pos < head && n < (int64_t)cap; pos++, n++) {
         pids[n] = LD(h->w_ring[pos & (WRING - 1)].pid);
         starts[n] = LD(h->w_ring[pos & (WRING - 1)].start);
     }
-    __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    /* pairs at positions the writer has lapped since were torn */
-    if (__atomic_load_n(&h->w_head, __ATOMIC_ACQUIRE) - *cursor > WRING) goto overrun;
+    if (!ring_intact(&h->wr, *cursor)) goto overrun; /* R3: the oldest copied decides */
     *cursor = pos;
     return n;
 overrun:
-    *cursor = __atomic_load_n(&h->w_head, __ATOMIC_ACQUIRE);
+    *cursor = ring_head(&h->wr);
     return SYNT_EOVERRUN;
 }
 
@@ -749,7 +523,14 @@ static inline int report_wake(hdr_t *h, int rc, uint32_t flags, synt_info_t *out
 static int args_ok(synt_t *t, uint32_t type, uint32_t keylen, uint32_t node, uint32_t metalen) {
     if (type != SYNT_REG && type != SYNT_PG) return 0;
     if (keylen > SYNT_MAX_KEY || metalen > SYNT_MAX_META) return 0;
-    return node < (uint32_t)synt_nnodes(t);
+    return node < nnodes_of(t);
+}
+
+static int meta_is(synt_t *t, const ent_t *o, const uint8_t *meta, uint32_t metalen) {
+    if (o->metalen != metalen) return 0;
+    uint8_t buf[SYNT_MAX_META];
+    view_t v = {t, NULL};
+    return rd_data(&v, o, o->keylen, metalen, buf) && memcmp(buf, meta, metalen) == 0;
 }
 
 int synt_put(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, uint32_t node,
@@ -761,58 +542,60 @@ int synt_put(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, uint
     uint64_t hk = hash_key(type, key, keylen);
     if (lock(t)) return SYNT_ELOCK;
     int rc;
-    uint64_t old = type == SYNT_REG ? find_reg(t, key, keylen, hk) : find_pg(t, key, keylen, hk, node, pid);
-    entry_t *o = old ? AT(t, old) : NULL;
-    int same = o && o->node == node && o->pid == pid && o->start == start;
-    if ((flags & SYNT_F_EXPECT_VER) && (!o || !same || o->ver != expect_ver)) {
-        if (o) fill_info(o, out);
-        rc = o ? SYNT_EMISMATCH : SYNT_ENOTFOUND;
+    ent_t o, e;
+    view_t v = {t, NULL};
+    if (LD(h->flags) & SYNT_FLAG_RETIRED) { rc = SYNT_ERETIRED; goto done; }
+    int found = find(&v, type, key, keylen, hk, node, pid, &o);
+    if (found < 0) { rc = SYNT_ECORRUPT; goto done; }
+    int same = found && o.node == node && o.pid == pid && o.start == start;
+    if ((flags & SYNT_F_EXPECT_VER) && (!found || !same || o.ver != expect_ver)) {
+        if (found) fill_info(&o, out);
+        rc = found ? SYNT_EMISMATCH : SYNT_ENOTFOUND;
         goto done;
     }
-    if (o && !same && type == SYNT_REG && !(flags & SYNT_F_FORCE)) {
-        fill_info(o, out);
+    if (found && !same && type == SYNT_REG && !(flags & SYNT_F_FORCE)) {
+        fill_info(&o, out);
         rc = SYNT_ETAKEN;
         goto done;
     }
-    if (o && same && o->metalen == metalen && memcmp(o->data + o->keylen, meta, metalen) == 0 &&
-        !(flags & SYNT_F_FORCE)) {
-        fill_info(o, out);
+    if (found && same && !(flags & SYNT_F_FORCE) && meta_is(t, &o, meta, metalen)) {
+        fill_info(&o, out);
         rc = SYNT_UNCHANGED;
         goto done;
     }
-    if (!o && h->count >= h->capacity) { rc = SYNT_EFULL; goto done; }
-    op_begin(t);
-    uint64_t off = make_entry(t, type, key, keylen, hk, node, pid, start, time_ns, meta, metalen);
-    if (!off) {
-        rollback(t); /* the allocator may have logged nothing, or a free-list pop */
-        op_commit(t);
+    /* A1: room for the new chain beside the old one (readers may still be reading that) */
+    if ((!found && h->count >= t->capacity) || chunks_for((uint64_t)keylen + metalen) > chunks_free(t)) {
         rc = SYNT_EFULL;
         goto done;
     }
-    if (o && !same) {
+    op_begin(t);
+    if (!make_entry(t, type, key, keylen, hk, node, pid, start, time_ns, meta, metalen, &e)) {
+        rollback(t); /* a corrupt free list: nothing may stay half done */
+        op_commit(t);
+        rc = SYNT_ECORRUPT;
+        goto done;
+    }
+    uint32_t jkind;
+    if (found && !same) {
         /* forced takeover of a registry name, or a group member whose pid was reused (other
          * start): the old entry goes, in the same crash-atomic operation, journaled as such */
-        remove_entry(t, old, type == SYNT_REG ? SYNT_J_UNREGISTERED : SYNT_J_LEFT, reason, reason_node);
-        link_entry(t, off);
-        journal_append(t, type == SYNT_REG ? SYNT_J_REGISTERED : SYNT_J_JOINED, AT(t, off), reason,
-                       reason_node);
+        remove_entry(t, &o, type == SYNT_REG ? SYNT_J_UNREGISTERED : SYNT_J_LEFT, reason, reason_node);
+        jkind = type == SYNT_REG ? SYNT_J_REGISTERED : SYNT_J_JOINED;
         rc = SYNT_INSERTED;
-    } else if (o) {
-        unlink_entry(t, old);
-        blob_free(t, old);
-        link_entry(t, off);
-        journal_append(t, type == SYNT_REG ? SYNT_J_REG_UPDATED : SYNT_J_PG_UPDATED, AT(t, off),
-                       reason, reason_node);
+    } else if (found) {
+        unlink_entry(t, &o);
+        chunk_free(t, o.idx, chunks_for((uint64_t)o.keylen + o.metalen));
+        jkind = type == SYNT_REG ? SYNT_J_REG_UPDATED : SYNT_J_PG_UPDATED;
         rc = SYNT_UPDATED;
     } else {
-        link_entry(t, off);
-        journal_append(t, type == SYNT_REG ? SYNT_J_REGISTERED : SYNT_J_JOINED, AT(t, off),
-                       reason, reason_node);
+        jkind = type == SYNT_REG ? SYNT_J_REGISTERED : SYNT_J_JOINED;
         rc = SYNT_INSERTED;
     }
+    link_entry(t, &e);
+    journal_append(t, jkind, &e, reason, reason_node);
     if (node == 0) announce(t, pid, start);
     op_commit(t);
-    fill_info(AT(t, off), out);
+    fill_info(&e, out);
 done:
     rc = report_wake(h, rc, flags, out);
     unlock(t);
@@ -827,17 +610,20 @@ int synt_delete(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, u
     uint64_t hk = hash_key(type, key, keylen);
     if (lock(t)) return SYNT_ELOCK;
     int rc = 0;
-    uint64_t off = type == SYNT_REG ? find_reg(t, key, keylen, hk) : find_pg(t, key, keylen, hk, node, pid);
-    if (!off) { rc = SYNT_ENOTFOUND; goto done; }
-    fill_info(AT(t, off), out);
-    if (type == SYNT_REG && (((flags & SYNT_F_MATCH_PID) &&
-                              (AT(t, off)->node != node || AT(t, off)->pid != pid)) ||
-                             ((flags & SYNT_F_MATCH_NODE) && AT(t, off)->node != node))) {
+    ent_t o;
+    view_t v = {t, NULL};
+    if (LD(h->flags) & SYNT_FLAG_RETIRED) { rc = SYNT_ERETIRED; goto done; }
+    int found = find(&v, type, key, keylen, hk, node, pid, &o);
+    if (found < 0) { rc = SYNT_ECORRUPT; goto done; }
+    if (!found) { rc = SYNT_ENOTFOUND; goto done; }
+    fill_info(&o, out);
+    if (type == SYNT_REG && (((flags & SYNT_F_MATCH_PID) && (o.node != node || o.pid != pid)) ||
+                             ((flags & SYNT_F_MATCH_NODE) && o.node != node))) {
         rc = SYNT_EMISMATCH;
         goto done;
     }
     op_begin(t);
-    remove_entry(t, off, type == SYNT_REG ? SYNT_J_UNREGISTERED : SYNT_J_LEFT, reason, reason_node);
+    remove_entry(t, &o, type == SYNT_REG ? SYNT_J_UNREGISTERED : SYNT_J_LEFT, reason, reason_node);
     op_commit(t);
 done:
     rc = report_wake(h, rc, flags, out);
@@ -862,20 +648,23 @@ int synt_delete_local(synt_t *t, uint32_t type, const uint8_t *key, uint32_t key
     return synt_delete(t, type, key, keylen, 0, pid, flags | SYNT_F_WAKE_RC, 0, 0, NULL);
 }
 
+static uint32_t remove_kind(const ent_t *e) {
+    return e->type == SYNT_REG ? SYNT_J_UNREGISTERED : SYNT_J_LEFT;
+}
+
 int64_t synt_purge_pid(synt_t *t, uint32_t node, int64_t pid, uint64_t start, uint32_t reason,
                        uint32_t reason_node) {
     if (lock(t)) return SYNT_ELOCK;
     int64_t n = 0;
-    uint64_t *b = bucket(t, IX_PID, hash_pid(node, pid));
-    uint64_t o = *b;
-    while (o) {
-        entry_t *e = AT(t, o);
-        uint64_t next = e->link[IX_PID][0];
-        if (e->node == node && e->pid == pid && (start == 0 || e->start == start)) {
-            /* one crash-atomic operation per entry */
-            op_begin(t);
-            remove_entry(t, o, e->type == SYNT_REG ? SYNT_J_UNREGISTERED : SYNT_J_LEFT, reason,
-                         reason_node);
+    view_t v = {t, NULL};
+    uint64_t o = R32(t, bucket_off(t, IX_PID, hash_pid(node, pid)));
+    for (uint64_t steps = 0; o; steps++) {
+        ent_t e;
+        if (steps > t->capacity || !rd_ent(&v, o, &e)) { n = SYNT_ECORRUPT; break; }
+        uint64_t next = L_NEXT(e.link[IX_PID]);
+        if (e.node == node && e.pid == pid && (start == 0 || e.start == start)) {
+            op_begin(t); /* one crash-atomic operation per entry */
+            remove_entry(t, &e, remove_kind(&e), reason, reason_node);
             op_commit(t);
             n++;
         }
@@ -886,15 +675,16 @@ int64_t synt_purge_pid(synt_t *t, uint32_t node, int64_t pid, uint64_t start, ui
 }
 
 int64_t synt_purge_node(synt_t *t, uint32_t node, uint32_t reason, uint32_t reason_node) {
-    if (node >= (uint32_t)synt_nnodes(t)) return SYNT_ENOTFOUND;
+    if (node >= nnodes_of(t)) return SYNT_ENOTFOUND;
     if (lock(t)) return SYNT_ELOCK;
     int64_t n = 0;
+    view_t v = {t, NULL};
     uint64_t o;
-    while ((o = *node_head(t, node)) != 0) {
-        entry_t *e = AT(t, o);
+    while ((o = R32(t, list_head_off(t, IX_NODE, 0, node, 0))) != 0) {
+        ent_t e;
+        if (n > (int64_t)t->capacity || !rd_ent(&v, o, &e)) { n = SYNT_ECORRUPT; break; }
         op_begin(t);
-        remove_entry(t, o, e->type == SYNT_REG ? SYNT_J_UNREGISTERED : SYNT_J_LEFT, reason,
-                     reason_node);
+        remove_entry(t, &e, remove_kind(&e), reason, reason_node);
         op_commit(t);
         n++;
     }
@@ -919,77 +709,46 @@ int synt_repair(synt_t *t) {
     return 0;
 }
 
+int synt_try_repair(synt_t *t) {
+    int r = try_lock(t);
+    if (r) return r;
+    unlock(t);
+    return 0;
+}
+
 /* ------------------------------------------------------- lock-free reads */
 
-static inline uint64_t rd_begin(synt_t *t, int *busy) {
-    hdr_t *h = H(t);
-    for (uint32_t i = 0; i < SPIN_LIMIT; i++) {
-        uint64_t s = __atomic_load_n(&h->seq, __ATOMIC_ACQUIRE);
-        if (!(s & 1)) return s;
-        CPU_RELAX();
-    }
-    *busy = 1;
-    return 0;
-}
+typedef struct {
+    uint32_t type, keylen, node;
+    int64_t pid;
+    const uint8_t *key;
+    uint64_t hk;
+    synt_info_t *out;
+    uint8_t *meta;
+    uint32_t cap;
+    uint64_t ver_off;
+} get_arg_t;
 
-static inline int rd_changed(synt_t *t, uint64_t s) {
-    __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    return LD(H(t)->seq) != s;
-}
-
-/* Copy one entry's fixed fields with every length checked; 0 if it can't be trusted. */
-static int rd_entry(synt_t *t, uint64_t off, entry_t *c) {
-    if (!entry_ok(t, off)) return 0;
-    memcpy(c, AT(t, off), sizeof(entry_t));
-    return lens_ok(t, off, c->keylen, c->metalen, c->cls);
-}
-
-#define RETRIES_BEFORE_LOCK 64
-
-/* One walk of the chain for synt_get: 1 found, 0 not found, -1 a link or length that
- * can't be trusted (torn read, or corruption if the table was stable meanwhile). */
-static int get_walk(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, uint64_t hk,
-                    uint32_t node, int64_t pid, synt_info_t *out, uint8_t *meta, uint32_t cap) {
-    uint64_t cap_walk = LD(H(t)->capacity) + 1;
-    int ix = type == SYNT_PG ? IX_KP : IX_KEY;
-    uint64_t o = type == SYNT_PG ? LD(*bucket(t, IX_KP, hash_kp(hk, node, pid))) : LD(*bucket(t, IX_KEY, hk));
-    for (uint64_t steps = 0; o; steps++) {
-        entry_t c;
-        if (steps > cap_walk || !rd_entry(t, o, &c)) return -1;
-        if (c.hkey == hk && c.type == type && c.keylen == keylen &&
-            (type != SYNT_PG || (c.node == node && c.pid == pid)) &&
-            memcmp(AT(t, o)->data, key, keylen) == 0) {
-            fill_info(&c, out);
-            out->ver_word = (o + offsetof(entry_t, ver)) / 8;
-            if (c.metalen <= cap) memcpy(meta, AT(t, o)->data + c.keylen, c.metalen);
-            return 1;
-        }
-        o = c.link[ix][0];
-    }
-    return 0;
+static int64_t get_fn(const view_t *v, void *a_) {
+    get_arg_t *a = a_;
+    ent_t e;
+    int r = find(v, a->type, a->key, a->keylen, a->hk, a->node, a->pid, &e);
+    if (r != 1) return r;
+    fill_info(&e, a->out);
+    a->ver_off = chunk_off(v->t, e.idx) + offsetof(head_t, ver);
+    if (e.metalen <= a->cap && !rd_data(v, &e, e.keylen, e.metalen, a->meta)) return -1;
+    return 1;
 }
 
 int synt_get(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, uint32_t node,
              int64_t pid, synt_info_t *out, uint8_t *meta, uint32_t cap) {
-    uint64_t hk = hash_key(type, key, keylen);
-    int r;
-    for (int attempt = 0;; attempt++) {
-        if (attempt >= RETRIES_BEFORE_LOCK) {
-            /* a writer flat out keeps invalidating us: read once under the lock, never starve */
-            if (lock(t)) return SYNT_ELOCK;
-            r = get_walk(t, type, key, keylen, hk, node, pid, out, meta, cap);
-            out->seq = LD(H(t)->seq);
-            unlock(t);
-            break;
-        }
-        int busy = 0;
-        uint64_t s = rd_begin(t, &busy);
-        if (busy) return SYNT_EBUSY;
-        r = get_walk(t, type, key, keylen, hk, node, pid, out, meta, cap);
-        if (rd_changed(t, s)) continue;
-        out->seq = s;
-        break;
-    }
+    if (keylen > SYNT_MAX_KEY) return SYNT_ETOOBIG;
+    get_arg_t a = {type, keylen, node, pid, key, hash_key(type, key, keylen), out, meta, cap, 0};
+    uint64_t s = 0;
+    int64_t r = read_stable(t, get_fn, &a, &s);
+    out->seq = s;
+    out->ver_word = a.ver_off / 8;
+    if (r == SYNT_EBUSY) return SYNT_EBUSY;
     if (r < 0) return SYNT_ECORRUPT;
     if (r == 0) return 0;
     return out->metalen <= cap ? 1 : SYNT_EBUFSMALL;
@@ -1007,6 +766,8 @@ int synt_lookup(synt_t *t, const uint8_t *key, uint32_t keylen, synt_hit_t *out,
         out->node = info.node;
         out->metalen = info.metalen;
     } else if (rc == 0) {
+        /* a miss stays true while seq holds this value: with seq odd (an operation open), the
+         * answer is the committed state's, which only the operation's commit changes */
         out->word = synt_seq_word(t);
         out->value = info.seq;
     } else if (rc == SYNT_EBUFSMALL) {
@@ -1026,16 +787,19 @@ typedef struct {
     int64_t pid;
     const uint8_t *key;
     uint64_t hk;
+    int measure;
+    uint8_t *buf;
+    uint64_t cap;
+    uint64_t used;
 } query_t;
 
-static inline int matches(const query_t *q, const entry_t *c, synt_t *t, uint64_t off) {
-    if (q->type && c->type != q->type) return 0;
+static inline int matches(const view_t *v, const query_t *q, const ent_t *e) {
+    if (q->type && e->type != q->type) return 0;
     switch (q->mode) {
     case SYNT_BY_KEY:
-        if (q->node != SYNT_ALL_NODES && c->node != q->node) return 0;
-        return c->hkey == q->hk && c->keylen == q->keylen &&
-               memcmp(AT(t, off)->data, q->key, q->keylen) == 0;
-    case SYNT_BY_PID: return c->node == q->node && c->pid == q->pid;
+        if (q->node != SYNT_ALL_NODES && e->node != q->node) return 0;
+        return key_is(v, e, e->type, q->key, q->keylen, q->hk);
+    case SYNT_BY_PID: return e->node == q->node && e->pid == q->pid;
     default: return 1;
     }
 }
@@ -1046,251 +810,341 @@ static inline void put_be(uint8_t *p, uint64_t v, int nbytes) {
 
 /* One collect() row as msgpack, written at buf + at if it fits: [node, pid, key?, meta?], the
  * key and meta copied as they are stored (both are msgpack already; an empty one is nil).
- * Returns the row's length. */
-static uint64_t pack_row(synt_t *t, uint32_t flags, uint64_t off, const entry_t *c, uint8_t *buf,
+ * Returns the row's length, 0 when the entry's bytes can't be read. */
+static uint64_t pack_row(const view_t *v, uint32_t flags, const ent_t *e, uint8_t *buf,
                          uint64_t cap, uint64_t at) {
     int wk = (flags & SYNT_F_WITH_KEY) != 0, wm = (flags & SYNT_F_WITH_META) != 0;
-    uint64_t kl = wk ? (c->keylen ? c->keylen : 1) : 0, ml = wm ? (c->metalen ? c->metalen : 1) : 0;
+    uint64_t kl = wk ? (e->keylen ? e->keylen : 1) : 0, ml = wm ? (e->metalen ? e->metalen : 1) : 0;
     uint64_t len = 1 + 5 + 9 + kl + ml;
     if (!buf || at + len > cap) return len;
     uint8_t *p = buf + at;
     *p++ = (uint8_t)(0x90 | (2 + wk + wm));
-    *p++ = 0xce; put_be(p, c->node, 4); p += 4;
-    *p++ = 0xd3; put_be(p, (uint64_t)c->pid, 8); p += 8;
+    *p++ = 0xce; put_be(p, e->node, 4); p += 4;
+    *p++ = 0xd3; put_be(p, (uint64_t)e->pid, 8); p += 8;
     if (wk) {
-        if (c->keylen) memcpy(p, AT(t, off)->data, c->keylen); else *p = 0xc0;
+        if (e->keylen) { if (!rd_data(v, e, 0, e->keylen, p)) return 0; } else *p = 0xc0;
         p += kl;
     }
     if (wm) {
-        if (c->metalen) memcpy(p, AT(t, off)->data + c->keylen, c->metalen); else *p = 0xc0;
+        if (e->metalen) { if (!rd_data(v, e, e->keylen, e->metalen, p)) return 0; } else *p = 0xc0;
     }
     return len;
 }
 
-/* Walk the list(s) the query selects and count matches; when `measure`, add up in
- * *used the bytes they take as records, copying those that fit into buf[0, cap).
- * Returns count, or SYNT_ECORRUPT when a torn read made the walk untrustworthy. */
-static int64_t walk(synt_t *t, const query_t *q, int measure, uint8_t *buf, uint64_t cap,
-                    uint64_t *used) {
-    hdr_t *h = H(t);
-    uint64_t limit = LD(h->capacity) + 1, steps = 0;
+/* One synt_item_t record; its length, 0 when the entry's bytes can't be read. */
+static uint64_t item_row(const view_t *v, uint32_t flags, const ent_t *e, uint8_t *buf,
+                         uint64_t cap, uint64_t at) {
+    uint64_t kl = (flags & SYNT_F_WITH_KEY) ? e->keylen : 0;
+    uint64_t ml = (flags & SYNT_F_WITH_META) ? e->metalen : 0;
+    uint64_t len = ALIGN8(sizeof(synt_item_t) + kl + ml);
+    if (!buf || at + len > cap) return len;
+    synt_item_t *it = (synt_item_t *)(buf + at);
+    it->node = e->node;
+    it->type = e->type;
+    it->pid = e->pid;
+    it->start = e->start;
+    it->time_ns = e->time_ns;
+    it->keylen = (uint32_t)kl;
+    it->metalen = (uint32_t)ml;
+    uint8_t *d = (uint8_t *)(it + 1);
+    if (kl && !rd_data(v, e, 0, kl, d)) return 0;
+    if (ml && !rd_data(v, e, e->keylen, ml, d + kl)) return 0;
+    return len;
+}
+
+/* Walk the list(s) the query selects and count matches; when measuring, add up in q->used the
+ * bytes they take as rows, copying those that fit. Returns count, or -1 when a link or a length
+ * can't be trusted. */
+static int64_t walk_fn(const view_t *v, void *q_) {
+    query_t *q = q_;
+    synt_t *t = v->t;
+    uint64_t limit = t->capacity + 1, steps = 0;
     int64_t n = 0;
     int ix;
     uint64_t heads[SYNT_MAX_NODES];
-    int nheads = 0;
+    uint32_t nheads = 0;
     switch (q->mode) {
-    case SYNT_BY_KEY: ix = IX_KEY; heads[nheads++] = LD(*bucket(t, IX_KEY, q->hk)); break;
-    case SYNT_BY_PID: ix = IX_PID; heads[nheads++] = LD(*bucket(t, IX_PID, hash_pid(q->node, q->pid))); break;
-    default:
+    case SYNT_BY_KEY: ix = IX_KEY; heads[nheads++] = vw32(v, bucket_off(t, IX_KEY, q->hk)); break;
+    case SYNT_BY_PID: ix = IX_PID; heads[nheads++] = vw32(v, bucket_off(t, IX_PID, hash_pid(q->node, q->pid))); break;
+    default: {
         ix = IX_NODE;
+        uint32_t nn = nnodes_of(t);
         if (q->node == SYNT_ALL_NODES) {
-            int nn = synt_nnodes(t);
-            if (nn > (int)SYNT_MAX_NODES) return SYNT_ECORRUPT;
-            for (int i = 0; i < nn; i++) heads[nheads++] = LD(h->nodes[i].head);
+            for (uint32_t i = 0; i < nn; i++) heads[nheads++] = vw32(v, list_head_off(t, IX_NODE, 0, i, 0));
         } else {
-            if (q->node >= (uint32_t)synt_nnodes(t)) return 0;
-            heads[nheads++] = LD(h->nodes[q->node].head);
+            if (q->node >= nn) return 0;
+            heads[nheads++] = vw32(v, list_head_off(t, IX_NODE, 0, q->node, 0));
         }
+    }
     }
     int packed = (q->flags & SYNT_F_MSGPACK) != 0;
-    *used = packed ? 5 : 0; /* msgpack: an array32 header, written once the count is known */
-    for (int i = 0; i < nheads; i++) {
+    q->used = packed ? 5 : 0; /* msgpack: an array32 header, written once the count is known */
+    for (uint32_t i = 0; i < nheads; i++) {
         for (uint64_t o = heads[i]; o;) {
-            entry_t c;
-            if (++steps > limit || !rd_entry(t, o, &c)) return SYNT_ECORRUPT;
-            if (matches(q, &c, t, o)) {
+            ent_t e;
+            if (++steps > limit || !rd_ent(v, o, &e)) return -1;
+            int m = matches(v, q, &e);
+            if (m < 0) return -1;
+            if (m) {
                 n++;
-                if (measure && packed) {
-                    *used += pack_row(t, q->flags, o, &c, buf, cap, *used);
-                } else if (measure) {
-                    uint64_t kl = (q->flags & SYNT_F_WITH_KEY) ? c.keylen : 0;
-                    uint64_t ml = (q->flags & SYNT_F_WITH_META) ? c.metalen : 0;
-                    uint64_t len = ALIGN8(sizeof(synt_item_t) + kl + ml);
-                    if (buf && *used + len <= cap) {
-                        synt_item_t *it = (synt_item_t *)(buf + *used);
-                        it->node = (uint32_t)c.node;
-                        it->type = (uint32_t)c.type;
-                        it->pid = c.pid;
-                        it->start = c.start;
-                        it->time_ns = c.time_ns;
-                        it->keylen = (uint32_t)kl;
-                        it->metalen = (uint32_t)ml;
-                        uint8_t *d = (uint8_t *)(it + 1);
-                        if (kl) memcpy(d, AT(t, o)->data, kl);
-                        if (ml) memcpy(d + kl, AT(t, o)->data + c.keylen, ml);
-                    }
-                    *used += len;
+                if (q->measure) {
+                    uint64_t len = packed ? pack_row(v, q->flags, &e, q->buf, q->cap, q->used)
+                                          : item_row(v, q->flags, &e, q->buf, q->cap, q->used);
+                    if (!len) return -1;
+                    q->used += len;
                 }
             }
-            o = c.link[ix][0];
+            o = L_NEXT(e.link[ix]);
         }
     }
-    if (packed && buf && cap >= 5) {
-        buf[0] = 0xdd;
-        put_be(buf + 1, (uint64_t)n, 4);
+    if (packed && q->buf && q->cap >= 5) {
+        q->buf[0] = 0xdd;
+        put_be(q->buf + 1, (uint64_t)n, 4);
     }
     return n;
 }
 
-static int64_t run_query(synt_t *t, const query_t *q, uint8_t *buf, uint64_t cap,
-                         uint64_t *needed) {
-    for (int attempt = 0;; attempt++) {
-        int locked = attempt >= RETRIES_BEFORE_LOCK; /* a writer flat out: stop retrying */
-        uint64_t s = 0, used = 0;
-        if (locked) {
-            if (lock(t)) return SYNT_ELOCK;
-        } else {
-            int busy = 0;
-            s = rd_begin(t, &busy);
-            if (busy) return SYNT_EBUSY;
-        }
-        int64_t n = walk(t, q, needed != NULL || buf != NULL, buf, cap, &used);
-        if (locked) unlock(t);
-        else if (rd_changed(t, s)) continue;
-        if (n < 0) return n;
-        if (needed) *needed = used;
-        if (buf && used > cap) return SYNT_EBUFSMALL;
-        return n;
-    }
+static int64_t run_query(synt_t *t, query_t *q, uint64_t *needed) {
+    int64_t n = read_stable(t, walk_fn, q, NULL);
+    if (n == SYNT_EBUSY) return n;
+    if (n < 0) return SYNT_ECORRUPT;
+    if (needed) *needed = q->used;
+    if (q->buf && q->used > q->cap) return SYNT_EBUFSMALL;
+    return n;
 }
 
 int64_t synt_collect(synt_t *t, uint32_t mode, uint32_t type, const uint8_t *key,
                      uint32_t keylen, uint32_t node, int64_t pid, uint32_t flags, uint8_t *buf,
                      uint64_t cap, uint64_t *needed) {
     if (keylen > SYNT_MAX_KEY) return SYNT_ETOOBIG;
-    query_t q = {mode, type, keylen, node, flags, pid, key, mode == SYNT_BY_KEY ? hash_key(type, key, keylen) : 0};
-    return run_query(t, &q, buf, cap, needed);
+    query_t q = {mode, type, keylen, node, flags, pid, key,
+                 mode == SYNT_BY_KEY ? hash_key(type, key, keylen) : 0,
+                 needed != NULL || buf != NULL, buf, cap, 0};
+    return run_query(t, &q, needed);
 }
+
+static int64_t word_fn(const view_t *v, void *off) { return (int64_t)vw(v, *(uint64_t *)off); }
 
 int64_t synt_count(synt_t *t, uint32_t mode, uint32_t type, const uint8_t *key, uint32_t keylen,
                    uint32_t node, int64_t pid) {
-    hdr_t *h = H(t);
     if (mode == SYNT_BY_NODE && (type == SYNT_REG || type == SYNT_PG)) {
-        /* counters answer without a walk; a torn pair of loads is harmless for a count */
-        if (node == SYNT_ALL_NODES) return (int64_t)(type == SYNT_REG ? LD(h->reg_count) : LD(h->pg_count));
-        if (node >= (uint32_t)synt_nnodes(t)) return 0;
-        return (int64_t)(type == SYNT_REG ? LD(h->nodes[node].reg_count) : LD(h->nodes[node].pg_count));
+        /* counters answer without a walk, as the last committed state has them */
+        uint64_t off;
+        if (node == SYNT_ALL_NODES) off = type == SYNT_REG ? offsetof(hdr_t, reg_count) : offsetof(hdr_t, pg_count);
+        else if (node >= nnodes_of(t)) return 0;
+        else off = offsetof(hdr_t, nodes) + node * sizeof(node_t) +
+                   (type == SYNT_REG ? offsetof(node_t, reg_count) : offsetof(node_t, pg_count));
+        int64_t n = read_stable(t, word_fn, &off, NULL);
+        return n < 0 && n != SYNT_EBUSY ? SYNT_ECORRUPT : n;
     }
     if (keylen > SYNT_MAX_KEY) return SYNT_ETOOBIG;
-    query_t q = {mode, type, keylen, node, 0, pid, key, mode == SYNT_BY_KEY ? hash_key(type, key, keylen) : 0};
-    return run_query(t, &q, NULL, 0, NULL);
+    query_t q = {mode, type, keylen, node, 0, pid, key,
+                 mode == SYNT_BY_KEY ? hash_key(type, key, keylen) : 0, 0, NULL, 0, 0};
+    return run_query(t, &q, NULL);
+}
+
+/* the counters as the last committed state has them */
+static int64_t stats_fn(const view_t *v, void *out_) {
+    synt_stats_t *out = out_;
+    out->count = vw(v, offsetof(hdr_t, count));
+    out->reg_count = vw(v, offsetof(hdr_t, reg_count));
+    out->pg_count = vw(v, offsetof(hdr_t, pg_count));
+    uint64_t top = vw(v, offsetof(hdr_t, top)), fc = vw(v, offsetof(hdr_t, free_count));
+    out->chunks_free = (top <= v->t->nchunks ? v->t->nchunks - top : 0) + fc;
+    uint64_t nn = vw(v, offsetof(hdr_t, nnodes));
+    out->nnodes = nn > SYNT_MAX_NODES ? SYNT_MAX_NODES : nn;
+    return 0;
 }
 
 int synt_stats(synt_t *t, synt_stats_t *out) {
     hdr_t *h = H(t);
-    out->capacity = LD(h->capacity);
-    out->count = LD(h->count);
-    out->reg_count = LD(h->reg_count);
-    out->pg_count = LD(h->pg_count);
-    out->heap_size = LD(h->heap_size);
-    out->heap_used = LD(h->heap_top) - LD(h->heap_off);
-    out->nnodes = LD(h->nnodes);
-    out->journal_size = LD(h->journal_size);
+    int64_t r = read_stable(t, stats_fn, out, &out->seq);
+    out->capacity = t->capacity;
+    out->chunks = t->nchunks;
+    out->heap_size = t->nchunks * SYNT_CHUNK;
+    out->heap_used = out->chunks_free <= out->chunks ? (out->chunks - out->chunks_free) * SYNT_CHUNK : 0;
+    out->journal_size = t->journal_size;
     out->journal_head = synt_journal_head(t);
-    out->seq = LD(h->seq);
     out->flags = LD(h->flags);
-    return 0;
+    out->lock_holder = LD(h->holder_pid);
+    out->lock_since = LD(h->holder_since);
+    return (int)r;
 }
+
+uint64_t synt_chunks_for(uint64_t datalen) { return chunks_for(datalen); }
+
+int64_t synt_field_offset(const char *name) {
+    static const struct { const char *name; size_t off; } f[] = {
+        {"magic", offsetof(hdr_t, magic)}, {"version", offsetof(hdr_t, version)},
+        {"capacity", offsetof(hdr_t, capacity)}, {"nbuckets", offsetof(hdr_t, nbuckets)},
+        {"buckets_off", offsetof(hdr_t, buckets_off)}, {"journal_off", offsetof(hdr_t, journal_off)},
+        {"journal_size", offsetof(hdr_t, journal_size)}, {"heap_off", offsetof(hdr_t, heap_off)},
+        {"nchunks", offsetof(hdr_t, nchunks)}, {"flags", offsetof(hdr_t, flags)},
+        {"seq", offsetof(hdr_t, seq)}, {"holder_pid", offsetof(hdr_t, holder_pid)},
+        {"top", offsetof(hdr_t, top)}, {"free_head", offsetof(hdr_t, free_head)},
+        {"free_count", offsetof(hdr_t, free_count)}, {"count", offsetof(hdr_t, count)},
+        {"reg_count", offsetof(hdr_t, reg_count)}, {"pg_count", offsetof(hdr_t, pg_count)},
+        {"nnodes", offsetof(hdr_t, nnodes)}, {"next_ver", offsetof(hdr_t, next_ver)},
+        {"j_head", offsetof(hdr_t, jr.head)}, {"j_min_valid", offsetof(hdr_t, jr.min_valid)},
+        {"j_pending", offsetof(hdr_t, jr.pending)}, {"j_seq", offsetof(hdr_t, j_seq)},
+        {"j_last", offsetof(hdr_t, j_last)}, {"j_last_pending", offsetof(hdr_t, j_last_pending)},
+        {"undo_n", offsetof(hdr_t, undo_n)}, {"undo", offsetof(hdr_t, undo)},
+        {"w_head", offsetof(hdr_t, wr.head)}, {"w_min_valid", offsetof(hdr_t, wr.min_valid)},
+        {"w_pending", offsetof(hdr_t, wr.pending)}, {"w_ring", offsetof(hdr_t, w_ring)},
+        {"nodes", offsetof(hdr_t, nodes)}, {"node_size", sizeof(node_t)},
+    };
+    for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++)
+        if (strcmp(f[i].name, name) == 0) return (int64_t)f[i].off;
+    return -1;
+}
+
+void synt_test_stop_after(int64_t n) { test_kill_after = n; }
+void synt_test_sigstop_after(int64_t n) { test_stop_after = n; }
 
 /* ------------------------------------------------------------------ checker */
 
 #define FAIL(...) do { snprintf(err, cap, __VA_ARGS__); rc = SYNT_ECORRUPT; goto out; } while (0)
+#define U(x) ((unsigned long long)(x))
 
-/* Is `off` on the list starting at head (following link ix), within `limit` steps? */
-static int on_list(synt_t *t, int ix, uint64_t head, uint64_t off, uint64_t limit) {
+/* Is idx on the list starting at head (following link ix), within `limit` steps, with every
+ * prev link mutual? 1 yes, 0 no, -1 a prev link is wrong, -2 a bad index. */
+static int on_list(synt_t *t, int ix, uint64_t head, uint64_t idx, uint64_t limit) {
     uint64_t prev = 0;
-    for (uint64_t o = head, s = 0; o && s <= limit; o = AT(t, o)->link[ix][0], s++) {
-        if (!entry_ok(t, o)) return -2;
-        if (AT(t, o)->link[ix][1] != prev) return -1;
-        if (o == off) return 1;
+    for (uint64_t o = head, s = 0; o && s <= limit; s++) {
+        if (!chunk_ok(t, o)) return -2;
+        uint64_t l = *(uint64_t *)(t->base + link_off(t, o, ix));
+        if (L_PREV(l) != prev) return -1;
+        if (o == idx) return 1;
         prev = o;
+        o = L_NEXT(l);
     }
     return 0;
+}
+
+static int check_rings(synt_t *t, char *err, uint32_t cap) {
+    hdr_t *h = H(t);
+    int rc = 0;
+    if (h->jr.min_valid > h->jr.head || h->jr.head - h->jr.min_valid > t->journal_size)
+        FAIL("I8 journal cursors head=%llu min_valid=%llu", U(h->jr.head), U(h->jr.min_valid));
+    if (h->wr.min_valid > h->wr.head || h->wr.head - h->wr.min_valid > WRING)
+        FAIL("I8 announce cursors head=%llu min_valid=%llu", U(h->wr.head), U(h->wr.min_valid));
+    if (h->jr.head == 0) {
+        if (h->j_seq != 0) FAIL("I10 no record published but j_seq=%llu", U(h->j_seq));
+    } else if (h->j_last >= h->jr.min_valid) {
+        uint64_t mask = t->journal_size - 1;
+        if (h->j_last >= h->jr.head || t->journal_size - (h->j_last & mask) < sizeof(synt_jrec_t))
+            FAIL("I10 j_last=%llu outside the journal (head %llu)", U(h->j_last), U(h->jr.head));
+        synt_jrec_t r;
+        memcpy(&r, t->base + t->journal_off + (h->j_last & mask), sizeof(r));
+        if (h->j_last + r.reclen != h->jr.head || r.seq != h->j_seq)
+            FAIL("I10 the last published record (seq %llu, ends at %llu) disagrees with j_seq %llu, head %llu",
+                 U(r.seq), U(h->j_last + r.reclen), U(h->j_seq), U(h->jr.head));
+    }
+out:
+    return rc;
 }
 
 int synt_check(synt_t *t, char *err, uint32_t cap) {
     hdr_t *h = H(t);
     int rc = 0;
+    uint8_t *mark = NULL;
     if (cap) err[0] = 0;
     if (lock(t)) { snprintf(err, cap, "mutex unusable"); return SYNT_ELOCK; }
-    uint64_t limit = h->capacity + 1;
+    view_t v = {t, NULL};
+    uint64_t limit = t->capacity + 1;
     /* I1 */
     if (h->magic != MAGIC || h->version != VERSION) FAIL("I1 bad magic/version");
+    if (h->nbuckets != t->nbuckets || h->capacity != t->capacity || h->heap_off != t->heap_off ||
+        h->nchunks != t->nchunks || h->journal_off != t->journal_off || h->journal_size != t->journal_size)
+        FAIL("I1 geometry changed since the segment was opened");
     if (h->seq & 1) FAIL("I1 seq odd while unlocked");
-    if (h->undo_n != 0 || h->j_pending != 0) FAIL("I1 undo_n=%llu j_pending=%llu", (unsigned long long)h->undo_n, (unsigned long long)h->j_pending);
-    if (h->nnodes == 0 || h->nnodes > SYNT_MAX_NODES) FAIL("I7 nnodes=%llu", (unsigned long long)h->nnodes);
-    /* I8 */
-    if (h->j_min_valid > h->j_head || h->j_head - h->j_min_valid > h->journal_size)
-        FAIL("I8 journal cursors head=%llu min_valid=%llu", (unsigned long long)h->j_head, (unsigned long long)h->j_min_valid);
-    if (h->heap_top < h->heap_off || h->heap_top > h->heap_off + h->heap_size) FAIL("I2 heap_top out of range");
-    /* I3: free lists */
+    if (h->undo_n != 0 || h->jr.pending != 0 || h->wr.pending != 0)
+        FAIL("I1 undo_n=%llu j_pending=%llu w_pending=%llu", U(h->undo_n), U(h->jr.pending), U(h->wr.pending));
+    if (h->nnodes == 0 || h->nnodes > SYNT_MAX_NODES) FAIL("I7 nnodes=%llu", U(h->nnodes));
+    if ((rc = check_rings(t, err, cap)) != 0) goto out;
+    /* I2, I3: the free list */
+    if (h->top > t->nchunks) FAIL("I2 top=%llu past nchunks=%llu", U(h->top), U(t->nchunks));
+    mark = calloc(h->top + 1, 1);
+    if (!mark) FAIL("out of memory");
     uint64_t nfree = 0;
-    for (uint32_t c = 0; c < NCLASSES; c++) {
-        uint64_t s = 0;
-        for (uint64_t o = h->free_head[c]; o; o = AT(t, o)->free_next) {
-            if (!entry_ok(t, o) || o >= h->heap_top) FAIL("I3 free list %u has bad offset %llu", c, (unsigned long long)o);
-            if (AT(t, o)->cls != c || AT(t, o)->type != 0) FAIL("I3 free blob %llu class/type wrong", (unsigned long long)o);
-            if (++s > (h->heap_size / BLOB_MIN)) FAIL("I3 free list %u has a cycle", c);
-            nfree++;
-        }
+    for (uint64_t o = h->free_head; o; o = W0_NEXT(*CW0(t, o))) {
+        if (!chunk_ok(t, o) || o > h->top) FAIL("I2 free list has bad chunk %llu", U(o));
+        if (mark[o]) FAIL("I2 free list has chunk %llu twice (a cycle)", U(o));
+        if (W0_TYPE(*CW0(t, o)) != 0 || CW0(t, o)[1] != 0) FAIL("I3 free chunk %llu type/ver not 0", U(o));
+        mark[o] = 1;
+        nfree++;
     }
-    /* I2, I4, I5, I6 over every blob */
-    uint64_t live = 0, reg = 0, pg = 0, freeseen = 0;
+    if (nfree != h->free_count) FAIL("I2 free list holds %llu chunks, free_count %llu", U(nfree), U(h->free_count));
+    /* every head, its chain, its lists */
+    uint64_t live = 0, reg = 0, pg = 0;
     uint64_t nreg[SYNT_MAX_NODES] = {0}, npg[SYNT_MAX_NODES] = {0};
-    for (uint64_t o = h->heap_off; o < h->heap_top;) {
-        entry_t *e = AT(t, o);
-        if (e->cls >= NCLASSES || o + blob_size(e->cls) > h->heap_top) FAIL("I2 blob %llu bad class", (unsigned long long)o);
-        if (e->type == 0) {
-            if (e->ver != 0) FAIL("I9 free blob %llu has ver %llu", (unsigned long long)o, (unsigned long long)e->ver);
-            freeseen++; o += blob_size(e->cls); continue;
+    for (uint64_t o = 1; o <= h->top; o++) {
+        uint32_t type = W0_TYPE(*CW0(t, o));
+        if (type == 0) continue;
+        ent_t e;
+        if (mark[o]) FAIL("I2 head %llu is also free or data", U(o));
+        mark[o] = 2;
+        if (!rd_ent(&v, o, &e)) FAIL("I5 head %llu type %u or lengths bad", U(o), type);
+        if (e.ver == 0 || e.ver >= h->next_ver) FAIL("I9 entry %llu ver %llu (next %llu)", U(o), U(e.ver), U(h->next_ver));
+        uint64_t k = chunks_for((uint64_t)e.keylen + e.metalen), c = W0_NEXT(e.w0);
+        for (uint64_t i = 1; i < k; i++, c = W0_NEXT(*CW0(t, c))) {
+            if (!chunk_ok(t, c) || c > h->top) FAIL("I4 entry %llu chain has bad chunk %llu", U(o), U(c));
+            if (mark[c]) FAIL("I2 chunk %llu of entry %llu is also elsewhere", U(c), U(o));
+            if (W0_TYPE(*CW0(t, c)) != 0 || CW0(t, c)[1] != 0) FAIL("I3 data chunk %llu type/ver not 0", U(c));
+            mark[c] = 3;
         }
-        if (e->ver == 0 || e->ver >= h->next_ver) FAIL("I9 entry %llu ver %llu (next %llu)", (unsigned long long)o, (unsigned long long)e->ver, (unsigned long long)h->next_ver);
-        if (e->type != SYNT_REG && e->type != SYNT_PG) FAIL("I3 blob %llu type %llu", (unsigned long long)o, (unsigned long long)e->type);
-        if (!lens_ok(t, o, e->keylen, e->metalen, e->cls)) FAIL("I5 entry %llu lengths", (unsigned long long)o);
-        if (e->node >= h->nnodes) FAIL("I7 entry %llu node %llu", (unsigned long long)o, (unsigned long long)e->node);
-        if (e->hkey != hash_key((uint32_t)e->type, e->data, (uint32_t)e->keylen)) FAIL("I4 entry %llu stale hash", (unsigned long long)o);
+        if (c != 0) FAIL("I4 entry %llu chain longer than %llu chunks", U(o), U(k));
+        if (e.node >= h->nnodes) FAIL("I7 entry %llu node %u", U(o), e.node);
+        uint8_t key[SYNT_MAX_KEY];
+        if (!rd_data(&v, &e, 0, e.keylen, key)) FAIL("I4 entry %llu key unreadable", U(o));
+        if (e.hkey != hash_key(e.type, key, e.keylen)) FAIL("I4 entry %llu stale hash", U(o));
         int r;
-        if ((r = on_list(t, IX_KEY, *bucket(t, IX_KEY, e->hkey), o, limit)) != 1) FAIL("I4 entry %llu key chain (%d)", (unsigned long long)o, r);
-        if ((r = on_list(t, IX_PID, *bucket(t, IX_PID, hash_pid(e->node, e->pid)), o, limit)) != 1) FAIL("I4 entry %llu pid chain (%d)", (unsigned long long)o, r);
-        if (e->type == SYNT_PG) {
-            if ((r = on_list(t, IX_KP, *bucket(t, IX_KP, hash_kp(e->hkey, e->node, e->pid)), o, limit)) != 1) FAIL("I4 entry %llu key-pid chain (%d)", (unsigned long long)o, r);
-            if (find_pg(t, e->data, (uint32_t)e->keylen, e->hkey, e->node, e->pid) != o) FAIL("I6 duplicate membership at %llu", (unsigned long long)o);
-            pg++; npg[e->node]++;
+        if ((r = on_list(t, IX_KEY, R32(t, list_head_off(t, IX_KEY, e.hkey, e.node, e.pid)), o, limit)) != 1) FAIL("I4 entry %llu key chain (%d)", U(o), r);
+        if ((r = on_list(t, IX_PID, R32(t, list_head_off(t, IX_PID, e.hkey, e.node, e.pid)), o, limit)) != 1) FAIL("I4 entry %llu pid chain (%d)", U(o), r);
+        if ((r = on_list(t, IX_NODE, R32(t, list_head_off(t, IX_NODE, e.hkey, e.node, e.pid)), o, limit)) != 1) FAIL("I4 entry %llu node list (%d)", U(o), r);
+        ent_t f;
+        if (e.type == SYNT_PG) {
+            if ((r = on_list(t, IX_KP, R32(t, list_head_off(t, IX_KP, e.hkey, e.node, e.pid)), o, limit)) != 1) FAIL("I4 entry %llu key-pid chain (%d)", U(o), r);
+            if (find(&v, SYNT_PG, key, e.keylen, e.hkey, e.node, e.pid, &f) != 1 || f.idx != o) FAIL("I6 duplicate membership at %llu", U(o));
+            pg++; npg[e.node]++;
         } else {
-            if (find_reg(t, e->data, (uint32_t)e->keylen, e->hkey) != o) FAIL("I6 duplicate name at %llu", (unsigned long long)o);
-            reg++; nreg[e->node]++;
+            if (find(&v, SYNT_REG, key, e.keylen, e.hkey, 0, 0, &f) != 1 || f.idx != o) FAIL("I6 duplicate name at %llu", U(o));
+            reg++; nreg[e.node]++;
         }
-        if ((r = on_list(t, IX_NODE, h->nodes[e->node].head, o, limit)) != 1) FAIL("I4 entry %llu node list (%d)", (unsigned long long)o, r);
         live++;
-        o += blob_size(e->cls);
     }
-    if (freeseen != nfree) FAIL("I3 %llu free blobs but %llu on free lists", (unsigned long long)freeseen, (unsigned long long)nfree);
+    for (uint64_t o = 1; o <= h->top; o++)
+        if (!mark[o]) FAIL("I2 chunk %llu is neither free nor held (leaked)", U(o));
     /* I7 */
     if (live != h->count || reg != h->reg_count || pg != h->pg_count)
-        FAIL("I7 counters count=%llu/%llu reg=%llu/%llu pg=%llu/%llu", (unsigned long long)h->count, (unsigned long long)live,
-             (unsigned long long)h->reg_count, (unsigned long long)reg, (unsigned long long)h->pg_count, (unsigned long long)pg);
-    if (h->count > h->capacity) FAIL("I7 count over capacity");
+        FAIL("I7 counters count=%llu/%llu reg=%llu/%llu pg=%llu/%llu", U(h->count), U(live),
+             U(h->reg_count), U(reg), U(h->pg_count), U(pg));
+    if (h->count > t->capacity) FAIL("I7 count over capacity");
     for (uint64_t n = 0; n < h->nnodes; n++) {
-        if (h->nodes[n].reg_count != nreg[n] || h->nodes[n].pg_count != npg[n]) FAIL("I7 node %llu counters", (unsigned long long)n);
+        if (h->nodes[n].reg_count != nreg[n] || h->nodes[n].pg_count != npg[n]) FAIL("I7 node %llu counters", U(n));
         uint64_t s = 0;
-        for (uint64_t o = h->nodes[n].head; o; o = AT(t, o)->link[IX_NODE][0])
-            if (!entry_ok(t, o) || ++s > limit || AT(t, o)->node != n) FAIL("I4 node %llu list holds a stranger", (unsigned long long)n);
-        if (s != nreg[n] + npg[n]) FAIL("I4 node %llu list length %llu", (unsigned long long)n, (unsigned long long)s);
+        for (uint64_t o = R32(t, list_head_off(t, IX_NODE, 0, (uint32_t)n, 0)); o;
+             o = L_NEXT(*(uint64_t *)(t->base + link_off(t, o, IX_NODE)))) {
+            ent_t e;
+            if (++s > limit || !rd_ent(&v, o, &e) || e.node != n) FAIL("I4 node %llu list holds a stranger", U(n));
+        }
+        if (s != nreg[n] + npg[n]) FAIL("I4 node %llu list length %llu", U(n), U(s));
     }
-    /* every bucket chain holds only live entries of that bucket */
+    /* every bucket chain holds only live entries */
     for (int ix = 0; ix < 3; ix++) {
         uint64_t total = 0;
-        for (uint64_t b = 0; b < h->nbuckets; b++) {
-            uint64_t *bp = (uint64_t *)(t->base + h->buckets_off) + (uint64_t)ix * h->nbuckets + b;
-            for (uint64_t o = *bp; o; o = AT(t, o)->link[ix][0]) {
-                if (!entry_ok(t, o) || AT(t, o)->type == 0) FAIL("I4 index %d bucket %llu holds a free or bad blob", ix, (unsigned long long)b);
+        for (uint64_t b = 0; b < t->nbuckets; b++) {
+            uint64_t boff = t->buckets_off + ((uint64_t)ix * t->nbuckets + b) * 4;
+            for (uint64_t o = R32(t, boff); o; o = L_NEXT(*(uint64_t *)(t->base + link_off(t, o, ix)))) {
+                if (!chunk_ok(t, o) || o > h->top || mark[o] != 2) FAIL("I4 index %d bucket %llu holds a free or bad chunk", ix, U(b));
                 if (++total > limit) FAIL("I4 index %d has a cycle", ix);
             }
         }
         uint64_t want = ix == IX_KP ? pg : live;
-        if (total != want) FAIL("I4 index %d holds %llu entries, want %llu", ix, (unsigned long long)total, (unsigned long long)want);
+        if (total != want) FAIL("I4 index %d holds %llu entries, want %llu", ix, U(total), U(want));
     }
 out:
+    free(mark);
     unlock(t);
     return rc;
 }

@@ -35,12 +35,13 @@
 #define SYNT_EFULL (-3)      /* no room (entries, heap or nodes); nothing done  */
 #define SYNT_EMISMATCH (-4)  /* entry changed since read / held by another pid */
 #define SYNT_EBUFSMALL (-5)  /* caller's buffer too small; *needed says how much */
-#define SYNT_EBUSY (-6)      /* a reader waited too long on a writer: call synt_repair */
+#define SYNT_EBUSY (-6)      /* the mutex is held (synt_try_repair): nothing done */
 #define SYNT_ECORRUPT (-7)   /* an invariant does not hold                     */
 #define SYNT_ELOCK (-8)      /* the mutex is unusable                          */
 #define SYNT_ETOOBIG (-9)    /* key or meta larger than the table accepts      */
 #define SYNT_EOVERRUN (-10)  /* journal reader fell behind the ring; resync    */
 #define SYNT_EBADLAYOUT (-11) /* not a table of this version                   */
+#define SYNT_ERETIRED (-12)  /* the segment was replaced by a new one: attach again */
 
 /* put() flags */
 #define SYNT_F_FORCE 1        /* registry: replace another holder (conflict resolution) */
@@ -72,10 +73,25 @@
 
 /* header flag bits */
 #define SYNT_FLAG_STRICT 1
+#define SYNT_FLAG_RETIRED 2   /* the manager replaced this segment: writes return SYNT_ERETIRED */
+
+/* the heap's unit: an entry is a head chunk (its fields and the first bytes of key and meta)
+ * and as many data chunks as the rest takes */
+#define SYNT_CHUNK 128
 
 typedef struct {
     uint8_t *base;
     uint64_t size;
+    /* the geometry, checked by synt_open and never read from the segment again: a byte of the
+     * header changed later (by a bug, or by the segment's owner when root reads it) cannot
+     * make this process follow an offset outside the mapping */
+    uint64_t capacity;
+    uint64_t nbuckets;
+    uint64_t buckets_off;
+    uint64_t journal_off;
+    uint64_t journal_size;
+    uint64_t heap_off;
+    uint64_t nchunks;
 } synt_t;
 
 /* What a read or a write reports about one entry. */
@@ -144,6 +160,10 @@ typedef struct {
     uint64_t journal_head;
     uint64_t seq;
     uint64_t flags;
+    uint64_t chunks;      /* the heap in chunks of SYNT_CHUNK bytes */
+    uint64_t chunks_free; /* of which free: an entry needing at most this many always fits */
+    int64_t lock_holder;  /* pid holding the write mutex, 0 when free */
+    uint64_t lock_since;  /* CLOCK_MONOTONIC ns at which it took it */
 } synt_stats_t;
 
 uint64_t synt_layout_size(uint64_t capacity, uint64_t heap_size, uint64_t journal_size);
@@ -206,11 +226,22 @@ void synt_set_sleeping(synt_t *t, uint32_t sleeping);
 int synt_set_flags(synt_t *t, uint64_t flags);
 uint64_t synt_flags(synt_t *t);
 
+/* Take the mutex once, repairing a dead writer's work (blocks while a live writer holds it). */
 int synt_repair(synt_t *t);
+/* The same without waiting: SYNT_EBUSY when a live writer holds the mutex. */
+int synt_try_repair(synt_t *t);
+/* Byte offset of a header field by name, for tests and tools (the names are those of hdr_t in
+ * csrc/layout.h: seq, count, j_head, free_head, ...); -1 for a name it does not know. */
+int64_t synt_field_offset(const char *name);
 int synt_check(synt_t *t, char *err, uint32_t cap);
 int synt_stats(synt_t *t, synt_stats_t *out);
+/* chunks an entry with key + meta of this many bytes takes */
+uint64_t synt_chunks_for(uint64_t datalen);
 
-/* test hook: crash-safety tests make a writer stop for good after n undo-logged stores */
+/* test hooks: crash-safety tests make a writer (or a repairer: repair's own stores count too)
+ * SIGKILL itself after n more logged stores; stop-at makes it SIGSTOP itself there instead, so
+ * a test can hold it inside its critical section */
 void synt_test_stop_after(int64_t n);
+void synt_test_sigstop_after(int64_t n);
 
 #endif

@@ -34,6 +34,8 @@ ffibuilder.set_source(
     "syn_mp._native",
     '#include "table.h"',
     sources=[os.path.relpath(os.path.join(_CSRC, "table.c"))],
+    # the engine's units are headers included by table.c: a change to one rebuilds it
+    depends=sorted(os.path.relpath(os.path.join(_CSRC, f)) for f in os.listdir(_CSRC) if f.endswith(".h")),
     include_dirs=[os.path.relpath(_CSRC)],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
     libraries=["pthread"],

@@ -1,7 +1,7 @@
 """Thin typed binding of csrc/table.c: one `Table` per attached scope segment.
 
 Policy (errors of API.md, strict mode, encoding) lives above this module; here the
-C return codes come back as they are, except EBUSY, which is handled by repairing.
+C return codes come back as they are; reads never wait for a writer (csrc/view.h).
 """
 from __future__ import annotations
 
@@ -24,7 +24,10 @@ F_MATCH_NODE, WAKE = lib.SYNT_F_MATCH_NODE, lib.SYNT_WAKE
 INSERTED, UPDATED, UNCHANGED = lib.SYNT_INSERTED, lib.SYNT_UPDATED, lib.SYNT_UNCHANGED
 ENOTFOUND, ETAKEN, EFULL, EMISMATCH = lib.SYNT_ENOTFOUND, lib.SYNT_ETAKEN, lib.SYNT_EFULL, lib.SYNT_EMISMATCH
 EBUFSMALL, EBUSY, ECORRUPT, EOVERRUN = lib.SYNT_EBUFSMALL, lib.SYNT_EBUSY, lib.SYNT_ECORRUPT, lib.SYNT_EOVERRUN
-FLAG_STRICT = lib.SYNT_FLAG_STRICT
+FLAG_STRICT, FLAG_RETIRED = lib.SYNT_FLAG_STRICT, lib.SYNT_FLAG_RETIRED
+ERETIRED = lib.SYNT_ERETIRED
+CHUNK = lib.SYNT_CHUNK
+chunks_for = lib.synt_chunks_for  # chunks an entry with key + meta of n bytes takes
 MAX_META = lib.SYNT_MAX_META
 
 # journal kinds and reasons as stored in the segment
@@ -314,9 +317,9 @@ class Table:
     def _retry(self, rc: int, s: _Scratch | None, need: int) -> None:
         if rc == EBUFSMALL and s is not None:
             s.grow(need)
-        elif rc == EBUSY:
-            self.repair()  # a writer stalled or died mid-write: take the lock once
         else:
+            # reads never wait for a writer (csrc/view.h): even EBUSY means a segment rewritten
+            # under us without end, never a writer to wait for
             raise TableError(f"table {self.name}: read failed ({rc})")
 
     # ------------------------------------------------------------ writes
@@ -378,7 +381,9 @@ class Table:
         st = ffi.new("synt_stats_t *")
         lib.synt_stats(self._t, st)
         return {f: getattr(st, f) for f in ("capacity", "count", "reg_count", "pg_count", "heap_size",
-                                            "heap_used", "nnodes", "journal_size", "journal_head")}
+                                            "heap_used", "chunks", "chunks_free", "nnodes",
+                                            "journal_size", "journal_head", "lock_holder",
+                                            "lock_since")}
 
     def announced(self) -> "AnnounceReader":
         """Clear the announce ring's filter and follow the ring from now (csrc/table.c, "the

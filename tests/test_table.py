@@ -18,6 +18,7 @@ from conftest import raw_seq, read_all
 
 from syn_mp._native import ffi, lib
 from syn_mp._table import (
+    CHUNK, chunks_for,
     ALL_NODES, BY_KEY, BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, ETAKEN, F_EXPECT_VER,
     F_FORCE, F_MATCH_PID, FLAG_STRICT, INSERTED, PG, R_CONFLICT, R_NODE_DOWN, R_NORMAL, R_PROCESS_EXIT, REG,
     UNCHANGED, UPDATED, WITH_KEY, WITH_META, Table, TableError,
@@ -419,8 +420,9 @@ def test_capacity_full_returns_efull_and_changes_nothing(make_table):
 
 
 def test_heap_exhaustion_returns_efull_and_stays_usable(make_table):
-    t = make_table(capacity=64, heap=128 << 10)  # four 32 KiB blobs
+    t = make_table(capacity=64, heap=128 << 10)  # 1024 chunks
     big = b"B" * (MAX_META - 16)
+    each = chunks_for(len(b"big0") + len(big))
     n = 0
     while True:
         rc = t.put(REG, b"big%d" % n, 0, n, 1, 1, big)[0]
@@ -429,20 +431,21 @@ def test_heap_exhaustion_returns_efull_and_stays_usable(make_table):
         assert rc == INSERTED
         n += 1
         assert n < 64
-    assert n == 4
+    assert n == t.stats()["chunks"] // each  # every chunk the heap has can serve (no fragmentation)
     before, head = snapshot(t), t.journal_head()
     assert t.put(PG, b"another", 0, 1, 1, 1, big)[0] == EFULL
     assert snapshot(t) == before and t.journal_head() == head
     sound(t)
-    # an update needs a new blob before it frees the old one: no room either, and no harm
+    # an update needs its new chunks before it frees the old ones (readers may still read them):
+    # no room either, and no harm
     assert t.put(REG, b"big0", 0, 0, 1, 1, big[:-1] + b"C")[0] == EFULL
     assert t.get(REG, b"big0").meta == big
     sound(t)
-    # freeing a blob makes room for one of its size
+    # freeing an entry makes room for one of its size
     assert t.delete(REG, b"big1")[0] == 0
     assert t.put(REG, b"again", 0, 9, 1, 1, big)[0] == INSERTED
     assert t.get(REG, b"again").meta == big
-    assert t.stats()["count"] == 4
+    assert t.stats()["count"] == n
     sound(t)
 
 
@@ -759,28 +762,26 @@ def test_random_operations_match_a_dict_model_and_the_checker(make_table, seed, 
 
 
 class Layout:
-    """Offsets into the mapped segment, derived from the header's own geometry words and the
-    struct order in table.c, then verified against values the API reports."""
+    """Offsets into the mapped segment: header fields from synt_field_offset, the head chunk's
+    fields as csrc/layout.h declares them, verified against values the API reports."""
 
     def __init__(self, t: Table) -> None:
         self.t = t
-        words = struct.unpack_from("=16Q", t._mm, 0)
-        (self.magic, self.version, self.hdr_size, self.mutex_size, self.total_size, self.capacity,
-         self.nbuckets, self.buckets_off, self.journal_off, self.journal_size, self.heap_off,
-         self.heap_size) = words[:12]
-        self.seq = (128 + self.mutex_size + 128 + 7) & ~7
-        self.heap_top = self.seq + 64
-        self.free_head = self.heap_top + 8
-        self.count = self.free_head + 8 * 8
-        self.reg_count = self.count + 8
-        self.pg_count = self.count + 16
+        f = {n: lib.synt_field_offset(n.encode()) for n in (
+            "seq", "top", "free_head", "free_count", "count", "reg_count", "pg_count", "nbuckets",
+            "buckets_off", "heap_off", "next_ver")}
+        assert -1 not in f.values()
+        for n, off in f.items():
+            setattr(self, n, off)
+        self.nbuckets, self.buckets_off, self.heap_off = (
+            self.u64(f["nbuckets"]), self.u64(f["buckets_off"]), self.u64(f["heap_off"]))
         assert self.u64(self.seq) == raw_seq(t)
-        assert self.u64(self.heap_top) == self.heap_off + t.stats()["heap_used"]
-        assert self.u64(self.count) == t.stats()["count"]
-        assert self.u64(self.reg_count) == t.stats()["reg_count"]
+        st = t.stats()
+        assert (self.u64(self.top) - self.u64(self.free_count)) * CHUNK == st["heap_used"]
+        assert self.u64(self.count) == st["count"]
 
-    # entry_t field offsets: free_next, cls, type, link[4][2], hkey, node, pid, ...
-    E_CLS, E_TYPE, E_LINK, E_NODE, E_PID, E_VER = 8, 16, 24, 96, 104, 128
+    # head_t: w0 (next | type << 32), ver, link[4] (next | prev << 32), hkey, pid, start, time, lens
+    E_W0, E_VER, E_LINK, E_PID = 0, 8, 16, 56
     IX_KEY, IX_PID, IX_KP, IX_NODE = 0, 1, 2, 3
 
     def u64(self, off: int) -> int:
@@ -789,17 +790,29 @@ class Layout:
     def put64(self, off: int, v: int) -> None:
         struct.pack_into("=Q", self.t._mm, off, v)
 
+    def u32(self, off: int) -> int:
+        return struct.unpack_from("=I", self.t._mm, off)[0]
+
+    def put32(self, off: int, v: int) -> None:
+        struct.pack_into("=I", self.t._mm, off, v)
+
+    def idx(self, off: int) -> int:
+        return (off - self.heap_off) // CHUNK + 1
+
     def link(self, entry: int, ix: int, prev: bool = False) -> int:
-        return entry + self.E_LINK + ix * 16 + (8 if prev else 0)
+        """offset of the uint32 next (or prev) link of the entry at `entry` on list ix"""
+        return entry + self.E_LINK + ix * 8 + (4 if prev else 0)
+
+    def bucket(self, ix: int, b: int) -> int:
+        return self.buckets_off + 4 * (self.nbuckets * ix + b)
 
     def entries(self) -> list[tuple[int, int]]:
-        """(offset, pid) of the blobs holding entries, in heap order."""
-        out, o = [], self.heap_off
-        while o < self.u64(self.heap_top):
-            cls = self.u64(o + self.E_CLS)
-            if self.u64(o + self.E_TYPE):
+        """(offset, pid) of the head chunks, in heap order."""
+        out = []
+        for i in range(1, self.u64(self.top) + 1):
+            o = self.heap_off + (i - 1) * CHUNK
+            if self.u64(o + self.E_W0) >> 32:
                 out.append((o, self.u64(o + self.E_PID)))
-            o += 256 << cls
         return out
 
 
@@ -854,8 +867,8 @@ def test_checker_catches_a_broken_back_link(three_entries):
     t, lay, ents = three_entries
     # the node list is newest first: entry 3 -> 2 -> 1; make 1 point back at 3 instead of 2
     e1, e3 = ents[0][0], ents[2][0]
-    assert lay.u64(lay.link(e1, lay.IX_NODE, prev=True)) == ents[1][0]
-    lay.put64(lay.link(e1, lay.IX_NODE, prev=True), e3)
+    assert lay.u32(lay.link(e1, lay.IX_NODE, prev=True)) == lay.idx(ents[1][0])
+    lay.put32(lay.link(e1, lay.IX_NODE, prev=True), lay.idx(e3))
     err = check_in_child(t)
     assert err and "I4" in err
 
@@ -863,8 +876,8 @@ def test_checker_catches_a_broken_back_link(three_entries):
 def test_checker_catches_a_wild_link_without_crashing(three_entries):
     t, lay, ents = three_entries
     e3 = ents[2][0]
-    assert lay.u64(lay.link(e3, lay.IX_NODE)) == ents[1][0]
-    lay.put64(lay.link(e3, lay.IX_NODE), 1 << 44)  # far outside the segment
+    assert lay.u32(lay.link(e3, lay.IX_NODE)) == lay.idx(ents[1][0])
+    lay.put32(lay.link(e3, lay.IX_NODE), (1 << 32) - 2)  # far outside the segment
     err = check_in_child(t)
     assert err and "I4" in err
 
@@ -873,9 +886,9 @@ def test_checker_catches_an_entry_missing_from_its_index(three_entries):
     t, lay, ents = three_entries
     e2 = ents[1][0]
     # unlink entry 2 from its pid chain: it is its bucket's only entry with this pid
-    h_slot = [lay.buckets_off + 8 * (lay.nbuckets * lay.IX_PID + b) for b in range(lay.nbuckets)]
-    slot = next(s for s in h_slot if lay.u64(s) == e2)
-    lay.put64(slot, lay.u64(lay.link(e2, lay.IX_PID)))
+    slot = next(lay.bucket(lay.IX_PID, b) for b in range(lay.nbuckets)
+                if lay.u32(lay.bucket(lay.IX_PID, b)) == lay.idx(e2))
+    lay.put32(slot, lay.u32(lay.link(e2, lay.IX_PID)))
     err = check_in_child(t)
     assert err and "I4" in err
 
@@ -885,8 +898,8 @@ def test_checker_catches_a_corrupt_free_list(three_entries):
     t.delete(REG, b"name2")
     sound(t)
     e2 = ents[1][0]
-    assert lay.u64(lay.free_head) == e2
-    lay.put64(e2 + lay.E_TYPE, REG)  # a blob on the free list that claims to be live
+    assert lay.u64(lay.free_head) == lay.idx(e2)
+    lay.put64(e2 + lay.E_W0, lay.u64(e2 + lay.E_W0) | REG << 32)  # a free chunk that claims to be live
     err = check_in_child(t)
     assert err and "I3" in err
 
@@ -940,7 +953,7 @@ def test_checker_catches_a_free_blob_that_keeps_its_ver(three_entries):
     sound(t)
     assert ver != 0 and lay.u64(e2 + lay.E_VER) == 0
     lay.put64(e2 + lay.E_VER, ver)
-    assert "I9" in (check_in_child(t) or "")
+    assert "I3" in (check_in_child(t) or "")
 
 
 def test_checker_catches_a_live_entry_without_a_ver(three_entries):
