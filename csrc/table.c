@@ -270,7 +270,8 @@ int64_t synt_journal_read(synt_t *t, uint64_t *cursor, uint8_t *buf, uint64_t ca
     uint64_t pos = *cursor, used = 0;
     int64_t n = 0;
     if (!ring_intact(&h->jr, pos)) goto overrun;
-    while (n < (int64_t)max_records) {
+    /* at most one ring's worth of bytes a call: a corrupt head can't make it scan for ever */
+    for (uint64_t end = pos + size; n < (int64_t)max_records && pos < end;) {
         uint64_t head = ring_head(&h->jr);
         if (pos >= head) break;
         if (size - (pos & mask) < sizeof(synt_jrec_t)) {
