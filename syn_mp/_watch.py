@@ -53,11 +53,14 @@ def classify_psutil_error(err: BaseException, pid: int) -> Liveness:
     as gone). AccessDenied (hidepid=1, a private /proc) and anything else: can't tell."""
     if isinstance(err, psutil.ZombieProcess):
         return Liveness.DEAD
-    if isinstance(err, psutil.NoSuchProcess):
+    if isinstance(err, psutil.NoSuchProcess) and 0 < pid < (1 << 31):
+        # not psutil.pid_exists: on Linux it also trusts the /proc listing that hidepid filters
         try:
-            return Liveness.UNKNOWN if psutil.pid_exists(pid) else Liveness.DEAD
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return Liveness.DEAD
         except Exception:
-            return Liveness.UNKNOWN
+            pass  # EPERM: it exists, another user's
     return Liveness.UNKNOWN
 
 
