@@ -32,6 +32,9 @@ POLL_PER_ID = 2e-5     # ... growing with their number, so that polling costs bo
 FD_RESERVE = (32, 256)  # fds kept free of pidfds (min, max): /proc reads, clients, the cluster
 
 
+CANT_TELL = "can't tell whether a process lives (kept, looked at again)"
+
+
 class Liveness(enum.Enum):
     ALIVE = "alive"
     DEAD = "dead"
@@ -88,7 +91,12 @@ class _PollingWatcher:
         self.poller.start()
 
     def _probe(self, pid: int, start: int) -> Liveness:
-        return liveness(pid, start)
+        try:
+            now = _procinfo.live_start(pid)
+        except _procinfo.CantTell as e:
+            self._incidents.report(CANT_TELL, e, level=logging.WARNING)
+            return Liveness.UNKNOWN
+        return Liveness.ALIVE if now == start else Liveness.DEAD
 
     def has(self, pid: int, start: int) -> bool:
         return start in self._polled.get(pid, ())
@@ -295,7 +303,7 @@ class PsutilWatcher(_PollingWatcher):
             if classify_psutil_error(e, pid) is Liveness.DEAD:
                 return Liveness.DEAD
             # psutil can't tell (AccessDenied, no fd for its read, ...): /proc, then kill(pid, 0), may
-        return liveness(pid, start)
+        return super()._probe(pid, start)
 
 
 def make_watcher(kind: str, loop: asyncio.AbstractEventLoop, on_exit: OnExit,
