@@ -225,28 +225,61 @@ class PidfdWatcher(_PollingWatcher):
             self._died(pid, w[1])
         super()._supersede(pid, start)
 
-    def _watch_alive(self, pid: int, start: int) -> bool:
-        if len(self._fds) >= fd_budget():
-            return False
+    def watch(self, pid: int, start: int) -> bool:
+        """As the base class, with one /proc read: the pidfd first, then the start time it pins."""
+        if self.has(pid, start):
+            return True
+        fd = self._pidfd(pid)
         try:
-            fd = os.pidfd_open(pid)
+            state = self._probe(pid, start)
+            if state is Liveness.ALIVE:
+                self._supersede(pid, start)
+                if fd is not None:
+                    self._add(pid, start, fd)
+                    return True
+        except Exception:
+            if fd is not None:
+                os.close(fd)
+            raise
+        if fd is not None:
+            os.close(fd)
+        if state is Liveness.DEAD:
+            return False
+        self._poll(pid, start, state)  # no pidfd to be had, or can't tell: polled
+        return True
+
+    def _pidfd(self, pid: int) -> int | None:
+        """A pidfd for pid; None past the fd budget, for no such pid, or when pidfd_open fails."""
+        if len(self._fds) >= fd_budget():
+            return None
+        try:
+            return os.pidfd_open(pid)
         except ProcessLookupError:
-            return False  # died just now: the next poll says so
+            return None
         except OSError as e:
             name = errno.errorcode.get(e.errno or 0, "OSError")
             self._incidents.report(f"pidfd_open {name}: polling instead", e, level=logging.WARNING)
+            return None
+
+    def _add(self, pid: int, start: int, fd: int) -> None:
+        self._loop.add_reader(fd, self._fired, pid)
+        self._fds[pid] = (fd, start)
+
+    def _watch_alive(self, pid: int, start: int) -> bool:
+        fd = self._pidfd(pid)
+        if fd is None:
             return False
         try:
             # the fd pins the process that had the pid: if its start matches now, it is this one
+            # (the identity existed before the fd was opened, and one pid names one process at a time)
             if self._probe(pid, start) is not Liveness.ALIVE:
                 os.close(fd)
                 return False
-            self._loop.add_reader(fd, self._fired, pid)
+            self._add(pid, start, fd)
         except Exception as e:
             os.close(fd)
             self._incidents.report("pidfd watch", e)
             return False
-        self._fds[pid] = (fd, start)
         return True
 
     def _promote(self, pid: int, start: int) -> bool:
