@@ -158,7 +158,7 @@ class _PollingWatcher:
         promote = True  # until a pidfd can't be had this round
         for pid, starts in list(self._polled.items()):
             for start in list(starts):
-                if not self.has(pid, start):
+                if start not in self._polled.get(pid, ()):
                     continue  # superseded earlier in this round
                 try:
                     state = self._probe(pid, start)
@@ -250,8 +250,8 @@ class PidfdWatcher(_PollingWatcher):
 
     def _pidfd(self, pid: int) -> int | None:
         """A pidfd for pid; None past the fd budget, for no such pid, or when pidfd_open fails."""
-        if len(self._fds) >= fd_budget():
-            return None
+        if not 0 < pid < (1 << 31) or len(self._fds) >= fd_budget():
+            return None  # no such pid (the probe says dead), or no fd to spare
         try:
             return os.pidfd_open(pid)
         except ProcessLookupError:
