@@ -21,6 +21,7 @@ from typing import Any
 
 from . import _config, _control
 from ._handlers import CallbackRunner
+from ._health import Incidents, Supervised
 from .events import to_event
 from ._table import (BY_NODE, R_MANAGER_RESTART, R_PROCESS_EXIT, FLAG_STRICT, AnnounceReader, Table,
                      TableError, JournalReader)
@@ -70,6 +71,11 @@ class Manager:
         # no event handler and no peers: nothing needs every journal record, only the processes to
         # watch, which the announce ring gives (see _drain)
         self._lean = opts.event_handler is None and opts.cluster is None
+        self.incidents = Incidents(log)
+        self.scope_errors: dict[str, str] = {}  # scopes of the last run that could not be opened
+        # identities whose watch or purge raised: tried again every SAFETY_TICK, so none is lost
+        self._retry: dict[tuple[int, int], int] = {}  # (pid, start) -> reason
+        self._faults = _test_faults()
 
     # ------------------------------------------------------------ start / stop
 
@@ -88,9 +94,13 @@ class Manager:
         self._take_lock()
         loop = asyncio.get_running_loop()
         _raise_fd_limit()
-        self.watcher = make_watcher(self.opts.watcher, loop, self._on_exit)
+        self.watcher = make_watcher(self.opts.watcher, loop, self._on_exit, self.incidents)
         for scope in self._known_scopes():
-            self._open_scope(scope, restart=True)
+            try:
+                self._open_scope(scope, restart=True)
+            except Exception as e:  # one bad segment must not keep the other scopes unwatched
+                self.scope_errors[scope] = f"{type(e).__name__}: {e}"
+                log.error("scope %r could not be opened, its processes are not watched: %s", scope, e)
         self._write_state()
         for p in (self.paths.ctl, self.paths.wake, self.paths.relay):
             _unlink(p)  # stale sockets of a dead manager: we hold the lock, nobody else uses them
@@ -115,14 +125,17 @@ class Manager:
             loop.add_signal_handler(sig, self._stop.set)
         log.info("manager of node %r up: pid %d, runtime dir %s, watcher %s, scopes %s",
                  self.opts.node, os.getpid(), self.opts.rdir, self.watcher.kind, sorted(self.tables))
-        pump = loop.create_task(self._pump())
-        tick = loop.create_task(self._tick())
+        # supervised: a loop that ends is logged, restarted, and reported by `syn-mp status`
+        self.pump = Supervised("journal pump", self._pump, self.incidents)
+        self.ticker = Supervised("safety tick", self._tick, self.incidents)
+        self.pump.start()
+        self.ticker.start()
         self._wake.set()
         try:
             await self._stop.wait()
         finally:
-            pump.cancel()
-            tick.cancel()
+            self.pump.close()
+            self.ticker.close()
             server.close()
             loop.remove_reader(wake.fileno())
             wake.close()
@@ -144,7 +157,8 @@ class Manager:
             return []
 
     def _write_state(self) -> None:
-        state = {"node": self.opts.node, "pid": os.getpid(), "scopes": sorted(self.tables),
+        # a scope that failed to open stays listed: the next manager tries it again
+        state = {"node": self.opts.node, "pid": os.getpid(), "scopes": sorted({*self.tables, *self.scope_errors}),
                  "strict": self.opts.strict}
         tmp = self.paths.state + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -174,6 +188,7 @@ class Manager:
         if want != flags:
             t.set_flags(want)
         self.tables[scope] = t
+        self.scope_errors.pop(scope, None)
         if self._lean:
             self.readers[scope] = t.announced()  # from now: older processes are found by the scan
         else:
@@ -191,21 +206,43 @@ class Manager:
             self._ensure_watched(pid, start, reason)
 
     def _ensure_watched(self, pid: int, start: int, reason: int = R_PROCESS_EXIT) -> None:
-        current = self.watcher.watching(pid)
-        if current == start:
-            return
-        if current is not None:
-            # the pid now names another process: the one we watched is gone
-            self.watcher.unwatch(pid)
-            self._purge(pid, current, R_PROCESS_EXIT)
-        if not self.watcher.watch(pid, start):
-            self._purge(pid, start, reason)
+        """Watch the identity (pid, start), or purge it if it is provably dead. The watcher decides
+        by the pid's current start time, never by the order identities arrive in: an older identity
+        arriving after a newer one is purged alone (purge_pid filters by start), and the live one
+        stays watched; if the pid now names `start`, the identity watched before is the dead one."""
+        try:
+            if not self.watcher.watch(pid, start):
+                self._purge(pid, start, reason)
+        except Exception as e:  # isolated: this identity is retried on the next tick, the rest go on
+            self.incidents.report("watch", e)
+            self._retry[(pid, start)] = reason
 
     def _on_exit(self, pid: int, start: int) -> None:
         self._purge(pid, start, R_PROCESS_EXIT)
 
+    def _retry_failed(self) -> None:
+        retry, self._retry = self._retry, {}
+        for (pid, start), reason in retry.items():
+            self._ensure_watched(pid, start, reason)
+
     def _purge(self, pid: int, start: int, reason: int) -> None:
-        n = sum(max(0, t.purge_pid(0, pid, start, reason)) for t in self.tables.values())
+        """Remove the entries of the dead process (pid, start) from every table; a table that fails
+        is reported and the whole identity tried again on the next tick (purging twice is harmless)."""
+        n = 0
+        failed = False
+        for scope, t in list(self.tables.items()):
+            try:
+                rc = t.purge_pid(0, pid, start, reason)
+                if rc < 0:
+                    raise TableError(f"purge_pid returned {rc}")
+                n += rc
+            except Exception as e:
+                self.incidents.report(f"purge in scope {scope!r}", e)
+                failed = True
+        if failed:
+            # a live process never gets here (only dead identities are purged); once the retry's
+            # watch() finds it dead again, the purge is repeated
+            self._retry[(pid, start)] = reason
         key = "manager_restart" if reason == R_MANAGER_RESTART else "process_exit"
         self.purged[key] += n
         if n:
@@ -243,8 +280,11 @@ class Manager:
         while True:
             await asyncio.sleep(SAFETY_TICK)
             self._wake.set()
+            if self._retry:
+                self._retry_failed()
             if self.callbacks:
                 self.callbacks.check_hung()
+            self.ticker.ok()
 
     async def _pump(self) -> None:
         """Follow the journals. Awake (flag clear), writers never make a system call for us; after
@@ -257,6 +297,7 @@ class Manager:
             quiet_since = loop_time = asyncio.get_running_loop().time()
             while loop_time - quiet_since < STAY_AWAKE:
                 n = self._drain()
+                self.pump.ok()
                 if n:
                     quiet_since = asyncio.get_running_loop().time()
                 # a full budget: more is waiting; else poll again shortly (pidfds and the socket run meanwhile)
@@ -272,8 +313,11 @@ class Manager:
         event handlers and peers, which need every record, only the announce ring is followed:
         the processes to watch, each announced once, so the manager's work no longer follows
         every write (csrc/table.c, "the announce ring")."""
+        if self._faults.get("pump"):
+            self._faults["pump"] -= 1
+            raise RuntimeError("injected fault (SYN_MP_TEST_FAULT)")
         left = budget
-        for scope, reader in self.readers.items():
+        for scope, reader in list(self.readers.items()):
             while left > 0:
                 if isinstance(reader, AnnounceReader):
                     n = self._follow_announced(scope, reader)
@@ -361,7 +405,8 @@ class Manager:
         if op == "status":
             return {"ok": True, "node": self.opts.node, "pid": os.getpid(), "runtime_dir": self.opts.rdir,
                     "uptime": round(time.time() - self.started, 3), "watcher": self.watcher.kind,
-                    "watched": len(self.watcher), "strict": self.opts.strict, "purged": dict(self.purged),
+                    "watched": len(self.watcher), "watch": self.watcher.stats(), "health": self.health(),
+                    "strict": self.opts.strict, "purged": dict(self.purged),
                     "cluster": None if not self.cluster else {
                         "nodes": sorted(self.cluster.peers), **self.cluster.stats},
                     "callbacks": None if not self.callbacks else {"failed": self.callbacks.failures,
@@ -374,6 +419,32 @@ class Manager:
             asyncio.get_running_loop().call_soon(self._stop.set)
             return {"ok": True, "pid": os.getpid()}
         return {"ok": False, "error": f"unknown op {op!r}"}
+
+
+    def health(self) -> dict[str, Any]:
+        """Whether the manager does its job; `problems` (one line each) make `syn-mp status` fail."""
+        problems = [f"scope {s!r} could not be opened: {e}" for s, e in sorted(self.scope_errors.items())]
+        loops = {}
+        for sup in (self.pump, self.ticker, self.watcher.poller):
+            loops[sup.name] = {"failing": sup.failing, "restarts": sup.restarts}
+            if sup.failing:
+                last = self.incidents.summary().get(f"{sup.name} loop stopped and restarted", {}).get("last", "")
+                problems.append(f"the {sup.name} loop is failing ({sup.restarts} restarts): {last}")
+        if self._retry:
+            problems.append(f"{len(self._retry)} processes could not be watched or purged yet")
+        return {"ok": not problems, "problems": problems, "loops": loops, "scope_errors": dict(self.scope_errors),
+                "incidents": self.incidents.summary()}
+
+
+def _test_faults() -> dict[str, int]:
+    """SYN_MP_TEST_FAULT=pump[:N] (tests only): the journal pump raises, N times or always, so that
+    the supervision and the health report can be checked on a real manager."""
+    spec = os.environ.get("SYN_MP_TEST_FAULT", "")
+    out: dict[str, int] = {}
+    for part in filter(None, spec.split(",")):
+        what, _, n = part.partition(":")
+        out[what] = int(n) if n.isdigit() else 1 << 62
+    return out
 
 
 def _unlink(path: str) -> None:

@@ -1,6 +1,7 @@
 """`syn-mp`: run a node's manager and look at what it holds.
 
-Exit status: 0 success, 1 a looked-up key is absent, 2 bad usage or no manager.
+Exit status: 0 success, 1 a looked-up key is absent, 2 bad usage or no manager, 3 (`status`) the
+manager answers but is not doing its job (a failing loop, a scope it could not open).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any, NoReturn, Sequence
 from . import _client, _config
 from .errors import EncodingError, InvalidScopeError, ManagerUnavailableError, SynError
 
-EXIT_OK, EXIT_ABSENT, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ABSENT, EXIT_USAGE, EXIT_UNHEALTHY = 0, 1, 2, 3
 
 
 class UsageError(Exception):
@@ -59,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--detach", action="store_true", help=argparse.SUPPRESS)
 
     sub.add_parser("stop", help="stop the manager (registrations stay in shared memory)")
-    sub.add_parser("status", help="the manager's state")
+    sub.add_parser("status", help="the manager's state; exit 3 when it is not doing its job (a health check)")
     sub.add_parser("scopes", help="the scopes of this node")
     lk = sub.add_parser("lookup", help="who holds NAME")
     lk.add_argument("scope")
@@ -241,13 +242,31 @@ def _cmd_status(args: argparse.Namespace, node: _client.Node) -> int:
     st.pop("ok", None)
     rows = [[s, str(v["reg_count"]), str(v["pg_count"]), f"{v['count']}/{v['capacity']}",
              f"{v['heap_used'] // 1024} KiB"] for s, v in st["scopes"].items()]
+    health = st.get("health") or {"ok": True, "problems": [], "incidents": {}}
+    incidents = health.get("incidents", {})
     text = (f"node      {st['node']}\nmanager   pid {st['pid']}, up {st['uptime']:.0f}s\n"
-            f"runtime   {st['runtime_dir']}\nwatcher   {st['watcher']} ({st['watched']} processes)\n"
+            f"runtime   {st['runtime_dir']}\nwatcher   {st['watcher']} ({_watched(st)})\n"
             f"strict    {'yes' if st['strict'] else 'no'}\n"
-            f"purged    {st['purged']['process_exit']} on exit, {st['purged']['manager_restart']} on restart\n\n"
-            + _table(rows, ["SCOPE", "NAMES", "MEMBERSHIPS", "ENTRIES", "HEAP"]))
+            f"purged    {st['purged']['process_exit']} on exit, {st['purged']['manager_restart']} on restart\n"
+            f"health    {'ok' if health['ok'] else 'FAILING: ' + '; '.join(health['problems'])}\n"
+            + "".join(f"          {v['count']} x {k}: {v['last']}\n" for k, v in incidents.items())
+            + "\n" + _table(rows, ["SCOPE", "NAMES", "MEMBERSHIPS", "ENTRIES", "HEAP"]))
     _emit(args, st, text)
+    if not health["ok"]:
+        print(f"syn-mp: the manager is not doing its job: {'; '.join(health['problems'])}", file=sys.stderr)
+        return EXIT_UNHEALTHY
     return EXIT_OK
+
+
+def _watched(st: dict[str, Any]) -> str:
+    """"12 processes", with how they are watched when not all by the usual means."""
+    w = st.get("watch") or {}
+    parts = [f"{st['watched']} processes"]
+    if w.get("pidfd") is not None and w.get("polled"):
+        parts.append(f"{w['pidfd']} by pidfd, {w['polled']} polled")
+    if w.get("unknown"):
+        parts.append(f"{w['unknown']} can't be read, kept")
+    return ", ".join(parts)
 
 
 def _cmd_scopes(args: argparse.Namespace, node: _client.Node) -> int:
