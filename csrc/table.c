@@ -760,6 +760,7 @@ int synt_put(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, uint
     hdr_t *h = H(t);
     uint64_t hk = hash_key(type, key, keylen);
     if (lock(t)) return SYNT_ELOCK;
+    if (LD(h->flags) & SYNT_FLAG_RETIRED) { unlock(t); return SYNT_ERETIRED; }
     int rc;
     uint64_t old = type == SYNT_REG ? find_reg(t, key, keylen, hk) : find_pg(t, key, keylen, hk, node, pid);
     entry_t *o = old ? AT(t, old) : NULL;
@@ -826,6 +827,7 @@ int synt_delete(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, u
     hdr_t *h = H(t);
     uint64_t hk = hash_key(type, key, keylen);
     if (lock(t)) return SYNT_ELOCK;
+    if (LD(h->flags) & SYNT_FLAG_RETIRED) { unlock(t); return SYNT_ERETIRED; }
     int rc = 0;
     uint64_t off = type == SYNT_REG ? find_reg(t, key, keylen, hk) : find_pg(t, key, keylen, hk, node, pid);
     if (!off) { rc = SYNT_ENOTFOUND; goto done; }

@@ -41,6 +41,7 @@
 #define SYNT_ETOOBIG (-9)    /* key or meta larger than the table accepts      */
 #define SYNT_EOVERRUN (-10)  /* journal reader fell behind the ring; resync    */
 #define SYNT_EBADLAYOUT (-11) /* not a table of this version                   */
+#define SYNT_ERETIRED (-12)  /* the table was replaced (SYNT_FLAG_RETIRED): attach the new one */
 
 /* put() flags */
 #define SYNT_F_FORCE 1        /* registry: replace another holder (conflict resolution) */
@@ -72,6 +73,7 @@
 
 /* header flag bits */
 #define SYNT_FLAG_STRICT 1
+#define SYNT_FLAG_RETIRED 2 /* replaced by a new segment: put and delete fail with SYNT_ERETIRED */
 
 typedef struct {
     uint8_t *base;

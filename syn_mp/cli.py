@@ -1,6 +1,7 @@
 """`syn-mp`: run a node's manager and look at what it holds.
 
-Exit status: 0 success, 1 a looked-up key is absent, 2 bad usage or no manager.
+Exit status: 0 success, 1 a looked-up key is absent (`status`: a scope the manager refuses), 2 bad
+usage or no manager.
 """
 from __future__ import annotations
 
@@ -246,8 +247,11 @@ def _cmd_status(args: argparse.Namespace, node: _client.Node) -> int:
             f"strict    {'yes' if st['strict'] else 'no'}\n"
             f"purged    {st['purged']['process_exit']} on exit, {st['purged']['manager_restart']} on restart\n\n"
             + _table(rows, ["SCOPE", "NAMES", "MEMBERSHIPS", "ENTRIES", "HEAP"]))
+    refused = st.get("refused") or {}
+    if refused:  # the manager runs but can't serve these: a health check must see it
+        text += "\nrefused scopes:\n" + "".join(f"  {s}: {why}\n" for s, why in refused.items())
     _emit(args, st, text)
-    return EXIT_OK
+    return EXIT_ABSENT if refused else EXIT_OK
 
 
 def _cmd_scopes(args: argparse.Namespace, node: _client.Node) -> int:
