@@ -129,14 +129,18 @@ def watch() -> None:
 
 
 def _watch_loop() -> None:
+    warned: dict[str, str] = {}  # segment -> the last problem logged: each said once
     while True:
         time.sleep(CHECK_INTERVAL)
         for t in list(_client.TABLES.values()):
             try:
                 if t.on_stale is not None and t.stale():
                     renew(t)
-            except Exception as e:  # the manager is down, or another user took the name: try again later
-                log.warning("segment %s: %s", t.name, e)
+                warned.pop(t.name, None)
+            except Exception as e:  # no manager rebuilt it, or another user took the name: try again later
+                if warned.get(t.name) != str(e):
+                    warned[t.name] = str(e)
+                    log.warning("segment %s was replaced, and this process can't follow: %s", t.name, e)
 
 
 def _after_fork_in_child() -> None:
