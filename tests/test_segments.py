@@ -257,3 +257,66 @@ def test_a_child_forked_while_another_thread_holds_the_mailbox_lock_registers_an
     p = n.python(_FORK_WHILE_LOCKED)
     out, err = p.communicate(timeout=60)
     assert out.strip() == "exit 0", (out, err)
+
+
+_NO_WATCHER = """
+import sys
+import syn_mp
+from syn_mp import _segments
+_segments.CHECK_INTERVAL = 3600  # this process notices only through its own calls
+syn_mp.add_node_to_scopes(["s"])
+syn_mp.register("s", "before", meta=0)
+syn_mp.join("s", "g", meta=0)
+print("ready", flush=True)
+for line in sys.stdin:
+    cmd = line.split()
+    if cmd[0] == "register":
+        syn_mp.register("s", cmd[1], meta=1)
+        print("ok", flush=True)
+    elif cmd[0] == "lookup":
+        print(syn_mp.whereis_name("s", cmd[1]), flush=True)
+"""
+
+
+def test_a_write_to_a_retired_segment_moves_the_writer_over(make_node) -> None:
+    """A process that has not noticed the rebuild writes to the old segment: the write fails inside
+    the table's lock (SYNT_ERETIRED), and the process attaches the new segment, puts its entries
+    back and writes there. A read that misses its cache moves it over the same way."""
+    n = make_node()
+    n.daemon()
+    p = n.python(_NO_WATCHER)
+    assert p.stdout.readline().strip() == "ready", p.stderr.read()
+    os.unlink(shm_path(n, "s"))
+    wait_for(lambda: os.path.exists(shm_path(n, "s")), timeout=3, what="the manager's rebuild")
+    fresh = n.worker()  # on the new segment
+    # the manager's copy: what the process wrote before the removal
+    assert fresh.call("lookup", "s", "before") == ((n.name, p.pid), 0)
+    fresh.call("register", "s", "by-fresh")
+    p.stdin.write("register after\n")
+    p.stdin.flush()
+    assert p.stdout.readline().strip() == "ok"
+    assert fresh.call("lookup", "s", "after") == ((n.name, p.pid), 1)
+    assert fresh.call("members", "s", "g") == [((n.name, p.pid), 0)]
+    p.stdin.write("lookup by-fresh\n")
+    p.stdin.flush()
+    assert p.stdout.readline().strip() == f"Pid(node='{n.name}', pid={fresh.pid})"
+
+
+def test_a_retired_table_refuses_writes_and_still_reads() -> None:
+    """The C side of it: once retired, put and delete fail with SYNT_ERETIRED in every mapping."""
+    import posix_ipc
+    from syn_mp._table import ERETIRED, REG, Table
+    name = f"/synmp-test-retired-{os.getpid()}"
+    t = Table.create(name, "n1", 64, 1 << 20, 1 << 16)
+    try:
+        other = Table.attach(name)
+        assert t.put(REG, b"k", 0, 1, 1, 1, b"\xc0")[0] >= 0
+        t.retire()
+        assert other.retired()
+        assert other.put(REG, b"k2", 0, 1, 1, 1, b"\xc0")[0] == ERETIRED
+        assert other.delete(REG, b"k", 0, 1)[0] == ERETIRED
+        assert other.get(REG, b"k") is not None and other.check() is None
+        t.retire(False)
+        assert other.put(REG, b"k2", 0, 1, 1, 1, b"\xc0")[0] >= 0
+    finally:
+        posix_ipc.unlink_shared_memory(name)
