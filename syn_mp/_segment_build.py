@@ -61,9 +61,7 @@ def build_segment(name: str, node: str, capacity: int, heap: int, journal: int, 
 def copy_entries(old: Table, new: Table) -> int:
     """Every entry of `old` (every node's, with its registration time) into `new`, an empty table:
     the node ids stay the same, so what clients cached by id stays right. Returns how many."""
-    for name in old.node_names()[1:]:
-        new.add_node(name)
-    ids = {i: new.add_node(n) for i, n in enumerate(old.node_names()) if i}
+    ids = {i: new.add_node(n) for i, n in enumerate(old.node_names()) if i}  # in id order: the same ids
     ids[0] = 0
     copied = 0
     for type_ in (REG, PG):
