@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from . import _config, _control
-from ._table import Table, TableError
+from ._table import SegmentLayoutError, SegmentOwnerError, Table, TableError
 from .errors import InvalidScopeError, ManagerUnavailableError
 
 MANAGER_START_TIMEOUT = 15.0
@@ -37,13 +37,26 @@ class Node:
         except (KeyError, TypeError):  # TypeError: unhashable, check_scope raises ValueError
             pass
         _config.check_scope(scope)
+        from . import _segments
+        name, owner = _config.segment_name(self.rdir, scope), _config.segment_owner(self.rdir)
         try:
-            t = Table.attach(_config.segment_name(self.rdir, scope), _config.segment_owner(self.rdir))
-        except TableError as e:  # another user's segment under our node's name
+            t = Table.attach(name, owner)
+            why = "" if t is None or not t.retired() else "retired"
+        except SegmentOwnerError as e:  # another user's segment under our node's name
             raise InvalidScopeError(f"scope {scope!r} can't be used: {e}") from None
-        if t is None:
-            raise InvalidScopeError(f"scope {scope!r} was not added on this node (runtime dir {self.rdir})")
+        except SegmentLayoutError as e:  # another version, or half-created: the manager rebuilds it
+            t, why = None, str(e)
+        if t is None or why:
+            if scope not in self.state().get("scopes", ()) or not self.ping():
+                raise InvalidScopeError(f"scope {scope!r} was not added on this node (runtime dir {self.rdir})"
+                                        + (f": {why}" if why else "")) from None
+            try:  # a known scope whose segment the manager is rebuilding (lost, or of another version)
+                t = _segments.wait_for_segment(name, owner)
+            except TableError as e:
+                raise InvalidScopeError(f"scope {scope!r} can't be used: {e}") from None
+        t.on_stale = _segments.renew
         self.tables[scope] = t
+        _segments.watch()
         return t
 
     def wake_manager(self) -> None:

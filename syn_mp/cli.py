@@ -1,7 +1,7 @@
 """`syn-mp`: run a node's manager and look at what it holds.
 
 Exit status: 0 success, 1 a looked-up key is absent, 2 bad usage or no manager, 3 (`status`) the
-manager answers but is not doing its job (a failing loop, a scope it could not open).
+manager answers but is not doing its job (a failing loop, a scope it could not open or refuses).
 """
 from __future__ import annotations
 
@@ -251,6 +251,9 @@ def _cmd_status(args: argparse.Namespace, node: _client.Node) -> int:
             f"health    {'ok' if health['ok'] else 'FAILING: ' + '; '.join(health['problems'])}\n"
             + "".join(f"          {v['count']} x {k}: {v['last']}\n" for k, v in incidents.items())
             + "\n" + _table(rows, ["SCOPE", "NAMES", "MEMBERSHIPS", "ENTRIES", "HEAP"]))
+    refused = st.get("refused") or {}
+    if refused:  # the manager runs but can't serve these
+        text += "\nrefused scopes:\n" + "".join(f"  {s}: {why}\n" for s, why in refused.items())
     _emit(args, st, text)
     if not health["ok"]:
         print(f"syn-mp: the manager is not doing its job: {'; '.join(health['problems'])}", file=sys.stderr)

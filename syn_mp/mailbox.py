@@ -147,7 +147,10 @@ def open_mailbox() -> _Mailbox:
 
 
 def _forget_after_fork() -> None:
-    global _mbox, _sender
+    global _mbox, _sender, _mbox_lock
+    # a new lock: another thread of the parent may have held this one at the fork, and that thread
+    # does not exist in the child to release it (its first register or receive would hang)
+    _mbox_lock = threading.Lock()
     if _mbox is not None:
         _mbox.sock.close()  # the parent's mailbox is the parent's
     _mbox = _sender = None
