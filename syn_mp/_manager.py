@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import _config, _control
+from . import _config, _control, _procinfo
 from ._handlers import CallbackRunner
 from ._health import Incidents, Supervised
 from .events import to_event
@@ -31,6 +31,7 @@ from ._watch import make_watcher
 log = logging.getLogger("syn_mp.manager")
 
 SAFETY_TICK = 1.0  # seconds: rescan journals even if a wake datagram was lost
+SWEEP_EVERY = 30  # safety ticks between sweeps of dead processes' mailbox files
 STAY_AWAKE = 0.05  # seconds of quiet before the manager sleeps (and writes must wake it)
 POLL_AWAKE = 0.001  # while awake, how often the journals are looked at
 DRAIN_BUDGET = 20000  # journal records handled before the loop lets other work run
@@ -84,8 +85,7 @@ class Manager:
 
     def _take_lock(self) -> None:
         _config.ensure_runtime_dir(self.opts.rdir)
-        _config.mailbox_key(self.opts.rdir)  # made by the node's user before any process needs it
-        self._lockfd = os.open(self.paths.manager_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        self._lockfd = _config.create_file(self.paths.manager_lock, os.O_RDWR)
         try:
             fcntl.flock(self._lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -166,7 +166,7 @@ class Manager:
         state = {"node": self.opts.node, "pid": os.getpid(), "scopes": sorted(self.tables),
                  "refused": sorted(set(self.refused) - set(self.tables)), "strict": self.opts.strict}
         tmp = self.paths.state + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = _config.create_file(tmp, os.O_WRONLY | os.O_TRUNC)
         os.fchmod(fd, 0o600)  # whatever the umask, or the mode of a leftover tmp file
         with open(fd, "w", encoding="utf-8") as f:
             json.dump(state, f)
@@ -332,6 +332,7 @@ class Manager:
             # a live process never gets here (only dead identities are purged); once the retry's
             # watch() finds it dead again, the purge is repeated
             self._retry[(pid, start)] = reason
+        _unlink(self.paths.mailbox(pid, start))  # a killed process could not unlink its own
         key = "manager_restart" if reason == R_MANAGER_RESTART else "process_exit"
         self.purged[key] += n
         if n:
@@ -365,8 +366,27 @@ class Manager:
             except Exception:  # a malformed datagram must not escape the loop's reader callback
                 continue
 
+    def _sweep_mailboxes(self) -> None:
+        """Unlink the mailbox and reply sockets (mb.<pid>.<start>, rp.<pid>.<start>.<ref>) of processes
+        that died unwatched (a mailbox without a registration, a caller killed in multi_call)."""
+        try:
+            names = os.listdir(self.opts.rdir)
+        except OSError:
+            return
+        for name in names:
+            parts = name.split(".")
+            if parts[0] not in ("mb", "rp") or len(parts) < 3 or not (parts[1].isdigit() and parts[2].isdigit()):
+                continue
+            pid, start = int(parts[1]), int(parts[2])
+            if self.watcher.watching(pid) != start and _procinfo.start_time(pid) != start:
+                _unlink(os.path.join(self.opts.rdir, name))
+
     async def _tick(self) -> None:
+        ticks = 0
         while True:
+            if ticks % SWEEP_EVERY == 0:
+                self._sweep_mailboxes()
+            ticks += 1
             await asyncio.sleep(SAFETY_TICK)
             self._wake.set()
             if self._retry:
@@ -464,6 +484,12 @@ class Manager:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            # ctl.sock is 0600 in a 0700 dir; should another user reach it anyway (a dir opened up),
+            # it gets no answer: only our user and root may drive the manager
+            uid = _control.peer_uid(writer.get_extra_info("socket"))
+            if uid not in (os.geteuid(), 0):
+                log.warning("control connection from uid %d refused", uid)
+                return
             try:
                 line = await reader.readline()  # ValueError: a line over the reader's limit
                 req = json.loads(line)

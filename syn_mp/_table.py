@@ -160,6 +160,14 @@ _HIT = struct.Struct("=QQqII")  # synt_hit_t
 assert _HIT.size == ffi.sizeof("synt_hit_t")
 
 
+def _owned_by(name: str) -> str:
+    """ ", owned by uid N" for a segment's error message, when /dev/shm shows it."""
+    try:
+        return f", owned by uid {os.stat('/dev/shm' + name).st_uid}"
+    except OSError:
+        return ""
+
+
 class Table:
     """One scope's segment, mapped into this process."""
 
@@ -211,7 +219,12 @@ class Table:
     def create(cls, name: str, node: str, capacity: int, heap: int, journal: int,
                mode: int = 0o600, flags: int = 0) -> "Table":
         size = lib.synt_layout_size(capacity, heap, journal)
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=mode, size=size)
+        try:
+            shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=mode, size=size)
+        except posix_ipc.ExistentialError:  # made by someone else since we looked (maybe another user)
+            raise TableError(f"segment {name} already exists{_owned_by(name)}: refusing it") from None
+        except posix_ipc.Error as e:
+            raise TableError(f"cannot create segment {name}: {e}") from None
         try:
             os.fchmod(shm.fd, mode)  # O_CREAT honours the umask; the mode is the contract
             st = os.fstat(shm.fd)
@@ -235,6 +248,11 @@ class Table:
             shm = posix_ipc.SharedMemory(name)
         except posix_ipc.ExistentialError:
             return None
+        except posix_ipc.PermissionsError:  # another user's, mode 0600 (the usual default)
+            raise TableError(f"segment {name} can't be opened{_owned_by(name)}: permission denied, "
+                             "refusing it") from None
+        except posix_ipc.Error as e:
+            raise TableError(f"segment {name} can't be opened: {e}") from None
         try:
             st = os.fstat(shm.fd)
             if st.st_uid != (os.geteuid() if owner is None else owner):

@@ -114,7 +114,9 @@ def _key(args: argparse.Namespace, raw: str) -> Any:
     try:
         v = json.loads(raw)
     except ValueError as e:
-        raise UsageError(f"--json-key: {raw!r} is not JSON ({e})") from None
+        raise UsageError(f"--json-key: {raw[:60]!r} is not JSON ({e})") from None
+    except RecursionError:
+        raise UsageError("--json-key: the name is nested too deeply") from None
 
     def tup(x: Any) -> Any:
         if isinstance(x, list):
@@ -122,7 +124,10 @@ def _key(args: argparse.Namespace, raw: str) -> Any:
         if isinstance(x, dict):
             raise UsageError("--json-key: a name can't be a JSON object")
         return x
-    return tup(v)
+    try:
+        return tup(v)
+    except RecursionError:
+        raise UsageError("--json-key: the name is nested too deeply") from None
 
 
 # ---------------------------------------------------------------- commands
@@ -357,6 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "daemon":
             return _cmd_daemon(args)
         node = _client.use_runtime_dir(_config.runtime_dir(args.runtime_dir))
+        node.check_dir()  # another user's node (or a squatted dir): one line, exit 2
         return _COMMANDS[args.command](args, node)
     except UsageError as e:
         print(f"syn-mp: {e}", file=sys.stderr)

@@ -24,7 +24,11 @@ def join(scope: str, group: Any, pid: _pids.PidArg = None, meta: Any = None) -> 
     t = _table(scope)
     key = encode_name(group)
     m = _META_NONE if meta is None else encode_meta(meta)
-    p, start = _procinfo.self_identity() if pid is None else _pids.for_write(t, pid)
+    if pid is None:
+        p, start = _procinfo.self_identity()
+        open_mailbox()  # before the membership is written: a member can always be sent to
+    else:
+        p, start = _pids.for_write(t, pid)
     rc = _put_local(t.ptr, PG, key, len(key), p, start, m, len(m))
     while rc == ERETIRED and t.renew():  # the segment was replaced: t now maps the new one
         rc = _put_local(t.ptr, PG, key, len(key), p, start, m, len(m))
@@ -35,8 +39,6 @@ def join(scope: str, group: Any, pid: _pids.PidArg = None, meta: Any = None) -> 
     t.own_pg[(key, p)] = (start, m)  # the ledger: put back if the segment is rebuilt (_segments)
     if rc & WAKE:
         _wake()
-    if pid is None:
-        open_mailbox()
 
 
 def leave(scope: str, group: Any, pid: _pids.PidArg = None) -> None:

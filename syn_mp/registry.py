@@ -39,15 +39,17 @@ def register(scope: str, name: Any, pid: _pids.PidArg = None, meta: Any = None) 
         t = _table(scope)
     key = encode_name(name)
     m = _META_NONE if meta is None else encode_meta(meta)
-    p, start = _procinfo.self_identity() if pid is None else _pids.for_write(t, pid)
+    if pid is None:
+        p, start = _procinfo.self_identity()
+        open_mailbox()  # a process's first register opens its mailbox, before its entry is written
+    else:
+        p, start = _pids.for_write(t, pid)
     while True:
         rc = _put_local(t.ptr, REG, key, len(key), p, start, m, len(m))
         if rc >= 0:
             t.own_reg[key] = (p, start, m)  # the ledger: put back if the segment is rebuilt (_segments)
             if rc & WAKE:
                 _wake()
-            if pid is None:
-                open_mailbox()  # a process's first register opens its mailbox
             return
         if rc == ETAKEN:
             e = t.get(REG, key)
