@@ -337,7 +337,8 @@ int synt_node_id(synt_t *t, const char *name, uint32_t len, int create) {
     if (len == 0 || len > SYNT_MAX_NODE_NAME) return SYNT_ETOOBIG;
     int id = node_find(t, name, len);
     if (id >= 0 || !create) return id;
-    if (lock(t)) return SYNT_ELOCK;
+    int lr = lock(t);
+    if (lr) return lr;
     id = node_find(t, name, len);
     if (id < 0) {
         uint32_t n = nnodes_of(t);
@@ -480,15 +481,16 @@ static void announce(synt_t *t, int64_t pid, uint64_t start) {
     ST(h->wr.pending, at + 1);
 }
 
-uint64_t synt_watch_reset(synt_t *t) {
-    if (lock(t)) return 0;
+int64_t synt_watch_reset(synt_t *t) {
+    int lr = lock(t);
+    if (lr) return lr;
     hdr_t *h = H(t);
     /* Plain stores, no undo log: only writers read the filter, under the mutex, and a filter
      * left half cleared by a caller that died here only announces more than it must. */
     memset(h->w_seen, 0, sizeof(h->w_seen));
     uint64_t head = h->wr.head;
     unlock(t);
-    return head;
+    return (int64_t)head;
 }
 
 uint64_t synt_watch_head(synt_t *t) { return ring_head(&H(t)->wr); }
@@ -541,7 +543,8 @@ int synt_put(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, uint
     if (!args_ok(t, type, keylen, node, metalen)) return SYNT_ETOOBIG;
     hdr_t *h = H(t);
     uint64_t hk = hash_key(type, key, keylen);
-    if (lock(t)) return SYNT_ELOCK;
+    int lr = lock(t);
+    if (lr) return lr;
     int rc;
     ent_t o, e;
     view_t v = {t, NULL};
@@ -609,7 +612,8 @@ int synt_delete(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, u
     if (!args_ok(t, type, keylen, node, 0)) return SYNT_ETOOBIG;
     hdr_t *h = H(t);
     uint64_t hk = hash_key(type, key, keylen);
-    if (lock(t)) return SYNT_ELOCK;
+    int lr = lock(t);
+    if (lr) return lr;
     int rc = 0;
     ent_t o;
     view_t v = {t, NULL};
@@ -655,7 +659,8 @@ static uint32_t remove_kind(const ent_t *e) {
 
 int64_t synt_purge_pid(synt_t *t, uint32_t node, int64_t pid, uint64_t start, uint32_t reason,
                        uint32_t reason_node) {
-    if (lock(t)) return SYNT_ELOCK;
+    int lr = lock(t);
+    if (lr) return lr;
     int64_t n = 0;
     view_t v = {t, NULL};
     uint64_t o = R32(t, bucket_off(t, IX_PID, hash_pid(node, pid)));
@@ -677,7 +682,8 @@ int64_t synt_purge_pid(synt_t *t, uint32_t node, int64_t pid, uint64_t start, ui
 
 int64_t synt_purge_node(synt_t *t, uint32_t node, uint32_t reason, uint32_t reason_node) {
     if (node >= nnodes_of(t)) return SYNT_ENOTFOUND;
-    if (lock(t)) return SYNT_ELOCK;
+    int lr = lock(t);
+    if (lr) return lr;
     int64_t n = 0;
     view_t v = {t, NULL};
     uint64_t o;
@@ -694,7 +700,8 @@ int64_t synt_purge_node(synt_t *t, uint32_t node, uint32_t reason, uint32_t reas
 }
 
 int synt_set_flags(synt_t *t, uint64_t flags) {
-    if (lock(t)) return SYNT_ELOCK;
+    int lr = lock(t);
+    if (lr) return lr;
     op_begin(t);
     W(t, &H(t)->flags, flags);
     op_commit(t);
@@ -705,7 +712,8 @@ int synt_set_flags(synt_t *t, uint64_t flags) {
 uint64_t synt_flags(synt_t *t) { return LD(H(t)->flags); }
 
 int synt_repair(synt_t *t) {
-    if (lock(t)) return SYNT_ELOCK;
+    int lr = lock(t);
+    if (lr) return lr;
     unlock(t);
     return 0;
 }

@@ -35,7 +35,7 @@
 #define SYNT_EFULL (-3)      /* no room (entries, heap or nodes); nothing done  */
 #define SYNT_EMISMATCH (-4)  /* entry changed since read / held by another pid */
 #define SYNT_EBUFSMALL (-5)  /* caller's buffer too small; *needed says how much */
-#define SYNT_EBUSY (-6)      /* the mutex is held (synt_try_repair): nothing done */
+#define SYNT_EBUSY (-6)      /* the mutex is held past the handle's lock_wait_ns: nothing done */
 #define SYNT_ECORRUPT (-7)   /* an invariant does not hold                     */
 #define SYNT_ELOCK (-8)      /* the mutex is unusable                          */
 #define SYNT_ETOOBIG (-9)    /* key or meta larger than the table accepts      */
@@ -92,6 +92,9 @@ typedef struct {
     uint64_t journal_size;
     uint64_t heap_off;
     uint64_t nchunks;
+    /* writes through this handle wait at most this long for the mutex (0: as long as it takes),
+     * then return SYNT_EBUSY: the manager's purges must not stall its loop behind a stopped writer */
+    uint64_t lock_wait_ns;
 } synt_t;
 
 /* What a read or a write reports about one entry. */
@@ -217,9 +220,9 @@ int64_t synt_journal_read(synt_t *t, uint64_t *cursor, uint8_t *buf, uint64_t ca
 /* The announce ring: the (pid, start) of local processes that added or updated entries, each
  * announced again only when the ring's filter no longer remembers it. watch_reset clears the
  * filter (a manager calls it when it starts following, then scans the table) and returns the
- * head to read from; watch_read copies up to cap pairs from *cursor and advances it, or
- * returns SYNT_EOVERRUN (cursor moved to the head: reset and scan again). */
-uint64_t synt_watch_reset(synt_t *t);
+ * head to read from (< 0: a lock error); watch_read copies up to cap pairs from *cursor and
+ * advances it, or returns SYNT_EOVERRUN (cursor moved to the head: reset and scan again). */
+int64_t synt_watch_reset(synt_t *t);
 uint64_t synt_watch_head(synt_t *t);
 int64_t synt_watch_read(synt_t *t, uint64_t *cursor, int64_t *pids, uint64_t *starts, uint32_t cap);
 void synt_set_sleeping(synt_t *t, uint32_t sleeping);

@@ -134,7 +134,16 @@ static int took_lock(synt_t *t, int r) {
     return 0;
 }
 
-static int lock(synt_t *t) { return took_lock(t, pthread_mutex_lock(&H(t)->mutex)); }
+static int lock(synt_t *t) {
+    if (!t->lock_wait_ns) return took_lock(t, pthread_mutex_lock(&H(t)->mutex));
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t ns = (uint64_t)ts.tv_nsec + t->lock_wait_ns % 1000000000u;
+    ts.tv_sec += (time_t)(t->lock_wait_ns / 1000000000u + ns / 1000000000u);
+    ts.tv_nsec = (long)(ns % 1000000000u);
+    int r = pthread_mutex_clocklock(&H(t)->mutex, CLOCK_MONOTONIC, &ts);
+    return took_lock(t, r == ETIMEDOUT ? EBUSY : r);
+}
 
 /* 0 locked, SYNT_EBUSY held by a live writer (never waits), SYNT_ELOCK unusable */
 static int try_lock(synt_t *t) { return took_lock(t, pthread_mutex_trylock(&H(t)->mutex)); }

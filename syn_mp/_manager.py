@@ -31,6 +31,7 @@ from ._watch import make_watcher
 log = logging.getLogger("syn_mp.manager")
 
 SAFETY_TICK = 1.0  # seconds: rescan journals even if a wake datagram was lost
+PURGE_LOCK_WAIT = 0.05  # seconds a purge waits for a table's lock before it is put off
 SWEEP_EVERY = 30  # safety ticks between sweeps of dead processes' mailbox files
 STAY_AWAKE = 0.05  # seconds of quiet before the manager sleeps (and writes must wake it)
 POLL_AWAKE = 0.001  # while awake, how often the journals are looked at
@@ -321,7 +322,9 @@ class Manager:
         failed = False
         for scope, t in list(self.tables.items()):
             try:
-                rc = t.purge_pid(0, pid, start, reason)
+                # a writer stopped mid-write holds the lock: don't stall the loop behind it (status
+                # must answer, other scopes be served); the purge is tried again next tick
+                rc = t.purge_pid(0, pid, start, reason, wait=PURGE_LOCK_WAIT)
                 if rc < 0:
                     raise TableError(f"purge_pid returned {rc}")
                 n += rc

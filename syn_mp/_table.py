@@ -465,8 +465,15 @@ class Table:
         finally:
             self._pool.append(s)
 
-    def purge_pid(self, node: int, pid: int, start: int, reason: int, reason_node: int = 0) -> int:
-        return lib.synt_purge_pid(self._t, node, pid, start, reason, reason_node)
+    def purge_pid(self, node: int, pid: int, start: int, reason: int, reason_node: int = 0,
+                  wait: float = 0.0) -> int:
+        """Entries removed, or < 0; with `wait` > 0, EBUSY once the lock was held that long by
+        another writer (one stopped mid-write, say): the caller tries again later."""
+        self._t.lock_wait_ns = int(wait * 1e9)
+        try:
+            return lib.synt_purge_pid(self._t, node, pid, start, reason, reason_node)
+        finally:
+            self._t.lock_wait_ns = 0
 
     def purge_node(self, node: int, reason: int, reason_node: int = 0) -> int:
         return lib.synt_purge_node(self._t, node, reason, reason_node)
@@ -513,7 +520,10 @@ class Table:
     def announced(self) -> "AnnounceReader":
         """Clear the announce ring's filter and follow the ring from now (csrc/table.c, "the
         announce ring"): the manager's way to learn which processes to watch; scan the table after."""
-        return AnnounceReader(self, lib.synt_watch_reset(self._t))
+        head = lib.synt_watch_reset(self._t)
+        if head < 0:
+            raise TableError(f"table {self.name}: mutex unusable ({head})")
+        return AnnounceReader(self, head)
 
     def journal(self, cursor: int | None = None) -> "JournalReader":
         return JournalReader(self, self.journal_head() if cursor is None else cursor)

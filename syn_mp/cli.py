@@ -242,12 +242,64 @@ def _alive(pid: int) -> bool:
     return _procinfo.start_time(pid) is not None  # None for no process, and for a zombie
 
 
+LOCK_SLOW_S = 1.0  # a writer holding a scope's lock longer than this stalls every other writer
+_STATES = {"R": "running", "S": "sleeping", "D": "in I/O", "T": "stopped", "t": "stopped by a debugger",
+           "Z": "dead (a zombie)"}
+
+
+def _lock_holders(node: _client.Node) -> list[dict[str, Any]]:
+    """Writers holding a scope's lock longer than LOCK_SLOW_S, read from the segments themselves:
+    no manager is needed (one waiting behind the holder could not answer)."""
+    from ._table import Table, TableError
+    out = []
+    for scope in node.state().get("scopes", []):
+        try:
+            t = Table.attach(_config.segment_name(node.rdir, scope), _config.segment_owner(node.rdir))
+        except (TableError, OSError):
+            continue
+        if t is None:
+            continue
+        st = t.stats()
+        held = (time.monotonic_ns() - st["lock_since"]) / 1e9
+        if st["lock_holder"] and held > LOCK_SLOW_S:
+            out.append({"scope": scope, "pid": st["lock_holder"], "state": _proc_state(st["lock_holder"]),
+                        "held_s": round(held, 1)})
+    return out
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            code = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone (the next writer repairs its work)"
+    return _STATES.get(code, code)
+
+
+def _holder_lines(holders: list[dict[str, Any]]) -> list[str]:
+    return [f"writers of scope {h['scope']!r} wait: its lock is held by pid {h['pid']} ({h['state']}) "
+            f"for {h['held_s']:.0f}s" for h in holders]
+
+
 def _cmd_status(args: argparse.Namespace, node: _client.Node) -> int:
-    st = node.request("status")
+    try:
+        st = node.request("status")
+    except ManagerUnavailableError:
+        # a manager waiting behind a stopped writer can't answer: say who holds it up
+        waits = _holder_lines(_lock_holders(node))
+        if not waits:
+            raise
+        print(f"syn-mp: the manager does not answer: {'; '.join(waits)}", file=sys.stderr)
+        return EXIT_UNHEALTHY
     st.pop("ok", None)
+    holders = _lock_holders(node)
+    st["lock_holders"] = holders
     rows = [[s, str(v["reg_count"]), str(v["pg_count"]), f"{v['count']}/{v['capacity']}",
              f"{v['heap_used'] // 1024} KiB"] for s, v in st["scopes"].items()]
     health = st.get("health") or {"ok": True, "problems": [], "incidents": {}}
+    if holders:  # readers never wait (csrc/view.h); writers do, and must be told why
+        health = dict(health, ok=False, problems=[*health["problems"], *_holder_lines(holders)])
+        st["health"] = health
     incidents = health.get("incidents", {})
     text = (f"node      {st['node']}\nmanager   pid {st['pid']}, up {st['uptime']:.0f}s\n"
             f"runtime   {st['runtime_dir']}\nwatcher   {st['watcher']} ({_watched(st)})\n"

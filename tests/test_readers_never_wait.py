@@ -194,3 +194,41 @@ def test_a_writer_stopped_at_random_moments_through_the_api_delays_no_fresh_proc
 def _state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_status_names_a_writer_stopped_mid_write_and_the_manager_keeps_answering(node):
+    """Writers may wait behind a stopped writer, and the operator is told who holds them up: the
+    manager's own purges give up waiting for the lock (and retry), so it keeps answering, and
+    `syn-mp status` fails naming the holder's pid and state. Once the writer continues, the death
+    the manager could not purge meanwhile is purged."""
+    import syn_mp
+    victim = node.worker()
+    victim.call("register", "s", "victim")
+    stopper = node.python("""
+        import sys, syn_mp
+        from syn_mp._native import lib
+        syn_mp.add_node_to_scopes(["s"])
+        syn_mp.register("s", "warm")
+        print("ready", flush=True)
+        lib.synt_test_sigstop_after(3)
+        syn_mp.register("s", "stuck", meta={"x": 1})
+        print("done", flush=True)
+        sys.stdin.readline()
+    """)
+    assert stopper.stdout.readline().strip() == "ready"
+    wait_for(lambda: _state(stopper.pid) == "T", what="the writer stopped inside its write")
+    try:
+        time.sleep(1.2)  # past status's threshold for a slow holder
+        victim.kill()
+        r = node.cli("status", timeout=20)
+        assert r.returncode == 3, (r.stdout, r.stderr)
+        err = r.stderr.strip().splitlines()
+        assert len(err) == 1 and f"held by pid {stopper.pid} (stopped)" in err[0], r.stderr
+        assert syn_mp.lookup("s", "victim") is not None  # not purged yet: the lock is held
+        assert syn_mp.lookup("s", "stuck") is None  # readers see the state before the stopped write
+    finally:
+        os.kill(stopper.pid, signal.SIGCONT)
+    assert stopper.stdout.readline().strip() == "done"
+    wait_for(lambda: syn_mp.lookup("s", "victim") is None, timeout=5, what="the put-off purge")
+    assert syn_mp.lookup("s", "stuck") is not None
+    assert node.cli("status").returncode == 0
