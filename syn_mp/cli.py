@@ -31,13 +31,18 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="syn-mp", description="Syn's process registry for OS processes.")
-    p.add_argument("--runtime-dir", help="the node's runtime dir (default: $SYN_MP_RUNTIME_DIR, "
-                   "$XDG_RUNTIME_DIR/syn_mp, /tmp/syn_mp-<uid>)")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
-    p.add_argument("--json-key", action="store_true", help="parse NAME and GROUP as JSON (arrays become tuples)")
+    _global_options(p, default=None)
+    # the global options are accepted after the command too (`syn-mp daemon --runtime-dir DIR`, as
+    # unit files write it): each command repeats them with no default, so that one given before the
+    # command is not overwritten by the command's parser
+    common = _Parser(add_help=False)
+    _global_options(common, default=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    d = sub.add_parser("daemon", help="run this node's manager in the foreground")
+    def command(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kw)
+
+    d = command("daemon", help="run this node's manager in the foreground")
     d.add_argument("--node", help="node name (default: $SYN_MP_NODE, else the host name)")
     d.add_argument("--strict", action="store_true", default=None,
                    help="every write must name the calling process (also SYN_MP_STRICT=1)")
@@ -59,26 +64,35 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     d.add_argument("--detach", action="store_true", help=argparse.SUPPRESS)
 
-    sub.add_parser("stop", help="stop the manager (registrations stay in shared memory)")
-    sub.add_parser("status", help="the manager's state; exit 3 when it is not doing its job (a health check)")
-    sub.add_parser("scopes", help="the scopes of this node")
-    lk = sub.add_parser("lookup", help="who holds NAME")
+    command("stop", help="stop the manager (registrations stay in shared memory)")
+    command("status", help="the manager's state; exit 3 when it is not doing its job (a health check)")
+    command("scopes", help="the scopes of this node")
+    lk = command("lookup", help="who holds NAME")
     lk.add_argument("scope")
     lk.add_argument("name")
-    rg = sub.add_parser("registry", help="the names of a scope")
+    rg = command("registry", help="the names of a scope")
     rg.add_argument("scope")
     rg.add_argument("--node", help="only this node's names")
-    gr = sub.add_parser("groups", help="the groups of a scope")
+    gr = command("groups", help="the groups of a scope")
     gr.add_argument("scope")
-    mb = sub.add_parser("members", help="the members of a group")
+    mb = command("members", help="the members of a group")
     mb.add_argument("scope")
     mb.add_argument("group")
-    nd = sub.add_parser("nodes", help="this node and the nodes that share the scope")
+    nd = command("nodes", help="this node and the nodes that share the scope")
     nd.add_argument("scope")
-    wt = sub.add_parser("watch", help="stream the scope's events as they happen (Ctrl-C to stop)")
+    wt = command("watch", help="stream the scope's events as they happen (Ctrl-C to stop)")
     wt.add_argument("scope")
     wt.add_argument("--timeout", type=float, default=None, help="stop after this many seconds without an event")
     return p
+
+
+def _global_options(p: argparse.ArgumentParser, default: Any) -> None:
+    p.add_argument("--runtime-dir", default=default, help="the node's runtime dir (default: $SYN_MP_RUNTIME_DIR, "
+                   "$XDG_RUNTIME_DIR/syn_mp, /tmp/syn_mp-<uid>)")
+    flag = False if default is None else default
+    p.add_argument("--json", action="store_true", default=flag, help="print one JSON document")
+    p.add_argument("--json-key", action="store_true", default=flag,
+                   help="parse NAME and GROUP as JSON (arrays become tuples)")
 
 
 # ------------------------------------------------------------------ output

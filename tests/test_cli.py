@@ -116,3 +116,31 @@ def test_python_dash_m_is_the_same_cli(node):
     import sys
     r = subprocess.run([sys.executable, "-m", "syn_mp", "--help"], capture_output=True, text=True, env=node.env)
     assert r.returncode == 0 and "registry" in r.stdout
+
+
+def test_global_options_after_the_command(make_node):
+    """`syn-mp daemon --runtime-dir DIR`, as unit files write it (issue 15, 1): the global options are
+    accepted on both sides of the command, and one before the command is not lost."""
+    import subprocess
+    import sys
+    n = make_node()
+    env = {k: v for k, v in n.env.items() if k != "SYN_MP_RUNTIME_DIR"}  # only the option names the dir
+    with open(os.path.join(n.rdir, "daemon.log"), "ab") as log:
+        p = subprocess.Popen([sys.executable, "-m", "syn_mp", "daemon", "--node", "late", "--runtime-dir", n.rdir],
+                             env=env, stdout=log, stderr=log)
+    n.procs.append(p)
+    wait_for(lambda: n.manager_pid() == p.pid or p.poll() is not None, what="daemon up")
+    assert p.poll() is None, open(os.path.join(n.rdir, "daemon.log")).read()
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "syn_mp", *args], env=env, capture_output=True, text=True,
+                              timeout=30)
+    for argv in (["status", "--runtime-dir", n.rdir, "--json"], ["--json", "status", "--runtime-dir", n.rdir],
+                 ["--runtime-dir", n.rdir, "status", "--json"], ["--runtime-dir", n.rdir, "--json", "status"]):
+        r = cli(*argv)
+        assert r.returncode == 0, (argv, r.stderr)
+        assert json.loads(r.stdout)["node"] == "late", argv
+    r = cli("scopes", "--runtime-dir", n.rdir, "--json", "--json-key")
+    assert r.returncode == 0 and json.loads(r.stdout) == [], r.stderr
+    assert cli("stop", "--runtime-dir", n.rdir).returncode == 0
+    wait_for(lambda: p.poll() is not None, what="daemon exit")
