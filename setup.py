@@ -42,7 +42,7 @@ setup(
         "psutil>=5.9",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis"],
+        "test": ["pytest", "hypothesis", "build"],
         # the servers syn_mp.contrib integrates with, for its tests (./dev test installs them)
         "integrations": ["gunicorn>=21", "uvicorn>=0.30", "celery[redis]>=5.3", "redis>=4"],
         "bench": ["UltraDict", "redis", "matplotlib"],

@@ -584,4 +584,10 @@ def _raise_fd_limit() -> None:
 
 
 def serve(opts: Options) -> None:
-    asyncio.run(Manager(opts).run())
+    asyncio.run(_serve(opts))
+
+
+async def _serve(opts: Options) -> None:
+    # the Manager is made inside the running loop: on Python 3.9 an asyncio.Event made before
+    # asyncio.run binds to another loop, and the first wait on it raises
+    await Manager(opts).run()

@@ -1,0 +1,83 @@
+"""Every declared Python, installed as a user installs: `python -m build` makes the sdist and, from
+it, the wheel; each CPython of this machine from the declared minimum up (tests/pythons.py) gets a
+fresh venv and runs the smoke (tests/smoke_install.py: manager, registry, a process's death). The
+default interpreter installs the wheel; the others build the sdist, as pip does for them.
+
+Where only the default interpreter is found (a machine without pyenv), the smoke runs on it alone and
+a warning says which versions were not tried: README, "Tests".
+"""
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+from typing import Iterator
+
+import pytest
+
+from conftest import ROOT
+from pythons import declared_minimum, find_pythons, pyenv_versions_dir
+
+PYTHONS = find_pythons()
+
+
+@pytest.fixture(scope="session")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The sdist and the wheel, built once for the session: {"sdist": path, "wheel": path}."""
+    out = tmp_path_factory.mktemp("dist")
+    r = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), ROOT], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    sdists, wheels = glob.glob(str(out / "*.tar.gz")), glob.glob(str(out / "*.whl"))
+    assert len(sdists) == 1 and len(wheels) == 1, os.listdir(out)
+    return {"sdist": sdists[0], "wheel": wheels[0]}
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[str]:
+    d = tempfile.mkdtemp(prefix="synmp-", dir="/tmp")  # AF_UNIX paths must stay under 108 bytes
+    yield d
+    subprocess.run(["rm", "-rf", d], check=False)
+
+
+def fresh_venv(python: str, where: str) -> str:
+    """A venv of `python` without pip (the test venv's pip installs into it: quicker than ensurepip)."""
+    venv = os.path.join(where, "venv")
+    r = subprocess.run([python, "-m", "venv", "--without-pip", venv], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return os.path.join(venv, "bin", "python")
+
+
+def pip_install(vpython: str, what: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", vpython, "install", "-q",
+                        "--disable-pip-version-check", what], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def smoke(vpython: str, where: str) -> str:
+    r = subprocess.run([vpython, os.path.join(ROOT, "tests", "smoke_install.py"), os.path.join(where, "rt")],
+                       capture_output=True, text=True, timeout=120,
+                       cwd=where)  # not the checkout: its syn_mp must not be imported
+    assert r.returncode == 0 and "smoke ok" in r.stdout, r.stdout + r.stderr
+    return r.stdout.strip()
+
+
+@pytest.mark.parametrize("version", sorted(PYTHONS), ids=lambda v: f"{v[0]}.{v[1]}")
+def test_install_and_smoke(version: tuple[int, int], dist: dict[str, str], short_tmp: str) -> None:
+    vpython = fresh_venv(PYTHONS[version], short_tmp)
+    default = version == sys.version_info[:2]
+    pip_install(vpython, dist["wheel"] if default else dist["sdist"])
+    print(smoke(vpython, short_tmp))
+
+
+def test_the_declared_pythons_were_found() -> None:
+    """Says which declared versions this machine lacks; fails only if the default one is below the minimum."""
+    assert sys.version_info[:2] >= declared_minimum()
+    missing = [f"3.{m}" for m in range(declared_minimum()[1], sys.version_info[1]) if (3, m) not in PYTHONS]
+    if missing:
+        warnings.warn(f"the install smoke did not run on Python {', '.join(missing)}: not found in "
+                      f"{pyenv_versions_dir()} nor as python3.N on PATH (ran on "
+                      f"{', '.join(f'{a}.{b}' for a, b in PYTHONS)})")
