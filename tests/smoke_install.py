@@ -1,6 +1,7 @@
 """The install smoke, run by a fresh venv's python (tests/test_install.py): the syn_mp installed in that
-venv (never the checkout's) starts its manager, a child process registers a name and dies, and the
-manager purges the name; `syn-mp status` from the venv's bin/ answers. Prints one line, "smoke ok ...".
+venv (never the checkout's) starts its manager, a bytes subclass goes through the codec, a multi_call
+times out, a child process registers a name and dies and the manager purges the name, and
+`syn-mp status` from the venv's bin/ answers. Prints one line, "smoke ok ...".
 
 Usage: python smoke_install.py RUNTIME_DIR
 """
@@ -28,6 +29,13 @@ def main() -> None:
     if not os.path.realpath(syn_mp.__file__).startswith(here + os.sep):
         raise SystemExit(f"smoke FAILED: syn_mp comes from {syn_mp.__file__}, not from the venv {here}")
     syn_mp.add_node_to_scopes(["smoke"])  # starts the manager
+    class Raw(bytes):  # a subclass counts as its base type (the codec's exact-type path)
+        pass
+    syn_mp.register("smoke", Raw(b"raw"), meta=(Raw(b"\x00"), 1.5))
+    assert syn_mp.lookup("smoke", b"raw") == (syn_mp.Pid("smoke", os.getpid()), (b"\x00", 1.5))
+    syn_mp.join("smoke", "quiet")  # a member that never answers: multi_call's wait times out
+    replies, bad = syn_mp.multi_call("smoke", "quiet", "ping", timeout=0.2)
+    assert replies == [] and bad == [(syn_mp.Pid("smoke", os.getpid()), None)], (replies, bad)
     child = subprocess.Popen([sys.executable, "-c", (
         "import sys, syn_mp\n"
         "syn_mp.add_node_to_scopes(['smoke'])\n"
