@@ -378,7 +378,7 @@ class Manager:
             if parts[0] not in ("mb", "rp") or len(parts) < 3 or not (parts[1].isdigit() and parts[2].isdigit()):
                 continue
             pid, start = int(parts[1]), int(parts[2])
-            if self.watcher.watching(pid) != start and _procinfo.start_time(pid) != start:
+            if not self.watcher.has(pid, start) and _procinfo.start_time(pid) != start:
                 _unlink(os.path.join(self.opts.rdir, name))
 
     async def _tick(self) -> None:

@@ -71,6 +71,22 @@ def test_install_and_smoke(version: tuple[int, int], dist: dict[str, str], short
     default = version == sys.version_info[:2]
     pip_install(vpython, dist["wheel"] if default else dist["sdist"])
     print(smoke(vpython, short_tmp))
+    if default:
+        users_checker_sees_the_hints(vpython, short_tmp)
+
+
+def users_checker_sees_the_hints(vpython: str, where: str) -> None:
+    """The installed package is typed (py.typed, PEP 561): a user's mypy reads its hints and catches a
+    wrong use, where an untyped package would only be reported as 'missing library stubs'."""
+    pytest.importorskip("mypy")  # the test extra has it on Python >= 3.10
+    user = os.path.join(where, "user.py")
+    with open(user, "w") as f:
+        f.write("import syn_mp\nn: int = syn_mp.node_name()\n")
+    r = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", "--python-executable", vpython, user],
+                       capture_output=True, text=True, timeout=300, cwd=where)
+    assert 'Incompatible types in assignment (expression has type "str", variable has type "int")' in r.stdout, \
+        r.stdout + r.stderr
+    assert "py.typed" not in r.stdout, r.stdout
 
 
 def test_the_declared_pythons_were_found() -> None:
