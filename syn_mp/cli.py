@@ -312,11 +312,23 @@ def _cmd_lookup(args: argparse.Namespace, node: _client.Node) -> int:
 
 def _cmd_registry(args: argparse.Namespace, node: _client.Node) -> int:
     from . import registry_entries
-    entries = sorted(registry_entries(args.scope, args.node), key=lambda e: (e[1], repr(e[0])))
+    # by name, as people read a registry (a replacement's row where its name sorts, not last); names
+    # of different types (str, tuple, ...) don't compare: ordered by type name first
+    entries = sorted(registry_entries(args.scope, args.node), key=lambda e: _name_order(e[0]))
     doc = [{"name": n, "node": p.node, "pid": p.pid, "meta": m} for n, p, m in entries]
     rows = [[_show(n), p.node, str(p.pid), _show(m)] for n, p, m in entries]
     _emit(args, doc, _table(rows, ["NAME", "NODE", "PID", "META"]))
     return EXIT_OK
+
+
+def _name_order(name: Any) -> tuple[Any, ...]:
+    if isinstance(name, tuple):
+        return ("tuple", tuple(_name_order(x) for x in name))
+    if isinstance(name, (int, float)) and not isinstance(name, bool):
+        return ("number", name)
+    if isinstance(name, (str, bytes)):
+        return (type(name).__name__, name)
+    return (type(name).__name__, repr(name))
 
 
 def _cmd_groups(args: argparse.Namespace, node: _client.Node) -> int:
@@ -350,8 +362,19 @@ def _cmd_nodes(args: argparse.Namespace, node: _client.Node) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace, node: _client.Node) -> int:
-    from . import events
-    stream = events(args.scope, timeout=args.timeout)
+    from .events import events, events_since_creation
+    _config.check_scope(args.scope)
+    try:
+        stream = events(args.scope, timeout=args.timeout)
+    except InvalidScopeError as err:
+        if "not added" not in str(err):
+            raise  # a scope that can't be used (another user's segment): no use waiting
+        # not there yet: wait for it (to see the first workers join), then follow it from its start
+        print(f"syn-mp: scope {args.scope!r} does not exist on this node yet: waiting for it (Ctrl-C to stop)",
+              file=sys.stderr, flush=True)
+        stream = _when_created(args.scope, args.timeout, events_since_creation)
+        if stream is None:
+            return EXIT_OK  # --timeout passed: no event, as for a quiet scope
     print(f"syn-mp: watching scope {args.scope!r} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     for e in stream:
         if args.json:
@@ -362,6 +385,20 @@ def _cmd_watch(args: argparse.Namespace, node: _client.Node) -> int:
             print(f"{e.kind:<16}  {_show(e.key)}  {e.pid.node}  {e.pid.pid}  meta={_show(e.meta)}  "
                   f"reason={_show(e.reason)}", flush=True)
     return EXIT_OK
+
+
+def _when_created(scope: str, timeout: float | None, follow: Any) -> Any:
+    """The scope's events from its creation on, once it exists; None if `timeout` s pass first."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            return follow(scope, timeout)
+        except InvalidScopeError as err:
+            if "not added" not in str(err):  # see _client.Node.table
+                raise
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
 
 
 _COMMANDS = {"stop": _cmd_stop, "status": _cmd_status, "scopes": _cmd_scopes, "lookup": _cmd_lookup,
