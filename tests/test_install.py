@@ -36,6 +36,35 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"sdist": sdists[0], "wheel": wheels[0]}
 
 
+def test_dist_is_ready_for_the_index(dist: dict[str, str]) -> None:
+    """twine's check of what PyPI would render and accept; the wheel carries py.typed and the C
+    extension, the sdist the C sources."""
+    r = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", dist["sdist"], dist["wheel"]],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.count("PASSED") == 2, r.stdout + r.stderr
+    import tarfile
+    import zipfile
+    names = zipfile.ZipFile(dist["wheel"]).namelist()
+    assert "syn_mp/py.typed" in names and any(n.startswith("syn_mp/_native") and n.endswith(".so") for n in names)
+    with tarfile.open(dist["sdist"]) as tf:
+        members = {m.split("/", 1)[1] for m in tf.getnames() if "/" in m}
+    assert {"csrc/table.c", "syn_mp/py.typed", "setup.py", "pyproject.toml", "README.md"} <= members, members
+
+
+def test_cibuildwheel_builds_manylinux_wheels_for_every_declared_python() -> None:
+    """The release configuration (pyproject.toml, [tool.cibuildwheel]): one manylinux wheel per
+    CPython from the declared minimum up. Building them needs docker (`./dev release`); the plan is
+    checked here."""
+    r = subprocess.run([sys.executable, "-m", "cibuildwheel", "--print-build-identifiers", "--platform", "linux"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    ids = r.stdout.split()
+    lo = declared_minimum()[1]
+    assert ids and all("manylinux" in i for i in ids), ids
+    assert {i.split("-")[0] for i in ids} == {f"cp3{m}" for m in range(lo, lo + len(ids))}, ids
+    assert ids[0].startswith(f"cp3{lo}-"), ids
+
+
 @pytest.fixture
 def short_tmp() -> Iterator[str]:
     d = tempfile.mkdtemp(prefix="synmp-", dir="/tmp")  # AF_UNIX paths must stay under 108 bytes
