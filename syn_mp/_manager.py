@@ -55,6 +55,7 @@ class Options:
     event_handler: Any = None  # an object with Syn's callbacks (see _handlers)
     cluster: Any = None        # _cluster.ClusterOptions, or None for a node alone
     handler_timeout: float = 5.0
+    metrics: tuple[str, int] | None = None  # serve Prometheus metrics on (host, port) (see _metrics)
 
 
 class Manager:
@@ -80,6 +81,7 @@ class Manager:
         # identities whose watch or purge raised: tried again every SAFETY_TICK, so none is lost
         self._retry: dict[tuple[int, int], int] = {}  # (pid, start) -> reason
         self._faults = _test_faults()
+        self.metrics: Any = None
 
     # ------------------------------------------------------------ start / stop
 
@@ -97,6 +99,9 @@ class Manager:
         self._take_lock()
         loop = asyncio.get_running_loop()
         _raise_fd_limit()
+        if self.opts.metrics is not None:  # first: a taken address ends the start before anything is set up
+            from ._metrics import MetricsServer
+            self.metrics = MetricsServer(*self.opts.metrics, self._metrics_status)
         self.watcher = make_watcher(self.opts.watcher, loop, self._on_exit, self.incidents)
         for scope in self._known_scopes():
             try:
@@ -149,6 +154,8 @@ class Manager:
             for p in (self.paths.ctl, self.paths.wake, self.paths.relay):
                 _unlink(p)
             self.watcher.close()
+            if self.metrics is not None:
+                self.metrics.close()
             os.close(self._lockfd)
             log.info("manager of node %r stopped; registrations stay in shared memory", self.opts.node)
 
@@ -542,6 +549,9 @@ class Manager:
             return {"ok": True, "pid": os.getpid()}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
+
+    def _metrics_status(self) -> dict[str, Any]:
+        return {**self._handle({"op": "status"}), "started": self.started}
 
     def health(self) -> dict[str, Any]:
         """Whether the manager does its job; `problems` (one line each) make `syn-mp status` fail."""

@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="an object with Syn's callbacks (on_process_registered, ...), called in the manager")
     d.add_argument("--capacity", type=int, default=None,
                    help="entries per scope table for scopes this manager creates (also SYN_MP_CAPACITY)")
+    d.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics (needs syn_mp[metrics])")
     d.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     d.add_argument("--detach", action="store_true", help=argparse.SUPPRESS)
 
@@ -148,6 +150,7 @@ def _key(args: argparse.Namespace, raw: str) -> Any:
 
 def _cmd_daemon(args: argparse.Namespace) -> int:
     from . import _manager
+    from ._metrics import MetricsError
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     strict = args.strict if args.strict is not None else os.environ.get("SYN_MP_STRICT", "") in ("1", "true", "yes")
@@ -169,14 +172,20 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     opts = _manager.Options(
         rdir=_config.runtime_dir(args.runtime_dir), node=_config.default_node_name(args.node), strict=strict,
         watcher=args.watcher or os.environ.get("SYN_MP_WATCHER", "auto"), capacity=capacity, journal=journal,
-        event_handler=handler, cluster=cluster)
+        event_handler=handler, cluster=cluster,
+        metrics=_hostport(args.metrics, "--metrics") if args.metrics else None)
+    if opts.metrics is not None:
+        try:
+            import prometheus_client  # noqa: F401  (said before the daemon starts, not in its log)
+        except ImportError:
+            raise UsageError("--metrics needs prometheus_client: pip install 'syn_mp[metrics]'") from None
     if args.detach and os.fork() > 0:
         return EXIT_OK  # the client that spawned us waits for the socket, not for this process
     if args.detach:
         os.setsid()
     try:
         _manager.serve(opts)
-    except (_manager.AlreadyRunning, PermissionError) as e:
+    except (_manager.AlreadyRunning, PermissionError, MetricsError) as e:
         print(f"syn-mp: {e}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
