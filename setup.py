@@ -46,7 +46,8 @@ setup(
     extras_require={
         "test": ["pytest", "hypothesis", "build", "twine", "cibuildwheel", "mypy>=2.4,<3; python_version >= '3.10'"],
         # the servers syn_mp.contrib integrates with, for its tests (./dev test installs them)
-        "integrations": ["gunicorn>=21", "uvicorn>=0.30", "celery[redis]>=5.3", "redis>=4", "fastapi"],
+        "integrations": ["gunicorn>=21", "uvicorn>=0.30", "hypercorn>=0.16", "celery[redis]>=5.3", "redis>=4",
+                         "fastapi"],
         # `syn-mp daemon --metrics HOST:PORT` (./dev test installs it)
         "metrics": ["prometheus_client>=0.17"],
         "bench": ["UltraDict", "redis", "matplotlib"],
