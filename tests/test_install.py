@@ -16,6 +16,7 @@ import tempfile
 import warnings
 from typing import Iterator
 
+import psutil
 import pytest
 
 from conftest import ROOT
@@ -69,6 +70,12 @@ def test_cibuildwheel_builds_manylinux_wheels_for_every_declared_python() -> Non
 def short_tmp() -> Iterator[str]:
     d = tempfile.mkdtemp(prefix="synmp-", dir="/tmp")  # AF_UNIX paths must stay under 108 bytes
     yield d
+    for p in psutil.process_iter():  # a manager a failed smoke left running, by pid
+        try:
+            if p.pid != os.getpid() and any(d in arg for arg in p.cmdline()):
+                p.kill()
+        except psutil.Error:
+            pass
     subprocess.run(["rm", "-rf", d], check=False)
 
 
