@@ -30,8 +30,10 @@ setup(
         "Operating System :: POSIX :: Linux",
         "Programming Language :: Python :: 3",
         "Programming Language :: C",
+        "Typing :: Typed",
     ],
     packages=sorted(set(["syn_mp"] + find_packages(include=["syn_mp", "syn_mp.*"]))),
+    package_data={"syn_mp": ["py.typed"]},  # PEP 561: users' type checkers read syn_mp's hints
     python_requires=">=3.9",
     setup_requires=["cffi>=1.15"],
     cffi_modules=["syn_mp/_build_native.py:ffibuilder"],
@@ -42,9 +44,12 @@ setup(
         "psutil>=5.9",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis"],
+        "test": ["pytest", "hypothesis", "build", "twine", "cibuildwheel", "mypy>=2.4,<3; python_version >= '3.10'"],
         # the servers syn_mp.contrib integrates with, for its tests (./dev test installs them)
-        "integrations": ["gunicorn>=21", "uvicorn>=0.30", "celery[redis]>=5.3", "redis>=4"],
+        "integrations": ["gunicorn>=21", "uvicorn>=0.30", "hypercorn>=0.16", "celery[redis]>=5.3", "redis>=4",
+                         "fastapi"],
+        # `syn-mp daemon --metrics HOST:PORT` (./dev test installs it)
+        "metrics": ["prometheus_client>=0.17"],
         "bench": ["UltraDict", "redis", "matplotlib"],
     },
     entry_points={

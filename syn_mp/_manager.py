@@ -56,6 +56,7 @@ class Options:
     event_handler: Any = None  # an object with Syn's callbacks (see _handlers)
     cluster: Any = None        # _cluster.ClusterOptions, or None for a node alone
     handler_timeout: float = 5.0
+    metrics: tuple[str, int] | None = None  # serve Prometheus metrics on (host, port) (see _metrics)
 
 
 class Manager:
@@ -81,6 +82,7 @@ class Manager:
         # identities whose watch or purge raised: tried again every SAFETY_TICK, so none is lost
         self._retry: dict[tuple[int, int], int] = {}  # (pid, start) -> reason
         self._faults = _test_faults()
+        self.metrics: Any = None
 
     # ------------------------------------------------------------ start / stop
 
@@ -98,6 +100,9 @@ class Manager:
         self._take_lock()
         loop = asyncio.get_running_loop()
         _raise_fd_limit()
+        if self.opts.metrics is not None:  # first: a taken address ends the start before anything is set up
+            from ._metrics import MetricsServer
+            self.metrics = MetricsServer(*self.opts.metrics, self._metrics_status)
         self.watcher = make_watcher(self.opts.watcher, loop, self._on_exit, self.incidents)
         for scope in self._known_scopes():
             try:
@@ -150,6 +155,8 @@ class Manager:
             for p in (self.paths.ctl, self.paths.wake, self.paths.relay):
                 _unlink(p)
             self.watcher.close()
+            if self.metrics is not None:
+                self.metrics.close()
             os.close(self._lockfd)
             log.info("manager of node %r stopped; registrations stay in shared memory", self.opts.node)
 
@@ -381,7 +388,7 @@ class Manager:
             if parts[0] not in ("mb", "rp") or len(parts) < 3 or not (parts[1].isdigit() and parts[2].isdigit()):
                 continue
             pid, start = int(parts[1]), int(parts[2])
-            if self.watcher.watching(pid) != start and _procinfo.start_time(pid) != start:
+            if not self.watcher.has(pid, start) and _procinfo.start_time(pid) != start:
                 _unlink(os.path.join(self.opts.rdir, name))
 
     async def _tick(self) -> None:
@@ -546,6 +553,9 @@ class Manager:
         return {"ok": False, "error": f"unknown op {op!r}"}
 
 
+    def _metrics_status(self) -> dict[str, Any]:
+        return {**self._handle({"op": "status"}), "started": self.started}
+
     def health(self) -> dict[str, Any]:
         """Whether the manager does its job; `problems` (one line each) make `syn-mp status` fail."""
         problems = [f"scope {s!r} could not be opened: {e}" for s, e in sorted(self.refused.items())]
@@ -587,4 +597,10 @@ def _raise_fd_limit() -> None:
 
 
 def serve(opts: Options) -> None:
-    asyncio.run(Manager(opts).run())
+    asyncio.run(_serve(opts))
+
+
+async def _serve(opts: Options) -> None:
+    # the Manager is made inside the running loop: on Python 3.9 an asyncio.Event made before
+    # asyncio.run binds to another loop, and the first wait on it raises
+    await Manager(opts).run()

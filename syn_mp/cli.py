@@ -31,13 +31,18 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="syn-mp", description="Syn's process registry for OS processes.")
-    p.add_argument("--runtime-dir", help="the node's runtime dir (default: $SYN_MP_RUNTIME_DIR, "
-                   "$XDG_RUNTIME_DIR/syn_mp, /tmp/syn_mp-<uid>)")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
-    p.add_argument("--json-key", action="store_true", help="parse NAME and GROUP as JSON (arrays become tuples)")
+    _global_options(p, default=None)
+    # the global options are accepted after the command too (`syn-mp daemon --runtime-dir DIR`, as
+    # unit files write it): each command repeats them with no default, so that one given before the
+    # command is not overwritten by the command's parser
+    common = _Parser(add_help=False)
+    _global_options(common, default=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    d = sub.add_parser("daemon", help="run this node's manager in the foreground")
+    def command(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kw)
+
+    d = command("daemon", help="run this node's manager in the foreground")
     d.add_argument("--node", help="node name (default: $SYN_MP_NODE, else the host name)")
     d.add_argument("--strict", action="store_true", default=None,
                    help="every write must name the calling process (also SYN_MP_STRICT=1)")
@@ -56,29 +61,40 @@ def _parser() -> argparse.ArgumentParser:
                    help="an object with Syn's callbacks (on_process_registered, ...), called in the manager")
     d.add_argument("--capacity", type=int, default=None,
                    help="entries per scope table for scopes this manager creates (also SYN_MP_CAPACITY)")
+    d.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics (needs syn_mp[metrics])")
     d.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     d.add_argument("--detach", action="store_true", help=argparse.SUPPRESS)
 
-    sub.add_parser("stop", help="stop the manager (registrations stay in shared memory)")
-    sub.add_parser("status", help="the manager's state; exit 3 when it is not doing its job (a health check)")
-    sub.add_parser("scopes", help="the scopes of this node")
-    lk = sub.add_parser("lookup", help="who holds NAME")
+    command("stop", help="stop the manager (registrations stay in shared memory)")
+    command("status", help="the manager's state; exit 3 when it is not doing its job (a health check)")
+    command("scopes", help="the scopes of this node")
+    lk = command("lookup", help="who holds NAME")
     lk.add_argument("scope")
     lk.add_argument("name")
-    rg = sub.add_parser("registry", help="the names of a scope")
+    rg = command("registry", help="the names of a scope")
     rg.add_argument("scope")
     rg.add_argument("--node", help="only this node's names")
-    gr = sub.add_parser("groups", help="the groups of a scope")
+    gr = command("groups", help="the groups of a scope")
     gr.add_argument("scope")
-    mb = sub.add_parser("members", help="the members of a group")
+    mb = command("members", help="the members of a group")
     mb.add_argument("scope")
     mb.add_argument("group")
-    nd = sub.add_parser("nodes", help="this node and the nodes that share the scope")
+    nd = command("nodes", help="this node and the nodes that share the scope")
     nd.add_argument("scope")
-    wt = sub.add_parser("watch", help="stream the scope's events as they happen (Ctrl-C to stop)")
+    wt = command("watch", help="stream the scope's events as they happen (Ctrl-C to stop)")
     wt.add_argument("scope")
     wt.add_argument("--timeout", type=float, default=None, help="stop after this many seconds without an event")
     return p
+
+
+def _global_options(p: argparse.ArgumentParser, default: Any) -> None:
+    p.add_argument("--runtime-dir", default=default, help="the node's runtime dir (default: $SYN_MP_RUNTIME_DIR, "
+                   "$XDG_RUNTIME_DIR/syn_mp, /tmp/syn_mp-<uid>)")
+    flag = False if default is None else default
+    p.add_argument("--json", action="store_true", default=flag, help="print one JSON document")
+    p.add_argument("--json-key", action="store_true", default=flag,
+                   help="parse NAME and GROUP as JSON (arrays become tuples)")
 
 
 # ------------------------------------------------------------------ output
@@ -134,6 +150,7 @@ def _key(args: argparse.Namespace, raw: str) -> Any:
 
 def _cmd_daemon(args: argparse.Namespace) -> int:
     from . import _manager
+    from ._metrics import MetricsError
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     strict = args.strict if args.strict is not None else os.environ.get("SYN_MP_STRICT", "") in ("1", "true", "yes")
@@ -155,14 +172,20 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     opts = _manager.Options(
         rdir=_config.runtime_dir(args.runtime_dir), node=_config.default_node_name(args.node), strict=strict,
         watcher=args.watcher or os.environ.get("SYN_MP_WATCHER", "auto"), capacity=capacity, journal=journal,
-        event_handler=handler, cluster=cluster)
+        event_handler=handler, cluster=cluster,
+        metrics=_hostport(args.metrics, "--metrics") if args.metrics else None)
+    if opts.metrics is not None:
+        try:
+            import prometheus_client  # noqa: F401  (said before the daemon starts, not in its log)
+        except ImportError:
+            raise UsageError("--metrics needs prometheus_client: pip install 'syn_mp[metrics]'") from None
     if args.detach and os.fork() > 0:
         return EXIT_OK  # the client that spawned us waits for the socket, not for this process
     if args.detach:
         os.setsid()
     try:
         _manager.serve(opts)
-    except (_manager.AlreadyRunning, PermissionError) as e:
+    except (_manager.AlreadyRunning, PermissionError, MetricsError) as e:
         print(f"syn-mp: {e}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
@@ -350,11 +373,23 @@ def _cmd_lookup(args: argparse.Namespace, node: _client.Node) -> int:
 
 def _cmd_registry(args: argparse.Namespace, node: _client.Node) -> int:
     from . import registry_entries
-    entries = sorted(registry_entries(args.scope, args.node), key=lambda e: (e[1], repr(e[0])))
+    # by name, as people read a registry (a replacement's row where its name sorts, not last); names
+    # of different types (str, tuple, ...) don't compare: ordered by type name first
+    entries = sorted(registry_entries(args.scope, args.node), key=lambda e: _name_order(e[0]))
     doc = [{"name": n, "node": p.node, "pid": p.pid, "meta": m} for n, p, m in entries]
     rows = [[_show(n), p.node, str(p.pid), _show(m)] for n, p, m in entries]
     _emit(args, doc, _table(rows, ["NAME", "NODE", "PID", "META"]))
     return EXIT_OK
+
+
+def _name_order(name: Any) -> tuple[Any, ...]:
+    if isinstance(name, tuple):
+        return ("tuple", tuple(_name_order(x) for x in name))
+    if isinstance(name, (int, float)) and not isinstance(name, bool):
+        return ("number", name)
+    if isinstance(name, (str, bytes)):
+        return (type(name).__name__, name)
+    return (type(name).__name__, repr(name))
 
 
 def _cmd_groups(args: argparse.Namespace, node: _client.Node) -> int:
@@ -388,8 +423,19 @@ def _cmd_nodes(args: argparse.Namespace, node: _client.Node) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace, node: _client.Node) -> int:
-    from . import events
-    stream = events(args.scope, timeout=args.timeout)
+    from .events import events, events_since_creation
+    _config.check_scope(args.scope)
+    try:
+        stream = events(args.scope, timeout=args.timeout)
+    except InvalidScopeError as err:
+        if "not added" not in str(err):
+            raise  # a scope that can't be used (another user's segment): no use waiting
+        # not there yet: wait for it (to see the first workers join), then follow it from its start
+        print(f"syn-mp: scope {args.scope!r} does not exist on this node yet: waiting for it (Ctrl-C to stop)",
+              file=sys.stderr, flush=True)
+        stream = _when_created(args.scope, args.timeout, events_since_creation)
+        if stream is None:
+            return EXIT_OK  # --timeout passed: no event, as for a quiet scope
     print(f"syn-mp: watching scope {args.scope!r} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     for e in stream:
         if args.json:
@@ -400,6 +446,20 @@ def _cmd_watch(args: argparse.Namespace, node: _client.Node) -> int:
             print(f"{e.kind:<16}  {_show(e.key)}  {e.pid.node}  {e.pid.pid}  meta={_show(e.meta)}  "
                   f"reason={_show(e.reason)}", flush=True)
     return EXIT_OK
+
+
+def _when_created(scope: str, timeout: float | None, follow: Any) -> Any:
+    """The scope's events from its creation on, once it exists; None if `timeout` s pass first."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            return follow(scope, timeout)
+        except InvalidScopeError as err:
+            if "not added" not in str(err):  # see _client.Node.table
+                raise
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
 
 
 _COMMANDS = {"stop": _cmd_stop, "status": _cmd_status, "scopes": _cmd_scopes, "lookup": _cmd_lookup,

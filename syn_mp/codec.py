@@ -104,7 +104,7 @@ def _name_item(v: Any, depth: int) -> Any:
     if isinstance(v, str):
         return str.__str__(v)
     if isinstance(v, bytes):
-        return bytes.__bytes__(v)
+        return bytes.__getitem__(v, slice(None))  # bytes.__bytes__ is new in Python 3.11
     if isinstance(v, int):
         return int.__int__(v)
     if isinstance(v, float):
@@ -200,7 +200,7 @@ def _meta_item(v: Any, depth: int, what: str) -> Any:
     if isinstance(v, str):
         return str.__str__(v)
     if isinstance(v, bytes):
-        return bytes.__bytes__(v)
+        return bytes.__getitem__(v, slice(None))  # bytes.__bytes__ is new in Python 3.11
     if isinstance(v, int):
         return int.__int__(v)
     if isinstance(v, float):

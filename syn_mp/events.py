@@ -39,6 +39,22 @@ def events(scope: str, timeout: float | None = None) -> Iterator[Event]:
     return _follow(scope, t, reader, timeout)
 
 
+def events_since_creation(scope: str, timeout: float | None = None) -> Iterator[Event]:
+    """As events(), from the scope's first change on (its journal's start) while the ring still holds
+    it, else from now: for `syn-mp watch` started before the scope existed."""
+    t = _table(scope)  # raises here, not at the first next(), for a scope that is not there
+    reader = t.journal(0)
+    first = reader.read()
+    if first is None:  # the ring has moved past its start: from now
+        reader, first = t.journal(), []
+
+    def stream() -> Iterator[Event]:
+        for r in first:
+            yield to_event(scope, t, r)
+        yield from _follow(scope, t, reader, timeout)
+    return stream()
+
+
 def _follow(scope: str, t: Table, reader: Any, timeout: float | None) -> Iterator[Event]:
     idle_since = time.monotonic()
     pause = _POLL_MIN

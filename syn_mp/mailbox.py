@@ -350,9 +350,9 @@ def multi_call(scope: str, group: Any, message: Any, timeout: float = 5.0
     pending: dict[str, tuple[Pid, Any]] = {}
     bad: list[tuple[Pid, Any]] = []
     try:
-        for n, i in enumerate(t.collect(BY_KEY, PG, encode_name(group), flags=WITH_META)):
+        for k, i in enumerate(t.collect(BY_KEY, PG, encode_name(group), flags=WITH_META)):
             who = (Pid(t.node_name(i.node), i.pid), decode(i.meta))
-            token = str(n)
+            token = str(k)
             request = _envelope(_CALL, ref.encode(), token.encode(), me.node.encode(), str(me.pid).encode(),
                                 reply_addr, i.meta, payload)
             if _deliver_entry(t, i.node, i.pid, i.start, request):
@@ -368,7 +368,7 @@ def multi_call(scope: str, group: Any, message: Any, timeout: float = 5.0
             sock.settimeout(remaining)
             try:
                 data = _recv_own_user(sock)
-            except TimeoutError:
+            except (TimeoutError, socket.timeout):  # one class from Python 3.10 on, two on 3.9
                 break
             if data is None:
                 continue

@@ -116,3 +116,76 @@ def test_python_dash_m_is_the_same_cli(node):
     import sys
     r = subprocess.run([sys.executable, "-m", "syn_mp", "--help"], capture_output=True, text=True, env=node.env)
     assert r.returncode == 0 and "registry" in r.stdout
+
+
+def test_global_options_after_the_command(make_node):
+    """`syn-mp daemon --runtime-dir DIR`, as unit files write it (issue 15, 1): the global options are
+    accepted on both sides of the command, and one before the command is not lost."""
+    import subprocess
+    import sys
+    n = make_node()
+    env = {k: v for k, v in n.env.items() if k != "SYN_MP_RUNTIME_DIR"}  # only the option names the dir
+    with open(os.path.join(n.rdir, "daemon.log"), "ab") as log:
+        p = subprocess.Popen([sys.executable, "-m", "syn_mp", "daemon", "--node", "late", "--runtime-dir", n.rdir],
+                             env=env, stdout=log, stderr=log)
+    n.procs.append(p)
+    wait_for(lambda: n.manager_pid() == p.pid or p.poll() is not None, what="daemon up")
+    assert p.poll() is None, open(os.path.join(n.rdir, "daemon.log")).read()
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "syn_mp", *args], env=env, capture_output=True, text=True,
+                              timeout=30)
+    for argv in (["status", "--runtime-dir", n.rdir, "--json"], ["--json", "status", "--runtime-dir", n.rdir],
+                 ["--runtime-dir", n.rdir, "status", "--json"], ["--runtime-dir", n.rdir, "--json", "status"]):
+        r = cli(*argv)
+        assert r.returncode == 0, (argv, r.stderr)
+        assert json.loads(r.stdout)["node"] == "late", argv
+    r = cli("scopes", "--runtime-dir", n.rdir, "--json", "--json-key")
+    assert r.returncode == 0 and json.loads(r.stdout) == [], r.stderr
+    assert cli("stop", "--runtime-dir", n.rdir).returncode == 0
+    wait_for(lambda: p.poll() is not None, what="daemon exit")
+
+
+def test_registry_rows_are_sorted_by_name(node):
+    """Rows by name (issue 15, 5), as the docs' samples show them: a later process's name is not last;
+    numbers in a tuple sort as numbers, and names of different types don't make the sort fail."""
+    w = node.worker()  # a later pid than ours: the old order (by pid) put its names last
+    w.call("register", "s", "alpha")
+    w.call("register", "s", ("worker", 9))
+    syn_mp.register("s", "zeta")
+    syn_mp.register("s", ("worker", 10))
+    syn_mp.register("s", 7)
+    r = node.cli("registry", "s")
+    assert r.returncode == 0, r.stderr
+    names = [line.split("  ")[0].strip() for line in r.stdout.splitlines()[1:]]
+    assert names == ["7", "alpha", "zeta", "('worker', 9)", "('worker', 10)"], r.stdout
+    doc = json.loads(node.cli("--json", "registry", "s").stdout)
+    assert [d["name"] for d in doc] == [7, "alpha", "zeta", ["worker", 9], ["worker", 10]]
+
+
+def test_watch_waits_for_a_scope_that_does_not_exist_yet(make_node):
+    """`syn-mp watch SCOPE` before SCOPE exists says it waits, and shows the first workers join
+    (issue 15, 5: it exited 2); with --timeout and no scope it ends with 0, like a quiet scope."""
+    import subprocess
+    import sys
+    n = make_node()
+    n.use()
+    syn_mp.add_node_to_scopes(["other"])  # the manager runs; "late" is not there
+    r = n.cli("watch", "late", "--timeout", "0.3")
+    assert r.returncode == 0 and "waiting for it" in r.stderr and r.stdout == "", r
+    p = subprocess.Popen([sys.executable, "-m", "syn_mp", "--runtime-dir", n.rdir, "--json", "watch", "late"],
+                         env=n.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    n.procs.append(p)
+    try:
+        assert "does not exist on this node yet: waiting for it" in p.stderr.readline()
+        w = n.worker()
+        w.call("add_node_to_scopes", ["late"])
+        w.call("join", "late", "workers", meta={"id": 0})
+        assert "watching scope 'late'" in p.stderr.readline()
+        e = json.loads(p.stdout.readline())
+        assert (e["kind"], e["key"], e["pid"], e["meta"]) == ("joined", "workers", w.pid, {"id": 0})
+    finally:
+        p.kill()
+        p.wait(timeout=10)
+    r = n.cli("watch", "bad/scope")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r

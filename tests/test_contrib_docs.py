@@ -42,7 +42,7 @@ def test_api_md_documents_every_public_name_with_its_parameters():
 def test_readme_links_every_docs_page():
     readme = read("README.md")
     pages = ["docs/api.md", "docs/operations.md"] + [f"docs/integrations/{p}.md" for p in
-                                                      ("gunicorn", "uvicorn", "celery", "pools")]
+                                                      ("gunicorn", "uvicorn", "hypercorn", "celery", "pools")]
     for page in pages:
         assert os.path.exists(os.path.join(ROOT, page)), page
         assert page in readme or page.replace("docs/integrations/", "") in readme, f"README does not link {page}"

@@ -212,3 +212,27 @@ def test_a_scope_that_cannot_be_opened_is_reported_and_the_others_are_watched(ma
         assert state["scopes"] == ["s"] and state["refused"] == ["bad"]  # the next manager tries it again
     finally:
         os.unlink(path)
+
+
+def test_a_dead_process_mailbox_is_swept_and_the_safety_tick_stays_healthy(make_node):
+    """A mailbox left by a process that died while no manager ran, and that held no entry by then (so no
+    purge unlinks it), is swept by the next manager's safety tick; the sweep used to call a watcher
+    method that no longer existed (found by mypy), so the tick crashed on every round and status
+    failed."""
+    n = make_node()
+    n.use()
+    p = n.python("import os, sys, syn_mp\nsyn_mp.add_node_to_scopes(['s'])\nsyn_mp.register('s', 'x')\n"
+                 "syn_mp.unregister('s', 'x')\nprint(os.getpid(), flush=True)\nsys.stdin.read()\n")
+    pid = int(p.stdout.readline())
+    from syn_mp._procinfo import start_time
+    mailbox = n.paths.mailbox(pid, start_time(pid))
+    assert os.path.exists(mailbox)
+    assert n.cli("stop").returncode == 0
+    wait_for(lambda: n.manager_pid() is None, what="manager stopped")
+    p.kill()
+    p.wait(timeout=10)
+    assert os.path.exists(mailbox)  # nobody left to unlink it
+    n.daemon()
+    wait_for(lambda: not os.path.exists(mailbox), what="the new manager sweeps the dead process's mailbox")
+    st = json.loads(n.cli("--json", "status").stdout)
+    assert st["health"]["ok"] and not st["health"]["incidents"], st["health"]

@@ -66,6 +66,13 @@ def slots_from_environment(argv: Optional[Sequence[str]] = None) -> int:
 class SynMpLifespan:
     """An ASGI app that claims a worker id at lifespan startup and then runs ``app``."""
 
+    # what the claim's meta names, and how the number of workers is found: another ASGI server's
+    # wrapper (syn_mp.contrib.hypercorn) sets its own
+    server = "uvicorn"
+
+    def slots_from_environment(self) -> int:
+        return slots_from_environment()
+
     def __init__(self, app: ASGIApp, *, scope: Optional[str] = None, prefix: Optional[str] = None,
                  group: Optional[str] = "", slots: Optional[int] = None) -> None:
         if not callable(app):
@@ -86,8 +93,8 @@ class SynMpLifespan:
             await self.app(scope, _replay(startup, receive), send)
             return
         try:
-            s = self.settings.with_slots(self.settings.slots or slots_from_environment())
-            claim_worker_id(s, meta={"server": "uvicorn"})
+            s = self.settings.with_slots(self.settings.slots or self.slots_from_environment())
+            claim_worker_id(s, meta={"server": self.server})
         except Exception as e:
             await send({"type": "lifespan.startup.failed", "message": f"syn_mp: {e}"})
             return
