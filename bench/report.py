@@ -152,7 +152,8 @@ def _ratio_cell(f: Figure) -> str:
 
 
 HEADLINE = ["lookup_str", "lookup_none", "regunreg", "joinleave", "members", "scale_ratio", "readers_ratio",
-            "stall_stopped_ratio", "stall_throttled_ratio", "stall_stopped_max", "stall_throttled_max", "death", "cluster_visible", "cluster_snapshot", "memory"]
+            "stall_stopped_ratio", "stall_throttled_ratio", "stall_stopped_max", "stall_throttled_max",
+            "death", "cluster_visible", "cluster_snapshot", "memory"]
 
 
 def _table(figs: list[Figure], meta: dict[str, Any], columns: list[str], noisy: list[str]) -> list[str]:
