@@ -262,6 +262,42 @@ class SynMpStore(Store):
         lookup(s, key)
         return perf_counter_ns() - t0
 
+    def latency_for(self, keys, seconds):
+        """Per-lookup latency for `seconds`: every lookup timed alone (perf_counter_ns around it),
+        with this process's lookup cache emptied before it (untimed), so that each one reads the
+        table through the C read path. Returns (wall ns, CPU ns, odd): the wall-clock samples; the
+        same lookups' thread CPU time (read just outside the wall timer: a lookup that spun
+        waiting for a writer shows there, one the scheduler preempted does not); and how many
+        lookups began with the table's seq word odd (an operation open: read through the undo
+        log's overlay)."""
+        from time import thread_time_ns
+        from syn_mp._client import table_of
+        t = table_of(self.scope)
+        clear, seq = t.lookup_cache.clear, t.seq
+        lookup = self.syn_mp.lookup
+        s = self.scope
+        wall: list[int] = []
+        cpu: list[int] = []
+        add_w, add_c = wall.append, cpu.append
+        odd = 0
+        n = len(keys)
+        i = 0
+        end = perf_counter_ns() + int(seconds * 1e9)
+        while True:
+            k = keys[i]
+            i = i + 1 if i + 1 < n else 0
+            clear()
+            odd += seq() & 1
+            c0 = thread_time_ns()
+            t0 = perf_counter_ns()
+            lookup(s, k)
+            t1 = perf_counter_ns()
+            c1 = thread_time_ns()
+            add_w(t1 - t0)
+            add_c(c1 - c0)
+            if t1 >= end:
+                return wall, cpu, odd
+
     def put(self, key, i):
         self.syn_mp.register(self.scope, key, meta=meta_for(i))
 

@@ -35,13 +35,14 @@ class Config:
     window_s: float = 0.5      # reader measuring window, with and without the writer
     death: int = 500           # processes killed at once
     group: int = 10            # members of the group that members() reads
+    stall_s: float = 1.0       # lookups timed per run behind a stalled writer (bench/stall.py)
 
     @classmethod
     def make(cls, quick: bool) -> "Config":
         if not quick:
             return cls()
         return cls(quick=True, reps=2, target_s=0.004, names=1000, big=5000, uncached=40, window_s=0.05,
-                   death=40, group=10)
+                   death=40, group=10, stall_s=0.05)
 
 
 @dataclass
@@ -466,6 +467,10 @@ class Bench:
             self.drop(w_)
         return [idle, loaded, ratio, wrate]
 
+    def fig_stall(self) -> list[Figure]:
+        from . import stall
+        return stall.figures(self)
+
     def fig_death(self) -> list[Figure]:
         cfg = self.cfg
         f = Figure("death", f"{cfg.death} processes SIGKILLed at once: until registry_count == 0", "s", "lower",
@@ -565,6 +570,7 @@ class Bench:
         steps += [("uncached lookup", lambda: self.fig_uncached(pokers)),
                   ("scale", lambda: self.fig_scale(pokers)),
                   ("readers under a writer", self.fig_readers),
+                  ("readers behind a stalled writer", self.fig_stall),
                   ("death", self.fig_death),
                   ("cluster", self.fig_cluster)]
         for name, fn in steps:

@@ -108,6 +108,46 @@ def write(out_dir: str, figs: list[Figure], columns: list[str], machine: str) ->
                          fontsize=9)
         save(fig, "readers_under_writer.png")
 
+    # readers behind a stalled writer: syn_mp only, one bar per writer state
+    runs = [("idle", "no writer", "#c7c7c7"), ("free", "writer unthrottled", "#7f7f7f"),
+            ("stopped", "writer SIGSTOPped mid-write", "#d62728"),
+            ("throttled", "writer under a 2 ms / 100 ms CPU quota", "#1f77b4")]
+    runs = [r for r in runs if by_id.get(f"stall_{r[0]}_p50") and by_id[f"stall_{r[0]}_p50"].reps.get("syn_mp")]
+    if runs:
+        import numpy as np
+        qs = [("p50", "p50"), ("p99", "p99"), ("p999", "p99.9"), ("max", "max"), ("cpumax", "max CPU time")]
+        fig, ax = plt.subplots(figsize=(10, 5))
+        x = np.arange(len(qs))
+        width = 0.8 / len(runs)
+        for i, (run, label, color) in enumerate(runs):
+            reps = [by_id[f"stall_{run}_{q}"].reps.get("syn_mp", []) for q, _ in qs]
+            med = [stats.median(r) / 1e3 for r in reps]
+            lo = [m - min(r) / 1e3 for m, r in zip(med, reps)]
+            hi = [max(r) / 1e3 - m for m, r in zip(med, reps)]
+            pos = x - 0.4 + width * (i + 0.5)
+            ax.bar(pos, med, width, yerr=[lo, hi], capsize=2, label=label, color=color, error_kw={"elinewidth": 0.8})
+            for p, m, h in zip(pos, med, hi):
+                ax.text(p, (m + h) * 1.08, f"{m:.1f} µs" if m < 1000 else f"{m / 1e3:.2f} ms", ha="center",
+                        va="bottom", fontsize=7, rotation=90)
+        ax.axhline(1000, color="#c33", ls="--", lw=0.8)
+        ax.text(1.5, 1000, "max goal 1 ms", fontsize=7, va="bottom", ha="center", color="#c33")  # over low bars
+        ax.set_xticks(x)
+        ax.set_xticklabels([name for _, name in qs])
+        ax.set_yscale("log")
+        ax.set_ylim(top=max(5000.0, ax.get_ylim()[1] * 8))
+        ax.set_ylabel("µs per lookup, each timed alone, uncached (log)")
+        parts = []
+        for run, label, _ in runs:
+            r = by_id.get(f"stall_{run}_ratio")
+            m = r.median("syn_mp") if r else None
+            if m is not None:
+                parts.append(f"{run} {m:.2f}x")
+        ax.set_title("syn_mp lookup latency in a reader, by what a writer of the same table does "
+                     + ("(p99.9 / unthrottled: " + ", ".join(parts) + "; goal <= 2x)" if parts else ""), fontsize=9)
+        ax.legend(fontsize=8, loc="upper left")
+        ax.grid(axis="y", alpha=0.3)
+        save(fig, "readers_stalled_writer.png")
+
     # death
     f = by_id.get("death")
     if f and f.reps:

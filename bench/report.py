@@ -42,6 +42,10 @@ def _check(f: Figure) -> tuple[bool | None, str]:
         parts.append((s <= 1.5, "<= 1.5x"))
     elif f.id == "readers_ratio":
         parts.append((s >= 0.70, ">= 0.70"))
+    elif f.id in ("stall_stopped_ratio", "stall_throttled_ratio"):
+        parts.append((s <= 2.0, "<= 2x"))
+    elif f.id in ("stall_stopped_max", "stall_throttled_max"):
+        parts.append((s < 1e6, "< 1 ms"))
     elif f.id == "cluster_visible":
         parts.append((s < 1.0, "< 1 ms"))
     elif f.id == "cluster_snapshot":
@@ -83,6 +87,8 @@ def fmt(v: float | None, unit: str) -> str:
         if v >= 1e3:
             return f"{v / 1e3:.0f} k/s"
         return f"{v:.0f} /s"
+    if unit == "%":
+        return f"{v:.1f}%"
     if unit == "bytes":
         return f"{v:,.0f} B"
     if unit == "ms":
@@ -146,6 +152,7 @@ def _ratio_cell(f: Figure) -> str:
 
 
 HEADLINE = ["lookup_str", "lookup_none", "regunreg", "joinleave", "members", "scale_ratio", "readers_ratio",
+            "stall_stopped_ratio", "stall_throttled_ratio", "stall_stopped_max", "stall_throttled_max",
             "death", "cluster_visible", "cluster_snapshot", "memory"]
 
 
@@ -156,7 +163,7 @@ def _table(figs: list[Figure], meta: dict[str, Any], columns: list[str], noisy: 
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for f in figs:
-        cells = [f"{f.title}" + (f" ({f.unit})" if f.unit not in ("ns/op", "ns/pair", "s", "x", "bytes") else "")]
+        cells = [f"{f.title}" + (f" ({f.unit})" if f.unit not in ("ns/op", "ns/pair", "s", "x", "bytes", "%") else "")]
         for c in columns:
             if f.pending:
                 cells.append("pending")
@@ -169,7 +176,7 @@ def _table(figs: list[Figure], meta: dict[str, Any], columns: list[str], noisy: 
                     noisy.append(f"{f.title} / {PEER_LABELS[c]} ({sp:.0%})")
                 cells.append(fmt(v, f.unit) + flag)
             elif c in f.na:
-                cells.append("n/a")
+                cells.append("not run" if f.na[c].startswith("not run") else "n/a")
             else:
                 cells.append("not run" if meta["contenders"].get(c, {}).get("status", "ran") != "ran" else "n/a")
         cells.append(_ratio_cell(f) if not f.pending else "—")
@@ -245,7 +252,8 @@ def to_markdown(figs: list[Figure], meta: dict[str, Any], columns: list[str]) ->
     for n in meta.get("notes", []):
         lines.append(f"- {n}")
     lines.append("")
-    lines.append("Plots: lookup.png, register.png, scale.png, readers_under_writer.png, death.png, memory.png. "
+    lines.append("Plots: lookup.png, register.png, scale.png, readers_under_writer.png, readers_stalled_writer.png, "
+                 "death.png, memory.png. "
                  "Raw repetitions are in results.json.")
     lines.append("")
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import statistics
 from time import perf_counter_ns
 from typing import Callable, Sequence
@@ -19,6 +20,12 @@ def spread(xs: Sequence[float]) -> float | None:
         return None
     m = statistics.median(xs)
     return (max(xs) - min(xs)) / m if m else None
+
+
+def percentile(xs_sorted: Sequence[float], q: float) -> float:
+    """The q-quantile (0 < q <= 1) of sorted samples, nearest rank: a value that was measured."""
+    n = len(xs_sorted)
+    return xs_sorted[min(n - 1, max(0, math.ceil(q * n) - 1))]
 
 
 def rotations(items: list, rep: int) -> list:

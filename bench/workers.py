@@ -6,7 +6,13 @@ Each attaches to the store that SPEC (a Store.spec() plus role options) names, p
   poke    "p TAG"      -> one write of the name "poke" in store TAG (elsewhere in the table); "k" once done
           "c TAG KEY"  -> a new meta for the name KEY itself in store TAG (its holder kept); "k" once done
   reader  "read S"     -> lookups of the spec's names for S seconds; "N SECONDS"
+          "lat S"      -> (syn_mp) each lookup timed alone, cache emptied before it, for S seconds;
+                          "N P50 P99 P99.9 MAX ODD CPU99.9 CPUMAX VCSW IVCSW" (ns; ODD: lookups begun
+                          with the seq word odd; CPU: the lookups' thread CPU time; VCSW, IVCSW: the
+                          reader's voluntary (it blocked) and involuntary (preempted) context switches)
   writer  "write S"    -> register+unregister of its own names for S seconds; "N SECONDS"
+          "stall N"    -> (syn_mp) one register+unregister that SIGSTOPs this process at its N-th
+                          logged store (C test hook); "k" once continued (SIGCONT) and done
   death   "spawn N"    -> forks N children that each register ("victim", i) and wait; "ready"
           "spawn N plain" -> the same children registering nothing (a control for the kernel's part)
           "kill"       -> SIGKILLs them all at once; polls registry_count until 0; "SECONDS"
@@ -127,6 +133,7 @@ def main() -> None:
         _death(spec)
         return
     from .contenders import attach
+    from .stats import percentile
     if role == "poke":
         stores = {tag: attach(s) for tag, s in spec["stores"].items()}
         _say("ready")
@@ -162,9 +169,27 @@ def main() -> None:
         if cmd[0] == "read":
             n, dt = store.read_for(keys, float(cmd[1]))
             _say(n, dt)
+        elif cmd[0] == "lat":
+            import resource
+            r0 = resource.getrusage(resource.RUSAGE_THREAD)
+            wall, cpu, odd = store.latency_for(keys, float(cmd[1]))
+            r1 = resource.getrusage(resource.RUSAGE_THREAD)
+            wall.sort()
+            cpu.sort()
+            q = [percentile(wall, x) for x in (0.5, 0.99, 0.999)]
+            _say(len(wall), *q, wall[-1], odd, percentile(cpu, 0.999), cpu[-1],
+                 r1.ru_nvcsw - r0.ru_nvcsw, r1.ru_nivcsw - r0.ru_nivcsw)
         elif cmd[0] == "write":
             n, dt = store.write_for(keys, float(cmd[1]))
             _say(n, dt)
+        elif cmd[0] == "stall":
+            from syn_mp._native import lib
+            lib.synt_test_sigstop_after(int(cmd[1]))
+            try:
+                store.regunreg_loop(keys[:1])
+            finally:
+                lib.synt_test_sigstop_after(-1)  # disarmed, whether it fired or not
+            _say("k")
         elif cmd[0] == "quit":
             break
     store.close()

@@ -15,6 +15,10 @@ FIGURES = ["lookup_str", "lookup_tuple", "lookup_none", "lookup_uncached", "look
            "joinleave", "members", "scale_1k", "scale_100k", "scale_100k_gc", "scale_ratio", "scale_uncached_1k", "scale_uncached_100k",
            "scale_uncached_ratio", "readers_idle", "readers_loaded", "readers_ratio", "writer_rate", "death",
            "death_exit", "death_kill", "memory", "cluster_visible", "cluster_snapshot"]
+# readers behind a stalled writer (bench/stall.py): per writer state, five latency figures, and two more
+STALL_RUNS = ["idle", "free", "stopped", "throttled"]
+FIGURES += [f"stall_{run}_{q}" for run in STALL_RUNS for q in ("p50", "p99", "p999", "max", "cpumax")]
+FIGURES += [f"stall_{run}_{what}" for run in STALL_RUNS[2:] for what in ("ratio", "odd")]
 
 
 def _leftovers(pid: int) -> list[str]:
@@ -23,7 +27,8 @@ def _leftovers(pid: int) -> list[str]:
     tmp = [os.path.join(d, n) for d in {"/tmp", tempfile.gettempdir()} for n in os.listdir(d)
            if n.startswith(f"synbench-{pid}-")]
     shm = ["/dev/shm/" + n for n in os.listdir("/dev/shm") if n.startswith(f"synbench_{pid}_")]
-    return tmp + shm
+    cg = [p for p in (f"/sys/fs/cgroup/cpu/synbench-{pid}",) if os.path.exists(p)]  # the writer's CPU quota
+    return tmp + shm + cg
 
 
 @pytest.mark.slow
@@ -47,6 +52,11 @@ def test_bench_quick(tmp_path):
     for f in doc["figures"]:
         if f["pending"] or f["id"].startswith("cluster_"):  # the cluster rows are someone else's hook
             continue
+        if f["id"].startswith("stall_throttled_") and f["na"].get("syn_mp", "").startswith("not run: "):
+            # the throttled writer needs a cgroup v1 cpu controller and root; CI must have them
+            assert os.environ.get("CI") != "true", f["na"]["syn_mp"]
+            assert "not run" in md
+            continue
         assert f["median"].get("syn_mp") is not None, f["id"]
         if "dict" not in f["na"]:
             assert f["median"].get("dict") is not None, f["id"]
@@ -62,7 +72,8 @@ def test_bench_quick(tmp_path):
     except ImportError:
         pass
     else:
-        for png in ("lookup.png", "register.png", "scale.png", "readers_under_writer.png"):
+        for png in ("lookup.png", "register.png", "scale.png", "readers_under_writer.png",
+                    "readers_stalled_writer.png"):
             assert (out / png).stat().st_size > 0, png
     # no runtime dir, segment or temp dir of the bench is left behind
     assert _leftovers(p.pid) == []
