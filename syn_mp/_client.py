@@ -71,6 +71,8 @@ class Node:
             raise InvalidScopeError(f"scope {scope!r} can't be used: {e}") from None
         except SegmentLayoutError as e:  # another version, or half-created: the manager rebuilds it
             t, why = None, str(e)
+        except TableError as e:  # unreadable in another way: one clear error, never a traceback
+            raise InvalidScopeError(f"scope {scope!r} can't be used: {e}") from None
         if t is None or why:
             if scope not in self.state().get("scopes", ()) or not self.ping():
                 raise InvalidScopeError(f"scope {scope!r} was not added on this node (runtime dir {self.rdir})"

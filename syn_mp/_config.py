@@ -77,9 +77,11 @@ def check_runtime_dir(rdir: str, owner: int | None = None) -> bool:
 
 
 def ensure_runtime_dir(rdir: str) -> None:
-    """Create the runtime dir 0700; refuse one (e.g. squatted in /tmp) that another user owns or can write to."""
+    """Create the runtime dir 0700; refuse one (e.g. squatted in /tmp) that another user than the
+    node's (segment_owner: ours, or for root a service user's dir that root handed out) owns or
+    can write to."""
     os.makedirs(rdir, mode=0o700, exist_ok=True)
-    check_runtime_dir(rdir, os.geteuid())
+    check_runtime_dir(rdir)
 
 
 def create_file(path: str, flags: int = os.O_WRONLY, mode: int = 0o600) -> int:

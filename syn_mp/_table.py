@@ -249,7 +249,7 @@ class Table:
         except posix_ipc.ExistentialError:
             return None
         except posix_ipc.PermissionsError:  # another user's, mode 0600 (the usual default)
-            raise TableError(f"segment {name} can't be opened{_owned_by(name)}: permission denied, "
+            raise SegmentOwnerError(f"segment {name} can't be opened{_owned_by(name)}: permission denied, "
                              "refusing it") from None
         except posix_ipc.Error as e:
             raise TableError(f"segment {name} can't be opened: {e}") from None
