@@ -15,14 +15,14 @@ import os
 import random
 import signal
 import socket
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from . import _wire
+from . import _tcp, _wire
+from ._incarnation import next_incarnation
 from ._table import (BY_NODE, EFULL, ETAKEN, F_FORCE, F_MATCH_PID, R_CONFLICT, R_NODE_DOWN, R_NODE_UP,
                      R_NORMAL, PG, REG, WITH_KEY, WITH_META, Table)
 from ._types import Pid
@@ -36,7 +36,8 @@ log = logging.getLogger("syn_mp.cluster")
 _PUT_KINDS = {"registered", "registry_updated", "joined", "group_updated"}
 _TYPE_OF_KIND = {"registered": REG, "registry_updated": REG, "unregistered": REG,
                  "joined": PG, "group_updated": PG, "left": PG}
-_NONCE = 16
+_FETCH_TIMEOUT = 30.0  # seconds for a whole snapshot exchange
+_PROBE_EVERY = 1.0     # seconds between two restart probes of one node
 
 
 @dataclass
@@ -80,13 +81,15 @@ class Cluster:
         self.m = manager
         self.o = opts
         self.node = manager.opts.node
-        self.incarnation = time.time_ns()
+        self.incarnation = next_incarnation(manager.opts.rdir)  # never the clock: see _incarnation
         self._seq = 0                            # datagram seq (replay protection)
         self.scope_seq: dict[str, int] = {}      # our changes broadcast per scope
         self.peers: dict[str, Peer] = {}
         self.guard = _wire.ReplayGuard()
         self.stats = {"sent": 0, "received": 0, "forged": 0, "replayed": 0, "malformed": 0, "dropped_test": 0,
-                      "snapshots_fetched": 0, "snapshots_served": 0, "conflicts": 0, "relayed": 0}
+                      "snapshots_fetched": 0, "snapshots_served": 0, "conflicts": 0, "relayed": 0,
+                      "other_incarnation": 0, "probes": 0, "restarts_verified": 0, "tcp_refused": 0, "tcp_timeouts": 0}
+        self._probed: dict[str, float] = {}      # node -> when its lower incarnation was last checked
         self._tasks: list[asyncio.Task] = []
         self._transports: list[Any] = []
 
@@ -112,7 +115,8 @@ class Cluster:
         self._uc, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self), sock=uc)
         self._transports.append(self._uc)
         self.port = uc.getsockname()[1]
-        self._tcp = await asyncio.start_server(self._serve_tcp, o.interface, self.port)
+        self._server = _tcp.Server(o.secret, self._on_request, self.stats)
+        self._tcp = await asyncio.start_server(self._server.serve, o.interface, self.port)
         self._tasks = [loop.create_task(self._heartbeats()), loop.create_task(self._timeouts()),
                        loop.create_task(self._forget_silent_nodes())]
         log.info("cluster: node %r on %s:%d (%s)", self.node, o.interface, self.port,
@@ -148,7 +152,11 @@ class Cluster:
         if d.node == self.node:
             return  # our own multicast, looped back
         if not self.guard.accept(d.node, d.incarnation, d.seq):
-            self.stats["replayed"] += 1
+            if self.guard.newest(d.node) == d.incarnation:
+                self.stats["replayed"] += 1
+            else:
+                self.stats["other_incarnation"] += 1
+                self._maybe_probe(d, addr)
             return
         self.stats["received"] += 1
         try:
@@ -157,6 +165,38 @@ class Cluster:
         except Exception:  # an authentic but unexpected body must not stop the manager
             self.stats["malformed"] += 1
             log.exception("cluster: bad datagram from %s", d.node)
+
+    def _maybe_probe(self, d: _wire.Datagram, addr: tuple[str, int]) -> None:
+        """A heartbeat of another incarnation than the node's current one: it restarted (a higher
+        one; a lower one if its runtime dir lost the counter, e.g. on tmpfs after a reboot), or an
+        older life of it is replayed. Ask the node itself, over TCP with our own nonce, at most
+        once a second per node (_PROBE_EVERY; a restart's first probe is at once)."""
+        try:
+            msg = msgpack.unpackb(d.body, raw=False)
+            if msg[0] != "hb" or type(msg[2]) is not int or not 0 < msg[2] < 65536:
+                return
+        except Exception:
+            return
+        now = time.monotonic()
+        if now - self._probed.get(d.node, -1e9) < _PROBE_EVERY:
+            return
+        self._probed[d.node] = now
+        self.stats["probes"] += 1
+        asyncio.get_running_loop().create_task(self._probe(d.node, d.incarnation, addr[0], msg[2]))
+
+    async def _probe(self, node: str, incarnation: int, host: str, port: int) -> None:
+        try:
+            out = await _tcp.request(host, port, self.o.secret, msgpack.packb(["who"]), answer=True, timeout=2)
+            if out is None:
+                return
+            kind, name, inc = msgpack.unpackb(out, raw=False)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, TypeError):
+            return
+        if kind == "me" and name == node and inc == incarnation and self.guard.newest(node) != inc:
+            (log.warning if inc < (self.guard.newest(node) or 0) else log.info)(
+                "cluster: node %r is now incarnation %d (confirmed by the node)", node, inc)
+            self.guard.reset(node, inc)
+            self.stats["restarts_verified"] += 1
 
     # ---------------------------------------------------------------- protocol
 
@@ -365,18 +405,16 @@ class Cluster:
 
     async def _fetch_snapshot(self, peer: Peer, scope: str) -> None:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(peer.addr[0], peer.tcp_port), 5)
-            try:
-                nonce = await asyncio.wait_for(reader.readexactly(_NONCE), 5)
-                writer.write(_wire.frame(self.o.secret, nonce, msgpack.packb(["snap", scope])))
-                await writer.drain()
-                body = await asyncio.wait_for(_read_frame(reader, self.o.secret, nonce), 30)
-            finally:
-                writer.close()
+            body = await _tcp.request(peer.addr[0], peer.tcp_port, self.o.secret, msgpack.packb(["snap", scope]),
+                                      answer=True, timeout=_FETCH_TIMEOUT)
             if body is None:
                 log.warning("cluster: unauthenticated snapshot answer from %s", peer.name)
                 return
-            _, seq, entries = msgpack.unpackb(body, raw=False)
+            _, node, incarnation, seq, entries = msgpack.unpackb(body, raw=False)
+            if (node, incarnation) != (peer.name, peer.incarnation):
+                log.warning("cluster: snapshot of %r at %s came from %r incarnation %d, not %r incarnation %d",
+                            scope, peer.addr[0], node, incarnation, peer.name, peer.incarnation)
+                return
             if self.peers.get(peer.name) is not peer:
                 return  # it went down meanwhile
             first = scope not in peer.synced
@@ -403,36 +441,26 @@ class Cluster:
         for type_, key, pid, start, time_ns, meta in entries:
             self._apply_put(t, scope, nid, type_, key, pid, start, time_ns, meta, reason)
 
-    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonce = os.urandom(_NONCE)
-        try:
-            writer.write(nonce)
-            await writer.drain()
-            body = await asyncio.wait_for(_read_frame(reader, self.o.secret, nonce, _wire.MAX_REQUEST), 10)
-            if body is None:
-                self.stats["forged"] += 1
-                return
-            msg = msgpack.unpackb(body, raw=False)
-            if msg[0] == "snap":
-                scope = msg[1]
-                t = self.m.tables.get(scope)
-                if t is not None:
-                    self.m._drain()  # our broadcasts catch up first: the seq below covers them
-                entries = [] if t is None else [
-                    (i.type, i.key, i.pid, i.start, i.time_ns, i.meta)
-                    for i in t.collect(BY_NODE, 0, node=0, flags=WITH_KEY | WITH_META)]
-                out = msgpack.packb(["snapr", self.scope_seq.get(scope, 0), entries])
-                writer.write(_wire.frame(self.o.secret, nonce, out))
-                await writer.drain()
-                self.stats["snapshots_served"] += 1
-            elif msg[0] == "msg":
-                self._deliver(msg[1], msg[2])
-            elif msg[0] == "cfl":
-                self._on_conflict_notice(msg)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError):
-            pass
-        finally:
-            writer.close()
+    async def _on_request(self, body: bytes) -> bytes | None:
+        """An authenticated TCP request (see _tcp); the answer, if it has one."""
+        msg = msgpack.unpackb(body, raw=False)
+        if msg[0] == "snap":
+            scope = msg[1]
+            t = self.m.tables.get(scope)
+            if t is not None:
+                self.m._drain()  # our broadcasts catch up first: the seq below covers them
+            entries = [] if t is None else [
+                (i.type, i.key, i.pid, i.start, i.time_ns, i.meta)
+                for i in t.collect(BY_NODE, 0, node=0, flags=WITH_KEY | WITH_META)]
+            self.stats["snapshots_served"] += 1
+            return msgpack.packb(["snapr", self.node, self.incarnation, self.scope_seq.get(scope, 0), entries])
+        if msg[0] == "who":
+            return msgpack.packb(["me", self.node, self.incarnation])
+        if msg[0] == "msg":
+            self._deliver(msg[1], msg[2])
+        elif msg[0] == "cfl":
+            self._on_conflict_notice(msg)
+        return None
 
     # ---------------------------------------------------------------- messages
 
@@ -451,13 +479,7 @@ class Cluster:
     async def _push_tcp(self, peer: Peer, body: bytes) -> None:
         """One authenticated frame to a peer over TCP (reliable, any size); best effort."""
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(peer.addr[0], peer.tcp_port), 5)
-            try:
-                nonce = await asyncio.wait_for(reader.readexactly(_NONCE), 5)
-                writer.write(_wire.frame(self.o.secret, nonce, body))
-                await writer.drain()
-            finally:
-                writer.close()
+            await _tcp.request(peer.addr[0], peer.tcp_port, self.o.secret, body, answer=False, timeout=5)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
             log.info("cluster: could not reach %s over TCP", peer.name)
 
@@ -474,12 +496,3 @@ class Cluster:
     def nodes(self, scope: str) -> list[str]:
         return sorted(p.name for p in self.peers.values() if scope in p.scopes and scope in p.synced)
 
-
-async def _read_frame(reader: asyncio.StreamReader, secret: bytes, nonce: bytes,
-                      limit: int = _wire.MAX_FRAME) -> bytes | None:
-    (n,) = struct.unpack("!I", await reader.readexactly(4))
-    if n > limit:  # refused before a byte of it is buffered
-        return None
-    body = await reader.readexactly(n)
-    tag = await reader.readexactly(_wire.MAC_LEN)
-    return body if _wire.check_frame(secret, nonce, body, tag) else None

@@ -408,7 +408,8 @@ class Manager:
                     "watched": len(self.watcher), "watch": self.watcher.stats(), "health": self.health(),
                     "strict": self.opts.strict, "purged": dict(self.purged),
                     "cluster": None if not self.cluster else {
-                        "nodes": sorted(self.cluster.peers), **self.cluster.stats},
+                        "nodes": sorted(self.cluster.peers), "incarnation": self.cluster.incarnation,
+                        **self.cluster.stats},
                     "callbacks": None if not self.callbacks else {"failed": self.callbacks.failures,
                                                                   "hung": self.callbacks.hangs},
                     "scopes": {s: t.stats() for s, t in sorted(self.tables.items())}}
