@@ -23,8 +23,8 @@ import msgpack
 
 from . import _tcp, _wire
 from ._incarnation import next_incarnation
-from ._table import (BY_NODE, EFULL, ETAKEN, F_FORCE, F_MATCH_PID, R_CONFLICT, R_NODE_DOWN, R_NODE_UP,
-                     R_NORMAL, PG, REG, WITH_KEY, WITH_META, Table)
+from ._table import (BY_NODE, EFULL, ETAKEN, F_FORCE, F_MATCH_PID, R_CONFLICT, R_MANAGER_RESTART, R_NODE_DOWN, R_NODE_UP,
+                     R_NORMAL, R_PROCESS_EXIT, PG, REG, WITH_KEY, WITH_META, Table)
 from ._types import Pid
 from .codec import decode
 
@@ -38,6 +38,10 @@ _TYPE_OF_KIND = {"registered": REG, "registry_updated": REG, "unregistered": REG
                  "joined": PG, "group_updated": PG, "left": PG}
 _FETCH_TIMEOUT = 30.0  # seconds for a whole snapshot exchange
 _PROBE_EVERY = 1.0     # seconds between two restart probes of one node
+_RESOLVER_TIMEOUT = 1.0  # seconds a custom resolve_registry_conflict may take (then: the default rule)
+_GONE_KEPT = 4096      # per scope: recent removals whose reason a snapshot still tells
+# the reasons an owner's removal travels with (the others are each node's own: node up/down)
+_OWNER_REASONS = {R_NORMAL, R_PROCESS_EXIT, R_MANAGER_RESTART, R_CONFLICT}
 
 
 @dataclass
@@ -90,6 +94,9 @@ class Cluster:
                       "snapshots_fetched": 0, "snapshots_served": 0, "conflicts": 0, "relayed": 0,
                       "other_incarnation": 0, "probes": 0, "restarts_verified": 0, "tcp_refused": 0, "tcp_timeouts": 0}
         self._probed: dict[str, float] = {}      # node -> when its lower incarnation was last checked
+        self._gone: dict[str, dict[tuple, int]] = {}   # scope -> (type, key, pid) -> reason of its removal
+        self._decisions: dict[tuple, int | None] = {}  # conflicts decided (the same answer if met again)
+        self._conflict_won: dict[tuple, float] = {}    # (scope, key, node, pid) that beat an entry of ours
         self._tasks: list[asyncio.Task] = []
         self._transports: list[Any] = []
 
@@ -281,11 +288,17 @@ class Cluster:
     # ---------------------------------------------------------- local changes
 
     def on_local_record(self, scope: str, r: Any) -> None:
-        """A change of a local process (from the journal): broadcast it."""
+        """A change of a local process (from the journal): broadcast it, with the reason this node
+        saw (every node's callbacks and events() carry the owner's reason, as in Syn)."""
         seq = self.scope_seq[scope] = self.scope_seq.get(scope, 0) + 1
         put = r.kind in _PUT_KINDS
+        if not put:  # remembered a while, for a snapshot that has to tell a peer why an entry went
+            gone = self._gone.setdefault(scope, {})
+            gone[(_TYPE_OF_KIND[r.kind], r.key, r.pid)] = r.reason
+            while len(gone) > _GONE_KEPT:
+                del gone[next(iter(gone))]
         body = msgpack.packb(["chg", scope, seq, put, _TYPE_OF_KIND[r.kind], r.key, r.pid, r.start, r.time_ns,
-                              r.meta if put else b""])
+                              r.meta if put else b"", r.reason])
         if len(body) > _wire.MAX_DATAGRAM - 100:
             body = msgpack.packb(["big", scope, seq])  # too big for a datagram: receivers fetch a snapshot
         self._send(body)
@@ -298,7 +311,8 @@ class Cluster:
     # --------------------------------------------------------- remote changes
 
     def _on_change(self, peer: Peer, msg: list) -> None:
-        _, scope, seq, put, type_, key, pid, start, time_ns, meta = msg
+        _, scope, seq, put, type_, key, pid, start, time_ns, meta, *rest = msg
+        reason = rest[0] if rest and rest[0] in _OWNER_REASONS else R_NORMAL
         t = self.m.tables.get(scope)
         if t is None or scope not in peer.synced or scope in peer.fetching:
             return
@@ -312,78 +326,120 @@ class Cluster:
         nid = t.add_node(peer.name)
         if put:
             self._apply_put(t, scope, nid, type_, key, pid, start, time_ns, meta, R_NORMAL)
-        else:
-            t.delete(type_, key, nid, pid, flags=F_MATCH_PID, reason=R_NORMAL)  # MATCH_PID: only that process's
+        else:  # MATCH_PID: only that process's
+            t.delete(type_, key, nid, pid, flags=F_MATCH_PID, reason=reason, reason_node=nid)
 
     def _apply_put(self, t: Table, scope: str, nid: int, type_: int, key: bytes, pid: int, start: int,
                    time_ns: int, meta: bytes, reason: int) -> None:
+        won = self._conflict_won.pop((scope, key, t.node_name(nid), pid), None)
+        if won is not None and type_ == REG:
+            reason = R_CONFLICT  # it won a conflict that removed ours: that is how it arrives here
         rc, info = t.put(type_, key, nid, pid, start, time_ns, meta, reason=reason, reason_node=nid)
         if rc != ETAKEN:
             if rc == EFULL:
                 log.error("scope %r is full: an entry of node %s was not stored", scope, t.node_name(nid))
             return
-        holder = (info.node, info.pid, info.start, info.time_ns)
-        if holder[0] == nid:  # the authority moved its own name to another of its processes
+        if info.node == nid:  # the authority moved its own name to another of its processes
             t.put(type_, key, nid, pid, start, time_ns, meta, flags=F_FORCE, reason=reason, reason_node=nid)
             return
-        self._resolve(t, scope, key, holder, (nid, pid, start, time_ns, meta))
-
-    def _resolve(self, t: Table, scope: str, key: bytes, holder: tuple, incoming: tuple,
-                 notified: bool = False) -> None:
-        """Two nodes hold one name: every node must end with the same winner (Syn's rules).
-
-        `notified`: the incoming entry is the other node's report of a conflict it met (its entry
-        may be gone by now): we may drop ours, never store theirs (its own node sends it if alive)."""
-        self.stats["conflicts"] += 1
-        h_node, h_pid, h_start, h_time = holder
-        i_node, i_pid, i_start, i_time, i_meta = incoming
         held = t.get(REG, key)
         if held is None:
             return
-        h_meta = held.meta
-        pid_h = Pid(t.node_name(h_node), h_pid)
-        pid_i = Pid(t.node_name(i_node), i_pid)
+        self._resolve(t, scope, key, (held.node, held.pid, held.start, held.time_ns, held.meta),
+                      (nid, pid, start, time_ns, meta))
+
+    def _decide(self, t: Table, scope: str, key: bytes, a: tuple, b: tuple) -> int | None:
+        """Which of two registrations of one name is kept: 0 (a), 1 (b) or None (neither). One
+        deterministic function of the two entries, evaluated alike on every node that sees the
+        conflict: the candidates are passed in a canonical order (by Pid), whichever node holds
+        which; a custom resolver must be the same on every node (and is bounded: one that hangs
+        or raises gives the default rule, newest wins, ties to the higher Pid)."""
+        pa, pb = Pid(t.node_name(a[0]), a[1]), Pid(t.node_name(b[0]), b[1])
+        memo = (scope, key, pa, a[3], pb, b[3])
+        if memo in self._decisions:
+            return self._decisions[memo]
+        default = 0 if (a[3], pa) > (b[3], pb) else 1
         cb = self.m.callbacks
-        custom = cb is not None and getattr(cb.handler, "resolve_registry_conflict", None) is not None
-        if custom and h_node == 0 and cb is not None:
+        if cb is not None and getattr(cb.handler, "resolve_registry_conflict", None) is not None:
             from .codec import decode_name
-            winner = cb.call_sync("resolve_registry_conflict", scope, decode_name(key),
-                                  (pid_h, decode(h_meta), h_time), (pid_i, decode(i_meta), i_time))
+            first, second = sorted([(pa, decode(a[4]), a[3]), (pb, decode(b[4]), b[3])], key=lambda c: c[0])
+            fallback = first[0] if (first[2], first[0]) > (second[2], second[0]) else second[0]
+            winner = cb.call_sync("resolve_registry_conflict", scope, decode_name(key), first, second,
+                                  default=fallback, timeout=_RESOLVER_TIMEOUT)
+            which = 0 if winner == pa else 1 if winner == pb else None
         else:
-            # newer registration wins; a tie goes to the higher Pid (the same answer on every node)
-            winner = pid_h if (h_time, pid_h) > (i_time, pid_i) else pid_i
-        if winner != pid_h and h_node == 0:
-            # ours lost (or neither is kept): its removal is journaled, hence broadcast
-            if not custom:
-                self._signal_loser(h_pid, h_start)
-            t.delete(REG, key, 0, h_pid, flags=F_MATCH_PID, reason=R_CONFLICT)
-        if winner == pid_i and not notified:
-            t.put(REG, key, i_node, i_pid, i_start, i_time, i_meta, flags=F_FORCE, reason=R_CONFLICT,
-                  reason_node=i_node)
-        elif h_node == 0 and not notified:
-            # the other node's entry is not kept here: it must resolve too, and may never see ours
-            # (ours may be gone before it looks), so tell it what we held
-            peer = self.peers.get(t.node_name(i_node))
-            if peer is not None:
-                body = msgpack.packb(["cfl", scope, key, self.node, h_pid, h_start, h_time, h_meta])
-                asyncio.get_running_loop().create_task(self._push_tcp(peer, body))
+            which = default
+        self._decisions[memo] = which
+        while len(self._decisions) > _GONE_KEPT:
+            del self._decisions[next(iter(self._decisions))]
+        return which
+
+    def _resolve(self, t: Table, scope: str, key: bytes, held: tuple, incoming: tuple,
+                 notified: bool = False) -> None:
+        """Two nodes hold one name: every node that sees it decides alike (_decide) and ends with the
+        same winner. A losing entry of ours is removed (reason conflict_resolution, broadcast as
+        such); the owner of a losing entry of another node is told, since it may not see the winner
+        itself (a partial netsplit).
+
+        `notified`: `incoming` comes from such a notice (it may be gone by now): we may drop ours,
+        never store it (its own node sends it if alive)."""
+        self.stats["conflicts"] += 1
+        h_node, h_pid, h_start, h_time, h_meta = held
+        i_node, i_pid, i_start, i_time, i_meta = incoming
+        which = self._decide(t, scope, key, held, incoming)
+        custom = self.m.callbacks is not None and \
+            getattr(self.m.callbacks.handler, "resolve_registry_conflict", None) is not None
+        if which != 0:  # the held entry loses
+            if h_node == 0:
+                if not custom:
+                    self._signal_loser(h_pid, h_start)
+                t.delete(REG, key, 0, h_pid, flags=F_MATCH_PID, reason=R_CONFLICT)  # journaled: broadcast
+            elif which is None or notified:
+                t.delete(REG, key, h_node, h_pid, flags=F_MATCH_PID, reason=R_CONFLICT, reason_node=h_node)
+        if which == 1:
+            if notified:
+                if h_node == 0:  # when it arrives from its node, it arrives as the winner of a conflict
+                    self._conflict_won[(scope, key, t.node_name(i_node), i_pid)] = time.monotonic()
+                    while len(self._conflict_won) > _GONE_KEPT:
+                        del self._conflict_won[next(iter(self._conflict_won))]
+            else:
+                # Syn: where ours lost, the winner comes as conflict_resolution; on a third node the
+                # newer simply replaces the older (normal)
+                t.put(REG, key, i_node, i_pid, i_start, i_time, i_meta, flags=F_FORCE,
+                      reason=R_CONFLICT if h_node == 0 else R_NORMAL, reason_node=i_node)
+        if notified:
+            return
+        if which != 1 and i_node != 0:  # the incoming entry loses: tell its node what it met
+            self._notify(t, scope, key, i_node, held)
+        if which != 0 and h_node != 0:
+            self._notify(t, scope, key, h_node, incoming)
+
+    def _notify(self, t: Table, scope: str, key: bytes, loser_node: int, other: tuple) -> None:
+        """Tell the node that owns a losing entry about its rival in the conflict: it decides alike
+        and removes its own."""
+        peer = self.peers.get(t.node_name(loser_node))
+        if peer is None:
+            return
+        node, pid, start, time_ns, meta = other
+        body = msgpack.packb(["cfl", scope, key, t.node_name(node), pid, start, time_ns, meta])
+        asyncio.get_running_loop().create_task(self._push_tcp(peer, body))
 
     def _on_conflict_notice(self, msg: list) -> None:
-        """Another node met a conflict with one of ours and did not keep ours: resolve it here too."""
-        _, scope, key, sender, pid, start, time_ns, meta = msg
+        """A node met a conflict with one of ours: decide here too (alike), drop ours if it loses."""
+        _, scope, key, owner, pid, start, time_ns, meta = msg
         t = self.m.tables.get(scope)
         held = None if t is None else t.get(REG, key)
-        if t is None or held is None or held.node != 0:
-            return  # (the sender may not be a known peer yet: the notice is authenticated all the same)
-        nid = t.add_node(sender)
-        self._resolve(t, scope, key, (0, held.pid, held.start, held.time_ns), (nid, pid, start, time_ns, meta),
-                      notified=True)
+        if t is None or held is None or held.node != 0 or owner == self.node:
+            return  # (the owner may not be a known peer yet: the notice is authenticated all the same)
+        nid = t.add_node(owner)
+        self._resolve(t, scope, key, (0, held.pid, held.start, held.time_ns, held.meta),
+                      (nid, pid, start, time_ns, meta), notified=True)
         if t.get(REG, key) is None:
-            # ours gave way: what the sender holds now comes from its snapshot, in order with its changes
-            # (an unknown sender's discovery snapshot is still to come)
-            peer = self.peers.get(sender)
+            # ours gave way: what the owner holds now comes from its snapshot, in order with its changes
+            # (an unknown owner's discovery snapshot is still to come)
+            peer = self.peers.get(owner)
             if peer is not None and scope in peer.fetching:
-                peer.refetch.add(scope)  # the one in flight may predate the sender's decision
+                peer.refetch.add(scope)  # the one in flight may predate the owner's decision
             elif peer is not None:
                 self._need_snapshot(peer, scope)
 
@@ -410,7 +466,7 @@ class Cluster:
             if body is None:
                 log.warning("cluster: unauthenticated snapshot answer from %s", peer.name)
                 return
-            _, node, incarnation, seq, entries = msgpack.unpackb(body, raw=False)
+            _, node, incarnation, seq, entries, gone = msgpack.unpackb(body, raw=False)
             if (node, incarnation) != (peer.name, peer.incarnation):
                 log.warning("cluster: snapshot of %r at %s came from %r incarnation %d, not %r incarnation %d",
                             scope, peer.addr[0], node, incarnation, peer.name, peer.incarnation)
@@ -418,7 +474,7 @@ class Cluster:
             if self.peers.get(peer.name) is not peer:
                 return  # it went down meanwhile
             first = scope not in peer.synced
-            self._apply_snapshot(peer, scope, entries, R_NODE_UP if first else R_NORMAL)
+            self._apply_snapshot(peer, scope, entries, gone, R_NODE_UP if first else R_NORMAL)
             peer.applied[scope] = seq
             peer.synced.add(scope)
             peer.gaps.pop(scope, None)
@@ -431,13 +487,16 @@ class Cluster:
                 peer.refetch.discard(scope)
                 self._need_snapshot(peer, scope)
 
-    def _apply_snapshot(self, peer: Peer, scope: str, entries: list, reason: int) -> None:
+    def _apply_snapshot(self, peer: Peer, scope: str, entries: list, gone: list, reason: int) -> None:
         t = self.m.tables[scope]
         nid = t.add_node(peer.name)
         present = {(e[0], e[1], e[2]) for e in entries}
+        why = {(g[0], g[1], g[2]): g[3] for g in gone if g[3] in _OWNER_REASONS}
         for item in t.collect(BY_NODE, 0, node=nid, flags=WITH_KEY):
-            if (item.type, item.key, item.pid) not in present:  # authoritative: gone on its node
-                t.delete(item.type, item.key, nid, item.pid, flags=F_MATCH_PID, reason=R_NORMAL)
+            k = (item.type, item.key, item.pid)
+            if k not in present:  # authoritative: gone on its node, for the reason it saw there
+                t.delete(item.type, item.key, nid, item.pid, flags=F_MATCH_PID, reason=why.get(k, R_NORMAL),
+                         reason_node=nid)
         for type_, key, pid, start, time_ns, meta in entries:
             self._apply_put(t, scope, nid, type_, key, pid, start, time_ns, meta, reason)
 
@@ -453,7 +512,8 @@ class Cluster:
                 (i.type, i.key, i.pid, i.start, i.time_ns, i.meta)
                 for i in t.collect(BY_NODE, 0, node=0, flags=WITH_KEY | WITH_META)]
             self.stats["snapshots_served"] += 1
-            return msgpack.packb(["snapr", self.node, self.incarnation, self.scope_seq.get(scope, 0), entries])
+            gone = [(*k, r) for k, r in self._gone.get(scope, {}).items() if r != R_NORMAL]
+            return msgpack.packb(["snapr", self.node, self.incarnation, self.scope_seq.get(scope, 0), entries, gone])
         if msg[0] == "who":
             return msgpack.packb(["me", self.node, self.incarnation])
         if msg[0] == "msg":

@@ -161,3 +161,111 @@ def test_a_node_whose_clock_stepped_back_is_not_dropped_forever(make_node, secre
     time.sleep(0.5)
     st = status(b)
     assert "n2" in st["nodes"] and table_of(b) == [("x", Pid("n2", wa.pid), None)]
+
+
+# ------------------------------------------------------------ finding 5: reasons travel
+
+def events_on(n: NodeHandle, scope: str = "s"):
+    _client.use_runtime_dir(n.rdir)
+    return syn_mp.events(scope, timeout=TIMEOUT)
+
+
+def next_about(ev, kind: str, pid: int):
+    """The next event of `kind` for process pid (others skipped)."""
+    for e in ev:
+        if e.kind == kind and e.pid.pid == pid:
+            return e
+    raise AssertionError(f"no {kind} event for {pid}")
+
+
+def test_a_killed_process_is_process_exit_on_every_node(make_node, secret_file):
+    net = LoNet(make_node, secret_file, 47853, 3)
+    a, b, c = net.nodes
+    wa, wb, wc = net.start_all()
+    victim = a.worker()
+    victim.call("register", "s", "v")
+    victim.call("join", "s", "g")
+    for n in (b, c):
+        wait_for(lambda: table_of(n) == [("v", Pid("n2", victim.pid), None)], timeout=TIMEOUT)
+    evs = {n.name: events_on(n) for n in net.nodes}
+    victim.kill()
+    for n in net.nodes:
+        assert next_about(evs[n.name], "unregistered", victim.pid).reason == "process_exit", n.name
+    for n in net.nodes:
+        evs[n.name] = events_on(n)
+    # and a name the process gave up itself stays "normal" everywhere
+    wa.call("register", "s", "w")
+    for n in (b, c):
+        wait_for(lambda: len(table_of(n)) == 1, timeout=TIMEOUT)
+    wa.call("unregister", "s", "w")
+    for n in net.nodes:
+        assert next_about(evs[n.name], "unregistered", wa.pid).reason == "normal", n.name
+
+
+def conflict_with_a_late_node(net: LoNet, old_meta="old", new_meta="new"):
+    """a and c run, a's process holds "x"; b's process registers "x" later while b's node runs
+    alone (its own manager, no cluster), then b's cluster daemon starts: a and c meet the conflict."""
+    a, b, c = net.nodes
+    for n in (a, c):
+        net.start(n)
+    wa, wc = a.worker(), c.worker()
+    for w in (wa, wc):
+        w.call("add_node_to_scopes", ["s"])
+    wa.call("register", "s", "x", meta=old_meta)
+    wait_for(lambda: table_of(c) == [("x", Pid("n2", wa.pid), old_meta)], timeout=TIMEOUT)
+    wb = b.worker()
+    wb.call("add_node_to_scopes", ["s"])  # starts b's manager on demand: alone
+    wb.call("register", "s", "x", meta=new_meta)
+    b.kill_manager()
+    return wa, wb, wc
+
+
+def test_conflict_reasons_as_syn_gives_them(make_node, secret_file):
+    net = LoNet(make_node, secret_file, 47854, 3)
+    a, b, c = net.nodes
+    wa, wb, wc = conflict_with_a_late_node(net)
+    ev_a, ev_c = events_on(a), events_on(c)
+    net.start(b)
+    want = [("x", Pid("n3", wb.pid), "new")]
+    for n in net.nodes:
+        wait_for(lambda: table_of(n) == want, timeout=TIMEOUT, what=f"the newer wins on {n.name}")
+    # where the loser lived: both sides of the swap are conflict_resolution (never remote_node_up)
+    assert next_about(ev_a, "unregistered", wa.pid).reason == "conflict_resolution"
+    assert next_about(ev_a, "registered", wb.pid).reason == "conflict_resolution"
+    # on a third node the newer simply replaces the older (Syn: "normal"), unless a's removal came
+    # first (then it is a's reason) and b's entry with b's discovery
+    e = next_about(ev_c, "unregistered", wa.pid)
+    assert e.reason in ("normal", "conflict_resolution"), e
+    e = next_about(ev_c, "registered", wb.pid)
+    assert e.reason in ("normal", ("remote_node_up", "n3")), e
+    wait_for(lambda: wa.proc.poll() is not None, timeout=TIMEOUT, what="the loser signalled")
+
+
+KEEP_NONE = '''
+class KeepNone:
+    def resolve_registry_conflict(self, scope, name, one, two):
+        return None
+'''
+
+
+def test_a_name_freed_by_conflict_resolution_says_so_on_a_third_node(make_node, secret_file, tmp_path):
+    (tmp_path / "synkeepnone.py").write_text(KEEP_NONE)
+    net = LoNet(make_node, secret_file, 47855, 3, extra=("--event-handler", "synkeepnone:KeepNone"))
+    for n in net.nodes:
+        n.env["PYTHONPATH"] = f"{tmp_path}:{n.env.get('PYTHONPATH', '')}"
+    a, b, c = net.nodes
+    wa, wb, wc = conflict_with_a_late_node(net)
+    _client.use_runtime_dir(c.rdir)
+    ev_c = syn_mp.events("s", timeout=1.0)
+    net.start(b)
+    for n in net.nodes:
+        try:
+            wait_for(lambda: table_of(n) == [], timeout=TIMEOUT, what=f"neither kept on {n.name}")
+        except AssertionError:
+            raise AssertionError({m.name: (table_of(m), node_log(m)) for m in net.nodes}) from None
+    # c held a's entry (and maybe b's for a moment): whatever removed them there, it was the resolution
+    gone = [(e.pid.pid, e.reason) for e in ev_c if e.kind == "unregistered"]
+    assert (wa.pid, "conflict_resolution") in gone and all(r == "conflict_resolution" for _, r in gone), gone
+    time.sleep(0.3)
+    assert all(table_of(n) == [] for n in net.nodes)
+    assert wa.proc.poll() is None and wb.proc.poll() is None  # a custom resolver: nobody signalled
