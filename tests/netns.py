@@ -501,6 +501,17 @@ class Cluster:
         for h in self.hosts:
             _ip("-n", self.hub_ns, "link", "set", h.veth, "master", "br0", "up")
 
+    def cut(self, a: Host, b: Host) -> None:
+        """A partial partition: a and b no longer reach each other (a blackhole route to the other's
+        address in each), while both still reach everyone else. Unicast only (--peers): multicast
+        still floods the bridge. uncut() undoes it."""
+        _ip("-n", a.ns, "route", "add", "blackhole", f"{b.addr}/32")
+        _ip("-n", b.ns, "route", "add", "blackhole", f"{a.addr}/32")
+
+    def uncut(self, a: Host, b: Host) -> None:
+        _ip("-n", a.ns, "route", "del", "blackhole", f"{b.addr}/32")
+        _ip("-n", b.ns, "route", "del", "blackhole", f"{a.addr}/32")
+
     # teardown
     def close(self) -> None:
         """Tear everything down (idempotent); raises at the end if something could not be cleaned."""

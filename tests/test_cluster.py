@@ -211,6 +211,43 @@ def test_custom_resolver_is_honoured_and_nobody_is_signalled(cluster, tmp_path, 
     assert old.proc.poll() is None and new.proc.poll() is None  # nobody signalled
 
 
+def test_partial_netsplit_a_custom_resolver_gives_one_answer_on_every_node(cluster, tmp_path):
+    """h1 and h2 cannot see each other, h3 sees both (issue 13, finding 1). h3 meets the conflict:
+    it decides with the same resolver as the owners would (KeepOldest), keeps h1's, and tells h2,
+    which drops its own. Before, h3 applied the default rule (newest) and ended with nothing."""
+    (tmp_path / "synresolver.py").write_text(RESOLVER)
+    c = cluster(3)
+    ws = []
+    for h in c:
+        h.node.env.update(PYTHONPATH=f"{tmp_path}:{h.node.env.get('PYTHONPATH', '')}",
+                          RESOLVER_LOG=str(tmp_path / "log"))
+        h.daemon("--peers", c.peers_arg(), "--event-handler", "synresolver:KeepOldest", cluster=False)
+        w = h.worker()
+        w.call("add_node_to_scopes", ["s"])
+        ws.append(w)
+    w1, w2, w3 = ws
+    c.cut(c.h1, c.h2)
+    wait_for(lambda: w1.call("subcluster_nodes", "s") == ["h3"] and w2.call("subcluster_nodes", "s") == ["h3"],
+             timeout=TIMEOUT, what="h1 and h2 apart, both with h3")
+    old = c.h1.worker()
+    old.call("register", "s", "x", meta="old")
+    wait_for(lambda: table_of(c.h3) == [("x", Pid("h1", old.pid), "old")], timeout=TIMEOUT)
+    new = c.h2.worker()
+    new.call("register", "s", "x", meta="new")
+    want = [("x", Pid("h1", old.pid), "old")]
+    try:
+        wait_for(lambda: table_of(c.h1) == want and table_of(c.h3) == want and table_of(c.h2) == [],
+                 timeout=TIMEOUT, what="h3 keeps the oldest, h2 gives way")
+    except AssertionError:
+        raise AssertionError({h.name: table_of(h) for h in c}) from None
+    c.uncut(c.h1, c.h2)
+    for h in c:
+        wait_for(lambda: table_of(h) == want, timeout=TIMEOUT, what=f"one answer on {h.name} after the heal")
+    time.sleep(0.3)
+    assert all(table_of(h) == want for h in c)
+    assert old.proc.poll() is None and new.proc.poll() is None  # a custom resolver: nobody signalled
+
+
 def _alive(pid: Pid) -> bool:
     from conftest import pid_alive
     return pid_alive(pid.pid)

@@ -269,3 +269,31 @@ def test_a_name_freed_by_conflict_resolution_says_so_on_a_third_node(make_node, 
     time.sleep(0.3)
     assert all(table_of(n) == [] for n in net.nodes)
     assert wa.proc.poll() is None and wb.proc.poll() is None  # a custom resolver: nobody signalled
+
+
+HANGS = '''
+import time
+class Hangs:
+    def resolve_registry_conflict(self, scope, name, one, two):
+        time.sleep(3600)
+'''
+
+
+def test_a_hanging_resolver_is_bounded_and_every_node_falls_back_alike(make_node, secret_file, tmp_path):
+    """Finding 1: the resolver is called on every node that meets the conflict, bounded (1 s): one that
+    hangs gives the default rule (newest wins) everywhere, and the manager keeps serving."""
+    (tmp_path / "synhangs.py").write_text(HANGS)
+    net = LoNet(make_node, secret_file, 47856, 3, extra=("--event-handler", "synhangs:Hangs"))
+    for n in net.nodes:
+        n.env["PYTHONPATH"] = f"{tmp_path}:{n.env.get('PYTHONPATH', '')}"
+    a, b, c = net.nodes
+    wa, wb, wc = conflict_with_a_late_node(net)
+    net.start(b)
+    want = [("x", Pid("n3", wb.pid), "new")]
+    t0 = time.monotonic()
+    for n in net.nodes:
+        wait_for(lambda: table_of(n) == want, timeout=TIMEOUT, what=f"the default rule on {n.name}")
+        r = n.cli("--json", "status", timeout=5)  # the manager answers: its loop is not stuck
+        assert r.returncode in (0, 3) and json.loads(r.stdout)["cluster"] is not None
+    assert time.monotonic() - t0 < 10
+    assert wa.proc.poll() is None  # a custom resolver: nobody signalled, even when it hangs
