@@ -24,7 +24,7 @@ import msgpack
 from . import _tcp, _wire
 from ._incarnation import next_incarnation
 from ._table import (BY_NODE, EFULL, ETAKEN, F_FORCE, F_MATCH_PID, R_CONFLICT, R_MANAGER_RESTART, R_NODE_DOWN, R_NODE_UP,
-                     R_NORMAL, R_PROCESS_EXIT, PG, REG, WITH_KEY, WITH_META, Table)
+                     R_NORMAL, R_PROCESS_EXIT, PG, REG, WITH_KEY, WITH_META, Table, TableError)
 from ._types import Pid
 from .codec import decode
 
@@ -277,6 +277,22 @@ class Cluster:
                 name = t.node_name(nid)
                 if name not in self.peers and t.count(BY_NODE, REG, node=nid) + t.count(BY_NODE, PG, node=nid):
                     t.purge_node(nid, R_NODE_DOWN, nid)
+            self._reclaim_node_ids(t)
+
+    def _reclaim_node_ids(self, t: Table) -> None:
+        """Retire the ids of nodes that are not up and hold nothing here: a segment has 255 ids for
+        other nodes, and pods get a new name at every restart (retired ids go to new names)."""
+        for nid in range(1, t.nnodes()):
+            if t.node_name(nid) not in self.peers:
+                t.retire_node(nid)  # refused (False) while it holds entries
+
+    def _node_id(self, t: Table, name: str) -> int:
+        """The id of a peer's name, reclaiming retired ids once the node table is full."""
+        try:
+            return t.add_node(name)
+        except TableError:
+            self._reclaim_node_ids(t)
+            return t.add_node(name)  # still full: every id belongs to a node up or holding entries
 
     def _node_down(self, peer: Peer) -> None:
         self.peers.pop(peer.name, None)
@@ -284,6 +300,7 @@ class Cluster:
             nid = t.node_id(peer.name)
             if nid is not None and nid != 0:
                 t.purge_node(nid, R_NODE_DOWN, nid)
+                t.retire_node(nid)  # its name stays readable until the id goes to another node
 
     # ---------------------------------------------------------- local changes
 
@@ -323,7 +340,7 @@ class Cluster:
             self._need_snapshot(peer, scope)
             return
         peer.applied[scope] = seq
-        nid = t.add_node(peer.name)
+        nid = self._node_id(t, peer.name)
         if put:
             self._apply_put(t, scope, nid, type_, key, pid, start, time_ns, meta, R_NORMAL)
         else:  # MATCH_PID: only that process's
@@ -431,7 +448,7 @@ class Cluster:
         held = None if t is None else t.get(REG, key)
         if t is None or held is None or held.node != 0 or owner == self.node:
             return  # (the owner may not be a known peer yet: the notice is authenticated all the same)
-        nid = t.add_node(owner)
+        nid = self._node_id(t, owner)
         self._resolve(t, scope, key, (0, held.pid, held.start, held.time_ns, held.meta),
                       (nid, pid, start, time_ns, meta), notified=True)
         if t.get(REG, key) is None:
@@ -481,6 +498,8 @@ class Cluster:
             self.stats["snapshots_fetched"] += 1
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
             log.info("cluster: snapshot of %r from %s failed (%s); will retry", scope, peer.name, e)
+        except TableError as e:  # e.g. no node id left: logged, retried at the next heartbeat's gap
+            log.error("cluster: snapshot of %r from %s not applied: %s", scope, peer.name, e)
         finally:
             peer.fetching.discard(scope)
             if scope in peer.refetch and self.peers.get(peer.name) is peer:
@@ -489,7 +508,7 @@ class Cluster:
 
     def _apply_snapshot(self, peer: Peer, scope: str, entries: list, gone: list, reason: int) -> None:
         t = self.m.tables[scope]
-        nid = t.add_node(peer.name)
+        nid = self._node_id(t, peer.name)
         present = {(e[0], e[1], e[2]) for e in entries}
         why = {(g[0], g[1], g[2]): g[3] for g in gone if g[3] in _OWNER_REASONS}
         for item in t.collect(BY_NODE, 0, node=nid, flags=WITH_KEY):

@@ -297,3 +297,73 @@ def test_a_hanging_resolver_is_bounded_and_every_node_falls_back_alike(make_node
         assert r.returncode in (0, 3) and json.loads(r.stdout)["cluster"] is not None
     assert time.monotonic() - t0 < 10
     assert wa.proc.poll() is None  # a custom resolver: nobody signalled, even when it hangs
+
+
+# ------------------------------------------------------------ finding 3: node ids recycled
+
+def test_three_hundred_pods_over_time_all_sync_and_recycled_ids_show_new_names(make_node, secret_file):
+    """Pods get a new name at every restart: 300 distinct peers (fake ones, holding the secret: their
+    heartbeats from 127.0.0.5, their snapshots from our own TCP servers) come in batches of 50 and
+    go. A segment has 255 ids for other nodes: ids of nodes gone and purged must be reused, and a
+    reader that cached a name by id must never show the old name."""
+    import asyncio
+    from syn_mp import _tcp
+    from syn_mp._table import REG
+    from syn_mp.codec import encode_meta, encode_name
+
+    net = LoNet(make_node, secret_file, 47857, 1)
+    (a,) = net.nodes
+    (wa,) = net.start_all()
+    base_port, batch, total = 47900, 50, 300
+    serving: dict[int, str] = {}  # tcp port -> the pod answering there now
+
+    def snapshot_for(port: int):
+        async def handle(body: bytes) -> bytes | None:
+            name = serving[port]
+            i = int(name.split("-")[1])
+            entry = (REG, encode_name(("pod", i)), 1000 + i, 1, 1, encode_meta(None))
+            return msgpack.packb(["snapr", name, 7, 0, [entry], []])
+        return handle
+
+    def entries_of_pods() -> dict:
+        return {e[0][1]: e[1].node for e in table_of(a) if isinstance(e[0], tuple) and e[0][0] == "pod"}
+
+    async def poll(pred, what: str) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while not pred():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}: {entries_of_pods()}\n{node_log(a)}")
+            await asyncio.sleep(0.05)
+
+    async def main() -> None:
+        servers = [await asyncio.start_server(_tcp.Server(SECRET, snapshot_for(base_port + k), {"forged": 0}).serve,
+                                              "127.0.0.5", base_port + k) for k in range(batch)]
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.5", 0))
+        seq = 0
+        try:
+            for first in range(0, total, batch):
+                pods = [f"pod-{i}" for i in range(first, first + batch)]
+                for k, name in enumerate(pods):
+                    serving[base_port + k] = name
+
+                def beat() -> None:
+                    nonlocal seq
+                    seq += 1
+                    for k, name in enumerate(pods):
+                        hb = msgpack.packb(["hb", {"s": 0}, base_port + k])
+                        sock.sendto(_wire.seal(SECRET, name, 7, seq, hb), ("127.0.0.2", 47857))
+                want = {i: f"pod-{i}" for i in range(first, first + batch)}
+                deadline = time.monotonic() + TIMEOUT
+                while entries_of_pods() != want:  # every pod of the batch synced, under its own name
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"batch {first}: {entries_of_pods()}\n{node_log(a)}")
+                    beat()
+                    await asyncio.sleep(0.05)
+                await poll(lambda: entries_of_pods() == {}, f"batch {first} purged once silent")
+        finally:
+            sock.close()
+            for srv in servers:
+                srv.close()
+    asyncio.run(main())
+    assert wa.call("registry_count", "s") == 0 and status(a)["nodes"] == []
