@@ -39,6 +39,8 @@ _TYPE_OF_KIND = {"registered": REG, "registry_updated": REG, "unregistered": REG
 _FETCH_TIMEOUT = 30.0  # seconds for a whole snapshot exchange
 _PROBE_EVERY = 1.0     # seconds between two restart probes of one node
 _RESOLVER_TIMEOUT = 1.0  # seconds a custom resolve_registry_conflict may take (then: the default rule)
+_FETCH_PATIENCE = 0.5  # seconds a snapshot answer may take to begin before a heartbeat asks again
+_BUFFER_MAX = 65536    # changes buffered per peer and scope while its snapshot is fetched
 _GONE_KEPT = 4096      # per scope: recent removals whose reason a snapshot still tells
 # the reasons an owner's removal travels with (the others are each node's own: node up/down)
 _OWNER_REASONS = {R_NORMAL, R_PROCESS_EXIT, R_MANAGER_RESTART, R_CONFLICT}
@@ -70,6 +72,10 @@ class Peer:
     fetching: set[str] = field(default_factory=set)
     synced: set[str] = field(default_factory=set)             # scopes that had their first snapshot
     refetch: set[str] = field(default_factory=set)            # fetch again once the one in flight is done
+    # while a snapshot is fetched: the changes that arrive meanwhile (scope -> seq -> message), replayed
+    # over it once it is in (those newer than the seq it is consistent with), so none is lost
+    buffered: dict[str, dict[int, list]] = field(default_factory=dict)
+    fetch: dict[str, tuple[asyncio.Task, float, list]] = field(default_factory=dict)  # task, start, answering?
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -92,7 +98,7 @@ class Cluster:
         self.guard = _wire.ReplayGuard()
         self.stats = {"sent": 0, "received": 0, "forged": 0, "replayed": 0, "malformed": 0, "dropped_test": 0,
                       "snapshots_fetched": 0, "snapshots_served": 0, "conflicts": 0, "relayed": 0,
-                      "other_incarnation": 0, "probes": 0, "restarts_verified": 0, "tcp_refused": 0, "tcp_timeouts": 0}
+                      "other_incarnation": 0, "fetches_superseded": 0, "probes": 0, "restarts_verified": 0, "tcp_refused": 0, "tcp_timeouts": 0}
         self._probed: dict[str, float] = {}      # node -> when its lower incarnation was last checked
         self._gone: dict[str, dict[tuple, int]] = {}   # scope -> (type, key, pid) -> reason of its removal
         self._decisions: dict[tuple, int | None] = {}  # conflicts decided (the same answer if met again)
@@ -249,7 +255,9 @@ class Cluster:
         for scope, seq in scopes.items():
             if scope not in self.m.tables:
                 continue
-            if scope not in peer.synced:
+            if scope in peer.fetching:
+                self._supersede_waiting_fetch(peer, scope)
+            elif scope not in peer.synced:
                 self._need_snapshot(peer, scope)
             elif seq > peer.applied.get(scope, 0):
                 # a change may still be in flight: a gap that outlives a heartbeat is real
@@ -328,10 +336,16 @@ class Cluster:
     # --------------------------------------------------------- remote changes
 
     def _on_change(self, peer: Peer, msg: list) -> None:
-        _, scope, seq, put, type_, key, pid, start, time_ns, meta, *rest = msg
-        reason = rest[0] if rest and rest[0] in _OWNER_REASONS else R_NORMAL
+        scope, seq = msg[1], msg[2]
         t = self.m.tables.get(scope)
-        if t is None or scope not in peer.synced or scope in peer.fetching:
+        if t is None:
+            return
+        if scope in peer.fetching:
+            buf = peer.buffered.setdefault(scope, {})
+            if len(buf) < _BUFFER_MAX:
+                buf[seq] = msg
+            return
+        if scope not in peer.synced:
             return
         applied = peer.applied.get(scope, 0)
         if seq <= applied:
@@ -339,6 +353,11 @@ class Cluster:
         if seq != applied + 1:
             self._need_snapshot(peer, scope)
             return
+        self._apply_change(peer, t, msg)
+
+    def _apply_change(self, peer: Peer, t: Table, msg: list) -> None:
+        _, scope, seq, put, type_, key, pid, start, time_ns, meta, *rest = msg
+        reason = rest[0] if rest and rest[0] in _OWNER_REASONS else R_NORMAL
         peer.applied[scope] = seq
         nid = self._node_id(t, peer.name)
         if put:
@@ -474,12 +493,25 @@ class Cluster:
         if scope in peer.fetching or scope not in self.m.tables:
             return
         peer.fetching.add(scope)
-        asyncio.get_running_loop().create_task(self._fetch_snapshot(peer, scope))
+        answering: list = []
+        task = asyncio.get_running_loop().create_task(self._fetch_snapshot(peer, scope, answering))
+        peer.fetch[scope] = (task, time.monotonic(), answering)
 
-    async def _fetch_snapshot(self, peer: Peer, scope: str) -> None:
+    def _supersede_waiting_fetch(self, peer: Peer, scope: str) -> None:
+        """A fetch whose answer has not begun after _FETCH_PATIENCE (a request or answer lost, now in
+        TCP's retransmission backoff) is given up for a new one: its answer would be old anyway."""
+        f = peer.fetch.get(scope)
+        if f is not None and not f[2] and time.monotonic() - f[1] > _FETCH_PATIENCE:
+            log.info("cluster: snapshot of %r from %s unanswered for %.1fs: asking again", scope, peer.name,
+                     time.monotonic() - f[1])
+            self.stats["fetches_superseded"] += 1
+            peer.refetch.add(scope)
+            f[0].cancel()
+
+    async def _fetch_snapshot(self, peer: Peer, scope: str, answering: list) -> None:
         try:
             body = await _tcp.request(peer.addr[0], peer.tcp_port, self.o.secret, msgpack.packb(["snap", scope]),
-                                      answer=True, timeout=_FETCH_TIMEOUT)
+                                      answer=True, timeout=_FETCH_TIMEOUT, started=lambda: answering.append(1))
             if body is None:
                 log.warning("cluster: unauthenticated snapshot answer from %s", peer.name)
                 return
@@ -496,12 +528,24 @@ class Cluster:
             peer.synced.add(scope)
             peer.gaps.pop(scope, None)
             self.stats["snapshots_fetched"] += 1
+            # the changes that came meanwhile, newer than the snapshot, in order (a hole: the
+            # heartbeats' gap check fetches again)
+            t = self.m.tables[scope]
+            for q, msg in sorted(peer.buffered.pop(scope, {}).items()):
+                if q <= peer.applied[scope]:
+                    continue
+                if q != peer.applied[scope] + 1:
+                    break
+                self._apply_change(peer, t, msg)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
             log.info("cluster: snapshot of %r from %s failed (%s); will retry", scope, peer.name, e)
         except TableError as e:  # e.g. no node id left: logged, retried at the next heartbeat's gap
             log.error("cluster: snapshot of %r from %s not applied: %s", scope, peer.name, e)
         finally:
             peer.fetching.discard(scope)
+            peer.buffered.pop(scope, None)
+            if peer.fetch.get(scope, (None,))[0] is asyncio.current_task():
+                del peer.fetch[scope]
             if scope in peer.refetch and self.peers.get(peer.name) is peer:
                 peer.refetch.discard(scope)
                 self._need_snapshot(peer, scope)

@@ -24,7 +24,7 @@ from . import _wire
 
 NONCE = 16
 AUTH_DEADLINE = 2.0     # seconds an unauthenticated connection may take to send its request
-MAX_PENDING = 32        # unauthenticated connections held at once (each <= MAX_REQUEST buffered)
+MAX_PENDING = 16        # unauthenticated connections held at once (each <= MAX_REQUEST buffered)
 
 
 def _key(side: bytes, nonce_s: bytes, nonce_c: bytes) -> bytes:
@@ -32,10 +32,12 @@ def _key(side: bytes, nonce_s: bytes, nonce_c: bytes) -> bytes:
 
 
 async def read_frame(reader: asyncio.StreamReader, secret: bytes, key: bytes,
-                     limit: int = _wire.MAX_FRAME) -> bytes | None:
+                     limit: int = _wire.MAX_FRAME, started: Callable[[], None] | None = None) -> bytes | None:
     """A frame's body if its MAC (over key + body) holds, else None; a length over `limit` is
-    refused before a byte of the body is read."""
+    refused before a byte of the body is read. `started` is called once the length is in."""
     (n,) = struct.unpack("!I", await reader.readexactly(4))
+    if started is not None:
+        started()
     if n > limit:
         return None
     body = await reader.readexactly(n)
@@ -44,7 +46,7 @@ async def read_frame(reader: asyncio.StreamReader, secret: bytes, key: bytes,
 
 
 async def request(host: str, port: int, secret: bytes, body: bytes, *, answer: bool,
-                  timeout: float) -> bytes | None:
+                  timeout: float, started: Callable[[], None] | None = None) -> bytes | None:
     """Send one request; with `answer`, return the authentic answer (None if it is not). Every
     step, connecting included, fits in `timeout` seconds (asyncio.TimeoutError past it)."""
     async def go() -> bytes | None:
@@ -56,7 +58,7 @@ async def request(host: str, port: int, secret: bytes, body: bytes, *, answer: b
             await writer.drain()
             if not answer:
                 return b""
-            return await read_frame(reader, secret, _key(b"S", nonce_s, nonce_c))
+            return await read_frame(reader, secret, _key(b"S", nonce_s, nonce_c), started=started)
         finally:
             writer.close()
     return await asyncio.wait_for(go(), timeout)
