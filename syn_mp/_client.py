@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from . import _config, _control
-from ._table import Table, TableError
+from ._table import SegmentLayoutError, SegmentOwnerError, Table, TableError
 from .errors import InvalidScopeError, ManagerUnavailableError
 
 MANAGER_START_TIMEOUT = 15.0
@@ -27,6 +27,30 @@ class Node:
         self._wake_sock: socket.socket | None = None
         self._relay_sock: socket.socket | None = None
         self._node_name: str | None = None
+        self.dir_ok = False  # check_dir passed: the dir is the node's user's and private
+        self.dir_prefix = ""  # then: /proc/self/fd/<fd>, the checked dir itself, for the sockets we bind and send to
+
+    def check_dir(self, must_exist: bool = False, fresh: bool = False) -> bool:
+        """Refuse, before anything is read from, said to or bound in it, a runtime dir that is not a private
+        dir of the node's user (_config.open_runtime_dir); False when there is none (and must_exist is
+        false). `fresh`: look again (the name may have been removed and taken since)."""
+        if self.dir_ok and not fresh:
+            return True
+        try:
+            fd = _config.open_runtime_dir(self.rdir)
+        except OSError as e:  # PermissionError: says which dir and why
+            raise ManagerUnavailableError(str(e)) from None
+        if fd is None:
+            if must_exist:
+                raise ManagerUnavailableError(f"runtime dir {self.rdir} does not exist: is the node's manager running?")
+            return False
+        if self.dir_ok:
+            os.dup2(fd, int(self.dir_prefix.rsplit("/", 1)[1]), inheritable=False)  # the prefix others hold stays valid
+            os.close(fd)
+        else:
+            self.dir_prefix = f"/proc/self/fd/{fd}"
+        self.dir_ok = True
+        return True
 
     # -------------------------------------------------------------- tables
 
@@ -37,13 +61,27 @@ class Node:
         except (KeyError, TypeError):  # TypeError: unhashable, check_scope raises ValueError
             pass
         _config.check_scope(scope)
+        self.check_dir()  # (no dir at all is fine here: the segment's owner is checked)
+        from . import _segments
+        name, owner = _config.segment_name(self.rdir, scope), _config.segment_owner(self.rdir)
         try:
-            t = Table.attach(_config.segment_name(self.rdir, scope), _config.segment_owner(self.rdir))
-        except TableError as e:  # another user's segment under our node's name
+            t = Table.attach(name, owner)
+            why = "" if t is None or not t.retired() else "retired"
+        except SegmentOwnerError as e:  # another user's segment under our node's name
             raise InvalidScopeError(f"scope {scope!r} can't be used: {e}") from None
-        if t is None:
-            raise InvalidScopeError(f"scope {scope!r} was not added on this node (runtime dir {self.rdir})")
+        except SegmentLayoutError as e:  # another version, or half-created: the manager rebuilds it
+            t, why = None, str(e)
+        if t is None or why:
+            if scope not in self.state().get("scopes", ()) or not self.ping():
+                raise InvalidScopeError(f"scope {scope!r} was not added on this node (runtime dir {self.rdir})"
+                                        + (f": {why}" if why else "")) from None
+            try:  # a known scope whose segment the manager is rebuilding (lost, or of another version)
+                t = _segments.wait_for_segment(name, owner)
+            except TableError as e:
+                raise InvalidScopeError(f"scope {scope!r} can't be used: {e}") from None
+        t.on_stale = _segments.renew
         self.tables[scope] = t
+        _segments.watch()
         return t
 
     def wake_manager(self) -> None:
@@ -60,6 +98,8 @@ class Node:
     def relay(self, dest: str, target: list, data: bytes) -> None:
         """A mailbox datagram for a process on node `dest`: the manager carries it there."""
         import msgpack
+        if not self.dir_ok:
+            self.check_dir(must_exist=True)  # our messages go to no socket another user could have bound
         s = self._relay_sock
         if s is None:
             s = self._relay_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -72,6 +112,8 @@ class Node:
     # -------------------------------------------------------------- manager
 
     def state(self) -> dict[str, Any]:
+        if not self.check_dir():
+            return {}
         try:
             with open(self.paths.state, encoding="utf-8") as f:
                 return json.load(f)
@@ -87,8 +129,9 @@ class Node:
         return self._node_name
 
     def request(self, op: str, **args: Any) -> dict[str, Any]:
+        self.check_dir(must_exist=True)
         try:
-            reply = _control.request(self.paths.ctl, op, **args)
+            reply = _control.request(self.paths.ctl, op, owner=_config.segment_owner(self.rdir), **args)
         except (OSError, ValueError) as e:
             raise ManagerUnavailableError(f"manager at {self.rdir} unreachable: {e}") from None
         if not reply.get("ok"):
@@ -96,19 +139,28 @@ class Node:
         return reply
 
     def ping(self) -> dict[str, Any] | None:
+        """The manager's answer, or None when none answers. Only after the dir is checked, and only to
+        a socket served by the node's user (_control.request): nothing is said to anyone else's."""
+        if not self.check_dir():
+            return None
         try:
-            r = _control.request(self.paths.ctl, "ping", timeout=5.0)
+            r = _control.request(self.paths.ctl, "ping", timeout=5.0, owner=_config.segment_owner(self.rdir))
+        except _control.WrongPeer as e:
+            raise ManagerUnavailableError(f"manager at {self.rdir} refused: {e}") from None
         except (OSError, ValueError):
             return None
         return r if r.get("ok") else None
 
     def ensure_manager(self) -> None:
         """Make sure a manager serves this runtime dir, starting exactly one if none does."""
+        try:
+            _config.ensure_runtime_dir(self.rdir)  # before a word is said to its socket
+        except OSError as e:
+            raise ManagerUnavailableError(f"cannot use runtime dir {self.rdir}: {e}") from None
         if self.ping():
             return
         try:
-            _config.ensure_runtime_dir(self.rdir)
-            lockfd = os.open(self.paths.start_lock, os.O_RDWR | os.O_CREAT, 0o600)
+            lockfd = _config.create_file(self.paths.start_lock, os.O_RDWR)
         except OSError as e:
             raise ManagerUnavailableError(f"cannot use runtime dir {self.rdir}: {e}") from None
         try:
@@ -127,13 +179,20 @@ class Node:
             os.close(lockfd)
 
     def _spawn(self) -> None:
-        log = os.open(self.paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            log = _config.create_file(self.paths.log, os.O_WRONLY | os.O_APPEND)
+        except OSError as e:
+            raise ManagerUnavailableError(f"cannot start the manager: {e}") from None
+        # `python -m` puts its working dir first on sys.path: run it in "/", with the syn_mp we run
+        # ahead on PYTHONPATH, so a syn_mp package planted in our cwd (say /tmp) is never imported
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p))
         try:
             # --detach: the daemon forks away so it is no child of ours and outlives us
             subprocess.run(
                 [sys.executable, "-m", "syn_mp", "--runtime-dir", self.rdir, "daemon", "--detach"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True, check=False,
-                timeout=MANAGER_START_TIMEOUT,
+                timeout=MANAGER_START_TIMEOUT, cwd="/", env=env,
             )
         except (OSError, subprocess.TimeoutExpired) as e:
             raise ManagerUnavailableError(f"cannot start the manager: {e}") from None

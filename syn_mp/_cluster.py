@@ -607,14 +607,15 @@ class Cluster:
             log.info("cluster: could not reach %s over TCP", peer.name)
 
     def _deliver(self, target: list, data: bytes) -> None:
-        from .mailbox import _address, _send_raw
+        from .mailbox import _address, _send_raw, reply_path
         if target[0] == "pid":
-            address = _address(self.m.opts.rdir, int(target[1]), int(target[2]))
-        elif target[0] == "addr" and isinstance(target[1], bytes) and target[1].startswith(b"\0syn_mp."):
-            address = target[1]  # only our own mailboxes and reply sockets
+            address: str | None = _address(self.m.opts.rdir, int(target[1]), int(target[2]))
+        elif target[0] == "addr":
+            address = reply_path(self.m.opts.rdir, target[1])  # only a reply socket in our dir
         else:
             return
-        _send_raw(address, data)
+        if address is not None:
+            _send_raw(address, data)
 
     def nodes(self, scope: str) -> list[str]:
         return sorted(p.name for p in self.peers.values() if scope in p.scopes and scope in p.synced)

@@ -41,13 +41,57 @@ def segment_name(rdir: str, scope: str) -> str:
     return f"/syn_mp.{tag}.{scope}"
 
 
+def open_runtime_dir(rdir: str, owner: int | None = None) -> int | None:
+    """An O_PATH fd of the runtime dir once checked to be a private directory of the node's user
+    (`owner`, default segment_owner): not a symlink, owned by that user, writable by nobody else; None
+    when there is none. PermissionError (one line) otherwise: whoever can write to the dir can replace
+    its sockets, plant symlinks or bind the names we use there. Paths under /proc/self/fd/<fd> keep
+    meaning this very dir even if its name is later taken by another."""
+    want = segment_owner(rdir) if owner is None else owner
+    try:
+        fd = os.open(rdir, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError:  # a symlink, or not a dir: say what it is
+        try:
+            st = os.lstat(rdir)
+        except OSError:  # ENOTDIR: a parent is no dir, so there is none
+            return None
+        raise PermissionError(f"runtime dir {rdir} is not a private directory of uid {want} "
+                              f"(mode {stat.filemode(st.st_mode)}): refusing it") from None
+    st = os.fstat(fd)
+    if st.st_uid != want or st.st_mode & 0o022:
+        os.close(fd)
+        raise PermissionError(f"runtime dir {rdir} is not a private directory of uid {want} "
+                              f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}): refusing it")
+    return fd
+
+
+def check_runtime_dir(rdir: str, owner: int | None = None) -> bool:
+    """open_runtime_dir's check alone: True for a private dir, False for none."""
+    fd = open_runtime_dir(rdir, owner)
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
+
+
 def ensure_runtime_dir(rdir: str) -> None:
     """Create the runtime dir 0700; refuse one (e.g. squatted in /tmp) that another user owns or can write to."""
     os.makedirs(rdir, mode=0o700, exist_ok=True)
-    st = os.lstat(rdir)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise PermissionError(f"runtime dir {rdir} is not a private directory of uid {os.geteuid()} "
-                              f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}): refusing it")
+    check_runtime_dir(rdir, os.geteuid())
+
+
+def create_file(path: str, flags: int = os.O_WRONLY, mode: int = 0o600) -> int:
+    """Open (creating it if needed) one of the node's files in its checked runtime dir: never through
+    a symlink (O_NOFOLLOW: a planted link can't make us write one of our files elsewhere), and never
+    a file another user made (the dir is private, so that would be a bug elsewhere: refuse it)."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        os.close(fd)
+        raise PermissionError(f"{path} is not a file of uid {os.geteuid()}: refusing it")
+    return fd
 
 
 def segment_owner(rdir: str) -> int:
@@ -65,34 +109,6 @@ def segment_owner(rdir: str) -> int:
     return uid
 
 
-def mailbox_key(rdir: str) -> bytes:
-    """The node's secret part of mailbox names (RDIR/mailbox.key, 0600; made by its manager). Mailboxes
-    live in the abstract namespace, where anyone may bind any name: without this key another user,
-    who can read a process's pid and start time in /proc, could bind its mailbox name first."""
-    path = os.path.join(rdir, "mailbox.key")
-    try:
-        with open(path, "rb") as f:
-            key = f.read()
-        if len(key) == 32:
-            return key
-    except FileNotFoundError:
-        pass
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, os.urandom(32))
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # atomic: the first maker wins, everyone reads the same whole key
-    except FileExistsError:
-        pass
-    finally:
-        os.unlink(tmp)
-    with open(path, "rb") as f:
-        return f.read()
-
-
 class Paths:
     """The files of one runtime dir."""
 
@@ -105,3 +121,8 @@ class Paths:
         self.start_lock = os.path.join(rdir, "start.lock")
         self.state = os.path.join(rdir, "state.json")
         self.log = os.path.join(rdir, "manager.log")
+
+    def mailbox(self, pid: int, start: int) -> str:
+        """A process's mailbox socket (see mailbox.py): in the private dir, so no other user can bind
+        or reach it; (pid, start) so a reused pid never gets a dead process's mail."""
+        return os.path.join(self.dir, f"mb.{pid}.{start}")

@@ -19,17 +19,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import _config, _control
+from . import _config, _control, _procinfo
 from ._handlers import CallbackRunner
 from ._health import Incidents, Supervised
 from .events import to_event
-from ._table import (BY_NODE, R_MANAGER_RESTART, R_PROCESS_EXIT, FLAG_STRICT, AnnounceReader, Table,
-                     TableError, JournalReader)
+from ._segment_build import SEGMENT_CHECK, build_segment
+from ._table import (BY_NODE, R_MANAGER_RESTART, R_PROCESS_EXIT, FLAG_STRICT, AnnounceReader, SegmentLayoutError,
+                     SegmentOwnerError, Table, TableError, JournalReader)
 from ._watch import make_watcher
 
 log = logging.getLogger("syn_mp.manager")
 
 SAFETY_TICK = 1.0  # seconds: rescan journals even if a wake datagram was lost
+SWEEP_EVERY = 30  # safety ticks between sweeps of dead processes' mailbox files
 STAY_AWAKE = 0.05  # seconds of quiet before the manager sleeps (and writes must wake it)
 POLL_AWAKE = 0.001  # while awake, how often the journals are looked at
 DRAIN_BUDGET = 20000  # journal records handled before the loop lets other work run
@@ -60,6 +62,9 @@ class Manager:
         self.opts = opts
         self.paths = _config.Paths(opts.rdir)
         self.tables: dict[str, Table] = {}
+        # scopes this manager could not open or rebuild (another user holds the segment's name), and
+        # why: refused alone, every other scope is served; `status` lists them
+        self.refused: dict[str, str] = {}
         self.readers: dict[str, JournalReader | AnnounceReader] = {}
         self.started = time.time()
         self._wake = asyncio.Event()
@@ -72,7 +77,6 @@ class Manager:
         # watch, which the announce ring gives (see _drain)
         self._lean = opts.event_handler is None and opts.cluster is None
         self.incidents = Incidents(log)
-        self.scope_errors: dict[str, str] = {}  # scopes of the last run that could not be opened
         # identities whose watch or purge raised: tried again every SAFETY_TICK, so none is lost
         self._retry: dict[tuple[int, int], int] = {}  # (pid, start) -> reason
         self._faults = _test_faults()
@@ -81,8 +85,7 @@ class Manager:
 
     def _take_lock(self) -> None:
         _config.ensure_runtime_dir(self.opts.rdir)
-        _config.mailbox_key(self.opts.rdir)  # made by the node's user before any process needs it
-        self._lockfd = os.open(self.paths.manager_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        self._lockfd = _config.create_file(self.paths.manager_lock, os.O_RDWR)
         try:
             fcntl.flock(self._lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -99,8 +102,7 @@ class Manager:
             try:
                 self._open_scope(scope, restart=True)
             except Exception as e:  # one bad segment must not keep the other scopes unwatched
-                self.scope_errors[scope] = f"{type(e).__name__}: {e}"
-                log.error("scope %r could not be opened, its processes are not watched: %s", scope, e)
+                self._refuse(scope, f"{type(e).__name__}: {e}")
         self._write_state()
         for p in (self.paths.ctl, self.paths.wake, self.paths.relay):
             _unlink(p)  # stale sockets of a dead manager: we hold the lock, nobody else uses them
@@ -128,14 +130,15 @@ class Manager:
         # supervised: a loop that ends is logged, restarted, and reported by `syn-mp status`
         self.pump = Supervised("journal pump", self._pump, self.incidents)
         self.ticker = Supervised("safety tick", self._tick, self.incidents)
-        self.pump.start()
-        self.ticker.start()
+        self.checker = Supervised("segment check", self._check_segments, self.incidents)
+        for loop_ in (self.pump, self.ticker, self.checker):
+            loop_.start()
         self._wake.set()
         try:
             await self._stop.wait()
         finally:
-            self.pump.close()
-            self.ticker.close()
+            for loop_ in (self.pump, self.ticker, self.checker):
+                loop_.close()
             server.close()
             loop.remove_reader(wake.fileno())
             wake.close()
@@ -152,16 +155,18 @@ class Manager:
     def _known_scopes(self) -> list[str]:
         try:
             with open(self.paths.state, encoding="utf-8") as f:
-                return list(json.load(f).get("scopes", []))
-        except (OSError, ValueError):
+                state = json.load(f)
+            return list(state.get("scopes", [])) + list(state.get("refused", []))
+        except (OSError, ValueError, TypeError, AttributeError):
             return []
 
     def _write_state(self) -> None:
-        # a scope that failed to open stays listed: the next manager tries it again
-        state = {"node": self.opts.node, "pid": os.getpid(), "scopes": sorted({*self.tables, *self.scope_errors}),
-                 "strict": self.opts.strict}
+        # refused scopes are kept apart: not usable (node_scopes() does not list them), tried again
+        # by the next manager
+        state = {"node": self.opts.node, "pid": os.getpid(), "scopes": sorted(self.tables),
+                 "refused": sorted(set(self.refused) - set(self.tables)), "strict": self.opts.strict}
         tmp = self.paths.state + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = _config.create_file(tmp, os.O_WRONLY | os.O_TRUNC)
         os.fchmod(fd, 0o600)  # whatever the umask, or the mode of a leftover tmp file
         with open(fd, "w", encoding="utf-8") as f:
             json.dump(state, f)
@@ -170,31 +175,115 @@ class Manager:
     # ------------------------------------------------------------------ scopes
 
     def _open_scope(self, scope: str, restart: bool = False) -> Table:
+        """The scope's table: attached, created, or rebuilt when its segment is of another layout
+        version or half-created. TableError (and the scope refused, alone) when another user holds
+        the segment's name."""
         t = self.tables.get(scope)
         if t is not None:
-            return t
+            if t.moved():  # removed under us and not noticed yet: a client waits for the rebuild
+                self._rebuild(scope)
+            return self.tables[scope]
         name = _config.segment_name(self.opts.rdir, scope)
-        t = Table.attach(name)
-        if t is None:
-            o = self.opts
-            t = Table.create(name, o.node, o.capacity, max(1 << 20, o.capacity * o.heap_per_entry),
-                             o.journal, o.mode)
-            log.info("scope %r created: segment %s, capacity %d", scope, name, o.capacity)
-        elif t.node_name(0) != self.opts.node:
+        try:
+            t = Table.attach(name)
+        except SegmentOwnerError as e:
+            self._refuse(scope, str(e))
+            raise
+        except SegmentLayoutError as e:
+            # an upgrade (another layout version) or a crash (half-created): what it holds can't be
+            # read; the processes of this version that hold entries there put them back (_segments)
+            log.warning("scope %r: %s: rebuilding it; the living processes put their entries back", scope, e)
+            t = None
+        try:
+            if t is None:
+                t = self._build(scope, None)
+                log.info("scope %r created: segment %s, capacity %d", scope, name, self.opts.capacity)
+        except TableError as e:
+            self._refuse(scope, str(e))
+            raise
+        if t.node_name(0) != self.opts.node:
             log.warning("scope %r was created by node %r; this manager is %r", scope, t.node_name(0),
                         self.opts.node)
+        if t.retired():  # we died between retiring it and publishing its replacement: it is the truth
+            t.retire(False)
+        self.refused.pop(scope, None)
+        self._serve_table(scope, t, R_MANAGER_RESTART if restart else R_PROCESS_EXIT)
+        return t
+
+    def _serve_table(self, scope: str, t: Table, reason: int) -> None:
         flags = t.flags
         want = (flags | FLAG_STRICT) if self.opts.strict else (flags & ~FLAG_STRICT)
         if want != flags:
             t.set_flags(want)
         self.tables[scope] = t
-        self.scope_errors.pop(scope, None)
         if self._lean:
             self.readers[scope] = t.announced()  # from now: older processes are found by the scan
         else:
             self.readers[scope] = t.journal()  # from now: older changes are covered by the scan
-        self._scan(scope, R_MANAGER_RESTART if restart else R_PROCESS_EXIT)
-        return t
+        self._scan(scope, reason)
+
+    def _build(self, scope: str, old: Table | None) -> Table:
+        o = self.opts
+        return build_segment(_config.segment_name(o.rdir, scope), o.node, o.capacity,
+                             max(1 << 20, o.capacity * o.heap_per_entry), o.journal, o.mode, old,
+                             before_copy=lambda: self._drain_scope(scope))
+
+    def _refuse(self, scope: str, why: str) -> None:
+        if self.refused.get(scope) != why:
+            log.error("scope %r refused, its processes are not watched (the node serves its other "
+                      "scopes): %s", scope, why)
+        self.refused[scope] = why
+
+    def _rebuild(self, scope: str) -> None:
+        """The scope's segment was removed or replaced under us: a new one, with everything the old
+        one holds (we still map it), published under the name; the old one retired, so the clients
+        that still map it move over (their writes there fail with ERETIRED, see _segments)."""
+        old = self.tables[scope]
+        try:
+            t = self._build(scope, old)
+        except TableError as e:
+            self._refuse(scope, f"{e}; still serving the segment it replaced")  # clients keep the old one
+            return
+        log.warning("scope %r: segment %s was removed or replaced under the running node: rebuilt it "
+                    "with its %d entries", scope, t.name, t.stats()["count"])
+        self.refused.pop(scope, None)
+        self._serve_table(scope, t, R_PROCESS_EXIT)
+        if self.cluster is not None:
+            self.cluster.resync(scope)  # peers refetch what we hold, in case a change slipped by
+        self._write_state()
+        self._wake.set()
+
+    def _drain_scope(self, scope: str) -> None:
+        """Every journal (or announce) record of the scope's table handled: called once the table is
+        retired, before it is copied, so nothing written to it goes unwatched or unbroadcast."""
+        reader = self.readers.get(scope)
+        while reader is not None:
+            if isinstance(reader, AnnounceReader):
+                n = self._follow_announced(scope, reader)
+            else:
+                n = self._follow_journal(scope, reader, 4096)
+            if not n:
+                return
+            reader = self.readers.get(scope)
+
+    async def _check_segments(self) -> None:
+        """Every SEGMENT_CHECK: is each scope's name still the segment we map (RemoveIPC=yes, an rm in
+        /dev/shm)? A refused scope is tried again, in case its squatter went."""
+        while True:
+            await asyncio.sleep(SEGMENT_CHECK)
+            for scope in list(self.tables):
+                try:
+                    if self.tables[scope].moved():
+                        self._rebuild(scope)
+                except Exception:  # nothing here may stop the manager
+                    log.exception("scope %r: checking its segment failed", scope)
+            for scope in [s for s in self.refused if s not in self.tables]:
+                try:
+                    self._open_scope(scope, restart=True)
+                except Exception:
+                    continue  # still refused (logged once)
+                log.info("scope %r: no longer refused", scope)
+                self._write_state()
 
     def _scan(self, scope: str, reason: int) -> None:
         """Watch every live local process of the table; purge the dead."""
@@ -243,6 +332,7 @@ class Manager:
             # a live process never gets here (only dead identities are purged); once the retry's
             # watch() finds it dead again, the purge is repeated
             self._retry[(pid, start)] = reason
+        _unlink(self.paths.mailbox(pid, start))  # a killed process could not unlink its own
         key = "manager_restart" if reason == R_MANAGER_RESTART else "process_exit"
         self.purged[key] += n
         if n:
@@ -276,8 +366,27 @@ class Manager:
             except Exception:  # a malformed datagram must not escape the loop's reader callback
                 continue
 
+    def _sweep_mailboxes(self) -> None:
+        """Unlink the mailbox and reply sockets (mb.<pid>.<start>, rp.<pid>.<start>.<ref>) of processes
+        that died unwatched (a mailbox without a registration, a caller killed in multi_call)."""
+        try:
+            names = os.listdir(self.opts.rdir)
+        except OSError:
+            return
+        for name in names:
+            parts = name.split(".")
+            if parts[0] not in ("mb", "rp") or len(parts) < 3 or not (parts[1].isdigit() and parts[2].isdigit()):
+                continue
+            pid, start = int(parts[1]), int(parts[2])
+            if self.watcher.watching(pid) != start and _procinfo.start_time(pid) != start:
+                _unlink(os.path.join(self.opts.rdir, name))
+
     async def _tick(self) -> None:
+        ticks = 0
         while True:
+            if ticks % SWEEP_EVERY == 0:
+                self._sweep_mailboxes()
+            ticks += 1
             await asyncio.sleep(SAFETY_TICK)
             self._wake.set()
             if self._retry:
@@ -375,6 +484,12 @@ class Manager:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            # ctl.sock is 0600 in a 0700 dir; should another user reach it anyway (a dir opened up),
+            # it gets no answer: only our user and root may drive the manager
+            uid = _control.peer_uid(writer.get_extra_info("socket"))
+            if uid not in (os.geteuid(), 0):
+                log.warning("control connection from uid %d refused", uid)
+                return
             try:
                 line = await reader.readline()  # ValueError: a line over the reader's limit
                 req = json.loads(line)
@@ -395,10 +510,16 @@ class Manager:
         if op == "ping":
             return {"ok": True, "node": self.opts.node, "pid": os.getpid()}
         if op == "add_scopes":
+            errors = []
             for s in req["scopes"]:
-                self._open_scope(_config.check_scope(s))
+                try:
+                    self._open_scope(_config.check_scope(s))
+                except TableError as e:  # refused alone: the others are added
+                    errors.append(f"scope {s!r}: {e}")
             self._write_state()
             self._wake.set()
+            if errors:
+                return {"ok": False, "error": "; ".join(errors), "scopes": sorted(self.tables)}
             return {"ok": True, "scopes": sorted(self.tables)}
         if op == "scopes":
             return {"ok": True, "scopes": sorted(self.tables)}
@@ -412,7 +533,8 @@ class Manager:
                         **self.cluster.stats},
                     "callbacks": None if not self.callbacks else {"failed": self.callbacks.failures,
                                                                   "hung": self.callbacks.hangs},
-                    "scopes": {s: t.stats() for s, t in sorted(self.tables.items())}}
+                    "scopes": {s: t.stats() for s, t in sorted(self.tables.items())},
+                    "refused": dict(sorted(self.refused.items()))}
         if op == "nodes":
             scope = _config.check_scope(req["scope"])
             return {"ok": True, "nodes": self.cluster.nodes(scope) if self.cluster else []}
@@ -424,7 +546,7 @@ class Manager:
 
     def health(self) -> dict[str, Any]:
         """Whether the manager does its job; `problems` (one line each) make `syn-mp status` fail."""
-        problems = [f"scope {s!r} could not be opened: {e}" for s, e in sorted(self.scope_errors.items())]
+        problems = [f"scope {s!r} could not be opened: {e}" for s, e in sorted(self.refused.items())]
         loops = {}
         for sup in (self.pump, self.ticker, self.watcher.poller):
             loops[sup.name] = {"failing": sup.failing, "restarts": sup.restarts}
@@ -433,7 +555,7 @@ class Manager:
                 problems.append(f"the {sup.name} loop is failing ({sup.restarts} restarts): {last}")
         if self._retry:
             problems.append(f"{len(self._retry)} processes could not be watched or purged yet")
-        return {"ok": not problems, "problems": problems, "loops": loops, "scope_errors": dict(self.scope_errors),
+        return {"ok": not problems, "problems": problems, "loops": loops, "refused": dict(self.refused),
                 "incidents": self.incidents.summary()}
 
 

@@ -24,8 +24,10 @@ F_MATCH_NODE, WAKE = lib.SYNT_F_MATCH_NODE, lib.SYNT_WAKE
 INSERTED, UPDATED, UNCHANGED = lib.SYNT_INSERTED, lib.SYNT_UPDATED, lib.SYNT_UNCHANGED
 ENOTFOUND, ETAKEN, EFULL, EMISMATCH = lib.SYNT_ENOTFOUND, lib.SYNT_ETAKEN, lib.SYNT_EFULL, lib.SYNT_EMISMATCH
 EBUFSMALL, EBUSY, ECORRUPT, EOVERRUN = lib.SYNT_EBUFSMALL, lib.SYNT_EBUSY, lib.SYNT_ECORRUPT, lib.SYNT_EOVERRUN
-FLAG_STRICT, FLAG_RETIRED = lib.SYNT_FLAG_STRICT, lib.SYNT_FLAG_RETIRED
-ERETIRED = lib.SYNT_ERETIRED
+FLAG_STRICT = lib.SYNT_FLAG_STRICT
+# A table replaced by a new segment (its name removed, or it was rebuilt): put and delete return
+# ERETIRED, and its users attach the new one (_segments).
+FLAG_RETIRED, ERETIRED = lib.SYNT_FLAG_RETIRED, lib.SYNT_ERETIRED
 CHUNK = lib.SYNT_CHUNK
 chunks_for = lib.synt_chunks_for  # chunks an entry with key + meta of n bytes takes
 MAX_META = lib.SYNT_MAX_META
@@ -44,6 +46,30 @@ R_NORMAL, R_PROCESS_EXIT, R_MANAGER_RESTART, R_CONFLICT, R_NODE_UP, R_NODE_DOWN 
 
 class TableError(RuntimeError):
     """The segment is not a usable table (bad layout, unusable lock, corruption)."""
+
+
+class SegmentOwnerError(TableError):
+    """The segment belongs to another user: never ours to use, nor to replace."""
+
+
+class SegmentLayoutError(TableError):
+    """Not a table of this version: another layout version, or half-created (no magic, no size)."""
+
+
+SHM_DIR = "/dev/shm"  # where Linux keeps POSIX shared memory: a segment /x is the file /dev/shm/x
+
+
+def shm_path(name: str) -> str:
+    return SHM_DIR + name
+
+
+def identity(name: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the segment the name now names; None when there is none."""
+    try:
+        st = os.stat(shm_path(name))
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 class Entry(NamedTuple):
@@ -134,19 +160,48 @@ _HIT = struct.Struct("=QQqII")  # synt_hit_t
 assert _HIT.size == ffi.sizeof("synt_hit_t")
 
 
+def _owned_by(name: str) -> str:
+    """ ", owned by uid N" for a segment's error message, when /dev/shm shows it."""
+    try:
+        return f", owned by uid {os.stat('/dev/shm' + name).st_uid}"
+    except OSError:
+        return ""
+
+
 class Table:
     """One scope's segment, mapped into this process."""
 
-    def __init__(self, name: str, shm: posix_ipc.SharedMemory, mm: mmap.mmap) -> None:
+    def __init__(self, name: str, mm: mmap.mmap, ident: tuple[int, int] = (0, 0)) -> None:
         self.name = name
-        self._mm = mm
-        self._base = ffi.from_buffer(mm)
-        self._t = ffi.new("synt_t *")
-        self.ptr = self._t  # what put_local/delete_local take
-        rc = lib.synt_open(self._t, self._base, len(mm))
-        if rc != 0:
-            raise TableError(f"segment {name} is not a syn_mp table of this version")
+        self.ident = ident  # (st_dev, st_ino) of the segment mapped: is the name still ours? (moved)
         self._pool: list[_Scratch] = []
+        # set by the client (_segments.renew): called when this table is found retired or moved;
+        # it attaches the new segment in place (rebind) and puts this process's entries back
+        self.on_stale: Any = None
+        self.owner: int | None = None  # the owner attach required: a replacement must have it too
+        self.gen = 0  # bumped by rebind: journal cursors of the old segment mean nothing in the new
+        self._past: list[tuple[Any, ...]] = []  # mappings replaced by rebind, kept a while (see rebind)
+        self._map(mm)
+        # name -> (word index, word value, ...): see registry.lookup
+        self.lookup_cache: dict[Any, tuple[Any, ...]] = {}
+        # (group, node) -> (seqlock value, ...): see groups.members
+        self.members_cache: dict[tuple[bytes, int], tuple[Any, ...]] = {}
+        # This process's own writes (_ledger): what it puts back into a rebuilt segment.
+        # name key -> (pid, start, meta); (group key, pid) -> (start, meta)
+        self.own_reg: dict[bytes, tuple[int, int, bytes]] = {}
+        self.own_pg: dict[tuple[bytes, int], tuple[int, bytes]] = {}
+
+    def _map(self, mm: mmap.mmap) -> None:
+        base = ffi.from_buffer(mm)
+        t = ffi.new("synt_t *")
+        rc = lib.synt_open(t, base, len(mm))
+        if rc != 0:
+            raise SegmentLayoutError(f"segment {self.name} is not a syn_mp table of this version"
+                                     f" ({_describe(mm)})")
+        self._mm = mm
+        self._base = base
+        self._t = t
+        self.ptr = t  # what put_local/delete_local take
         self._node_names: list[str] = []
         self._node_gen = lib.synt_node_gen(self._t)
         self._seqp = lib.synt_seq_ptr(self._t)
@@ -158,10 +213,6 @@ class Table:
         self.seq_word = lib.synt_seq_word(self._t)
         addr = int(ffi.cast("uintptr_t", self._flagsp)) - int(ffi.cast("uintptr_t", self._base))
         self.flags_word = addr // 8  # the header's flags (SYNT_FLAG_*): strict mode, read on writes
-        # name -> (word index, word value, ...): see registry.lookup
-        self.lookup_cache: dict[Any, tuple[Any, ...]] = {}
-        # (group, node) -> (seqlock value, ...): see groups.members
-        self.members_cache: dict[tuple[bytes, int], tuple[Any, ...]] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -169,9 +220,15 @@ class Table:
     def create(cls, name: str, node: str, capacity: int, heap: int, journal: int,
                mode: int = 0o600, flags: int = 0) -> "Table":
         size = lib.synt_layout_size(capacity, heap, journal)
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=mode, size=size)
+        try:
+            shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=mode, size=size)
+        except posix_ipc.ExistentialError:  # made by someone else since we looked (maybe another user)
+            raise TableError(f"segment {name} already exists{_owned_by(name)}: refusing it") from None
+        except posix_ipc.Error as e:
+            raise TableError(f"cannot create segment {name}: {e}") from None
         try:
             os.fchmod(shm.fd, mode)  # O_CREAT honours the umask; the mode is the contract
+            st = os.fstat(shm.fd)
             mm = mmap.mmap(shm.fd, size)
         finally:
             shm.close_fd()
@@ -180,27 +237,75 @@ class Table:
         if rc != 0:
             posix_ipc.unlink_shared_memory(name)
             raise TableError(f"cannot initialise segment {name}: {rc}")
-        return cls(name, shm, mm)
+        return cls(name, mm, (st.st_dev, st.st_ino))
 
     @classmethod
     def attach(cls, name: str, owner: int | None = None) -> "Table | None":
-        """Map an existing segment; None when there is none. TableError when it belongs to a user other
-        than `owner` (default: this process's): segment names are predictable, another user may have
-        created one first."""
+        """Map an existing segment; None when there is none. SegmentOwnerError when it belongs to a user
+        other than `owner` (default: this process's): segment names are predictable, another user may
+        have created one first. SegmentLayoutError when it is not a table of this layout version, or
+        one half-created (never sized, or no magic: its creator died before the end)."""
         try:
             shm = posix_ipc.SharedMemory(name)
         except posix_ipc.ExistentialError:
             return None
+        except posix_ipc.PermissionsError:  # another user's, mode 0600 (the usual default)
+            raise TableError(f"segment {name} can't be opened{_owned_by(name)}: permission denied, "
+                             "refusing it") from None
+        except posix_ipc.Error as e:
+            raise TableError(f"segment {name} can't be opened: {e}") from None
         try:
-            uid = os.fstat(shm.fd).st_uid
-            if uid != (os.geteuid() if owner is None else owner):
-                raise TableError(f"segment {name} is owned by uid {uid}, not by the node's user: refusing it")
+            st = os.fstat(shm.fd)
+            if st.st_uid != (os.geteuid() if owner is None else owner):
+                raise SegmentOwnerError(f"segment {name} is owned by uid {st.st_uid}, not by the node's user: "
+                                        "refusing it")
             if shm.size == 0:
-                return None
+                raise SegmentLayoutError(f"segment {name} is half-created (size 0)")
             mm = mmap.mmap(shm.fd, shm.size)
         finally:
             shm.close_fd()
-        return cls(name, shm, mm)
+        t = cls(name, mm, (st.st_dev, st.st_ino))
+        t.owner = owner
+        return t
+
+    def view(self) -> "Table":
+        """A second Table on this one's mapping (not rebound with it): how a renewed client reads
+        the segment it left. SegmentLayoutError when the header is no longer this version's."""
+        t = Table(self.name, self._mm, self.ident)
+        t.owner = self.owner
+        return t
+
+    def rebind(self, other: "Table") -> None:
+        """Take over `other`'s mapping in place: every holder of this object (the hot paths keep
+        it in _client.TABLES) uses the new segment from its next call; the caches start over.
+        The old mapping stays mapped for two more rebinds: another thread may be inside a C call
+        on it (a write there fails with ERETIRED, a read returns what the old table held)."""
+        self._past = (self._past + [(self._mm, self._base, self._t, self.words)])[-2:]
+        self._map(other._mm)
+        self.ident = other.ident
+        self.lookup_cache = {}
+        self.members_cache = {}
+        self.gen += 1
+
+    def retired(self) -> bool:
+        return bool(self._flagsp[0] & FLAG_RETIRED)
+
+    def moved(self) -> bool:
+        """Whether the segment's name now names another segment, or none."""
+        return identity(self.name) != self.ident
+
+    def stale(self) -> bool:
+        """Retired by the manager, or its name now names another segment: attach that one."""
+        if self._flagsp[0] & FLAG_RETIRED:
+            return True
+        now = identity(self.name)
+        return now is not None and now != self.ident
+
+    def renew(self) -> bool:
+        """After a read or write found this table retired: the client's on_stale hook (it rebinds
+        this table to the new segment); False when there is none (then the caller sees ERETIRED)."""
+        hook = self.on_stale
+        return hook is not None and hook(self)
 
     # ------------------------------------------------------------- nodes
 
@@ -259,6 +364,8 @@ class Table:
         try:
             while True:
                 rc = lib.synt_get(self._t, type_, key, len(key), node, pid, s.info, s.buf, s.cap)
+                if rc >= 0 and self._flagsp[0] & FLAG_RETIRED and self.renew():
+                    continue  # a retired table no longer changes: read the one that replaced it
                 if rc == 1:
                     nd, _, p, start, t, ver, _, ml, _, _, seq, _ = _INFO.unpack_from(s.info_bytes)
                     return _new_entry(Entry, (nd, p, start, t, ver, s.buf_bytes[:ml], seq))
@@ -275,6 +382,8 @@ class Table:
         try:
             while True:
                 rc = lib.synt_lookup(self._t, key, len(key), s.hit, s.buf, s.cap)
+                if rc >= 0 and self._flagsp[0] & FLAG_RETIRED and self.renew():
+                    continue
                 if rc >= 0:
                     word, value, p, nd, ml = _HIT.unpack_from(s.hit_bytes)
                     return rc, nd, p, s.buf_bytes[:ml], word, value
@@ -293,6 +402,8 @@ class Table:
         try:
             while True:
                 n = lib.synt_collect(self._t, mode, type_, key, len(key), node, pid, flags, s.buf, s.cap, needed)
+                if n >= 0 and self._flagsp[0] & FLAG_RETIRED and self.renew():
+                    continue
                 if n >= 0:
                     return _parse_items(s.buf_bytes[:needed[0]], n)
                 self._retry(n, s, needed[0])
@@ -310,6 +421,8 @@ class Table:
             while True:
                 n = lib.synt_collect(self._t, mode, type_, key, len(key), node, pid, flags | F_MSGPACK,
                                      s.buf, s.cap, needed)
+                if n >= 0 and self._flagsp[0] & FLAG_RETIRED and self.renew():
+                    continue
                 if n >= 0:
                     return s.buf_bytes[:needed[0]]
                 self._retry(n, s, needed[0])
@@ -319,6 +432,8 @@ class Table:
     def count(self, mode: int, type_: int, key: bytes = b"", node: int = ALL_NODES, pid: int = 0) -> int:
         while True:
             n = lib.synt_count(self._t, mode, type_, key, len(key), node, pid)
+            if n >= 0 and self._flagsp[0] & FLAG_RETIRED and self.renew():
+                continue
             if n >= 0:
                 return n
             self._retry(n, None, 0)
@@ -340,9 +455,11 @@ class Table:
         snapshot copy, safe to keep."""
         s = self._scratch()
         try:
-            rc = lib.synt_put(self._t, type_, key, len(key), node, pid, start, time_ns, meta, len(meta),
-                              flags, expect_ver, reason, reason_node, s.info)
-            return rc, _new_entry(_Info, _INFO.unpack_from(s.info_bytes))
+            while True:
+                rc = lib.synt_put(self._t, type_, key, len(key), node, pid, start, time_ns, meta, len(meta),
+                                  flags, expect_ver, reason, reason_node, s.info)
+                if rc != ERETIRED or not self.renew():
+                    return rc, _new_entry(_Info, _INFO.unpack_from(s.info_bytes))
         finally:
             self._pool.append(s)
 
@@ -350,8 +467,10 @@ class Table:
                reason: int = R_NORMAL, reason_node: int = 0) -> tuple[int, Any]:
         s = self._scratch()
         try:
-            rc = lib.synt_delete(self._t, type_, key, len(key), node, pid, flags, reason, reason_node, s.info)
-            return rc, _new_entry(_Info, _INFO.unpack_from(s.info_bytes))
+            while True:
+                rc = lib.synt_delete(self._t, type_, key, len(key), node, pid, flags, reason, reason_node, s.info)
+                if rc != ERETIRED or not self.renew():
+                    return rc, _new_entry(_Info, _INFO.unpack_from(s.info_bytes))
         finally:
             self._pool.append(s)
 
@@ -369,6 +488,12 @@ class Table:
 
     def set_flags(self, flags: int) -> None:
         lib.synt_set_flags(self._t, flags)
+
+    def retire(self, retired: bool = True) -> None:
+        """Mark this table replaced (under its mutex: once this returns, no put or delete succeeds
+        on it); the manager's step before it copies the table into a new segment."""
+        f = self.flags
+        self.set_flags((f | FLAG_RETIRED) if retired else (f & ~FLAG_RETIRED))
 
     def set_sleeping(self, sleeping: bool) -> None:
         lib.synt_set_sleeping(self._t, 1 if sleeping else 0)
@@ -429,6 +554,7 @@ class JournalReader:
     def __init__(self, table: Table, cursor: int) -> None:
         self.table = table
         self.cursor = ffi.new("uint64_t *", cursor)
+        self._gen = table.gen
         self._cap = 1 << 16
         self._buf = ffi.new("uint8_t[]", self._cap)
 
@@ -438,6 +564,10 @@ class JournalReader:
     def read(self, max_records: int = 4096) -> list[JournalRecord] | None:
         """The next records; None when the reader fell behind the ring (resync from the table)."""
         unpack = struct.Struct("=QIHHIIqQqII").unpack_from
+        if self._gen != self.table.gen:  # the table was rebound to a new segment: follow it from now
+            self._gen = self.table.gen
+            self.cursor[0] = self.table.journal_head()
+            return []
         while True:
             n = lib.synt_journal_read(self.table._t, self.cursor, self._buf, self._cap, max_records)
             if n == EOVERRUN:
@@ -481,6 +611,16 @@ class AnnounceReader:
         if n < 0:
             raise TableError(f"announce ring of {self.table.name}: {n}")
         return list(zip(self._pids[0:n], self._starts[0:n]))
+
+
+def _describe(mm: mmap.mmap) -> str:
+    """What the first header words of a segment that is no table of ours say (magic at 0, version at 8)."""
+    if len(mm) < 16:
+        return f"{len(mm)} bytes"
+    magic, version = struct.unpack_from("<QQ", mm, 0)
+    if magic == 0:
+        return "no magic: half-created"
+    return f"magic {magic:#x}, layout version {version}"
 
 
 def iter_segments(prefix: str) -> Iterator[str]:

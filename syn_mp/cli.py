@@ -1,7 +1,7 @@
 """`syn-mp`: run a node's manager and look at what it holds.
 
 Exit status: 0 success, 1 a looked-up key is absent, 2 bad usage or no manager, 3 (`status`) the
-manager answers but is not doing its job (a failing loop, a scope it could not open).
+manager answers but is not doing its job (a failing loop, a scope it could not open or refuses).
 """
 from __future__ import annotations
 
@@ -114,7 +114,9 @@ def _key(args: argparse.Namespace, raw: str) -> Any:
     try:
         v = json.loads(raw)
     except ValueError as e:
-        raise UsageError(f"--json-key: {raw!r} is not JSON ({e})") from None
+        raise UsageError(f"--json-key: {raw[:60]!r} is not JSON ({e})") from None
+    except RecursionError:
+        raise UsageError("--json-key: the name is nested too deeply") from None
 
     def tup(x: Any) -> Any:
         if isinstance(x, list):
@@ -122,7 +124,10 @@ def _key(args: argparse.Namespace, raw: str) -> Any:
         if isinstance(x, dict):
             raise UsageError("--json-key: a name can't be a JSON object")
         return x
-    return tup(v)
+    try:
+        return tup(v)
+    except RecursionError:
+        raise UsageError("--json-key: the name is nested too deeply") from None
 
 
 # ---------------------------------------------------------------- commands
@@ -251,6 +256,9 @@ def _cmd_status(args: argparse.Namespace, node: _client.Node) -> int:
             f"health    {'ok' if health['ok'] else 'FAILING: ' + '; '.join(health['problems'])}\n"
             + "".join(f"          {v['count']} x {k}: {v['last']}\n" for k, v in incidents.items())
             + "\n" + _table(rows, ["SCOPE", "NAMES", "MEMBERSHIPS", "ENTRIES", "HEAP"]))
+    refused = st.get("refused") or {}
+    if refused:  # the manager runs but can't serve these
+        text += "\nrefused scopes:\n" + "".join(f"  {s}: {why}\n" for s, why in refused.items())
     _emit(args, st, text)
     if not health["ok"]:
         print(f"syn-mp: the manager is not doing its job: {'; '.join(health['problems'])}", file=sys.stderr)
@@ -354,6 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "daemon":
             return _cmd_daemon(args)
         node = _client.use_runtime_dir(_config.runtime_dir(args.runtime_dir))
+        node.check_dir()  # another user's node (or a squatted dir): one line, exit 2
         return _COMMANDS[args.command](args, node)
     except UsageError as e:
         print(f"syn-mp: {e}", file=sys.stderr)

@@ -5,8 +5,8 @@ import time
 from typing import Any, Callable
 
 from . import _pids, _procinfo
-from ._table import (ALL_NODES, BY_KEY, BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, F_EXPECT_VER, PG, WAKE,
-                     WITH_KEY, WITH_META, Table)
+from ._table import (ALL_NODES, BY_KEY, BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, ERETIRED, F_EXPECT_VER,
+                     PG, WAKE, WITH_KEY, Table)
 from ._table import delete_local as _delete_local
 from ._table import put_local as _put_local
 from ._types import Pid
@@ -24,16 +24,21 @@ def join(scope: str, group: Any, pid: _pids.PidArg = None, meta: Any = None) -> 
     t = _table(scope)
     key = encode_name(group)
     m = _META_NONE if meta is None else encode_meta(meta)
-    p, start = _procinfo.self_identity() if pid is None else _pids.for_write(t, pid)
+    if pid is None:
+        p, start = _procinfo.self_identity()
+        open_mailbox()  # before the membership is written: a member can always be sent to
+    else:
+        p, start = _pids.for_write(t, pid)
     rc = _put_local(t.ptr, PG, key, len(key), p, start, m, len(m))
+    while rc == ERETIRED and t.renew():  # the segment was replaced: t now maps the new one
+        rc = _put_local(t.ptr, PG, key, len(key), p, start, m, len(m))
     if rc < 0:
         if rc == EFULL:
             raise CapacityError(f"scope {scope!r} is full")
         raise RuntimeError(f"join: table error {rc}")
+    t.own_pg[(key, p)] = (start, m)  # the ledger: put back if the segment is rebuilt (_segments)
     if rc & WAKE:
         _wake()
-    if pid is None:
-        open_mailbox()
 
 
 def leave(scope: str, group: Any, pid: _pids.PidArg = None) -> None:
@@ -47,6 +52,9 @@ def leave(scope: str, group: Any, pid: _pids.PidArg = None) -> None:
             raise RemotePidError(f"{pid} belongs to another node: leave on its own node")
         _pids.check_self(t, p)
     rc = _delete_local(t.ptr, PG, key, len(key), p, 0)
+    while rc == ERETIRED and t.renew():
+        rc = _delete_local(t.ptr, PG, key, len(key), p, 0)
+    t.own_pg.pop((key, p), None)
     if rc < 0:
         if rc == ENOTFOUND:
             raise NotInGroupError(f"pid {p} is not a member of {group!r} in scope {scope!r}")
@@ -73,8 +81,8 @@ def _members(t: Table, key: bytes, node: int) -> list[tuple[Pid, Any]]:
     names = t.node_names()  # after the read: it covers every node id the rows hold
     pairs = [(_new_pid(Pid, (names[nd], p)), m) for nd, p, m in rows]
     pairs.sort()  # by Pid: a group holds a Pid once, so the metas are never compared
-    if s0 & 1 or words[sw] != s0:
-        return pairs  # the table moved during the read: right, but not cacheable at s0
+    if s0 & 1 or t.words is not words or words[sw] != s0:
+        return pairs  # the table moved (or was rebound, _segments) during the read: not cacheable at s0
     cache = t.members_cache
     if len(cache) >= _CACHE_MAX:
         cache.clear()
@@ -138,8 +146,11 @@ def update_member(scope: str, group: Any, pid: _pids.PidArg, fn: Callable[[Any],
             raise RemotePidError(f"{who} belongs to another node: update it there")
         _pids.check_self(t, p)
         new_meta = fn(decode(e.meta))
-        rc, info = t.put(PG, key, 0, p, e.start, time.time_ns(), encode_meta(new_meta), F_EXPECT_VER, e.ver)
+        m = encode_meta(new_meta)
+        rc, info = t.put(PG, key, 0, p, e.start, time.time_ns(), m, F_EXPECT_VER, e.ver)
         if rc >= 0:
+            if (key, p) in t.own_pg:
+                t.own_pg[(key, p)] = (e.start, m)
             _after_write(info)
             return who, new_meta
         if rc == EFULL:

@@ -1,19 +1,26 @@
 """Mailboxes: each process's queue of messages, and the messages of API.md.
 
-A mailbox is a Unix datagram socket in the abstract namespace, named from the
-node's runtime dir and the process's (pid, start time): it vanishes with the
-process, and a reused pid never gets a dead process's mail. A daemon thread drains
-the socket into an in-process queue, so senders rarely meet a full kernel queue;
-the queue holds at most MAILBOX_LIMIT messages, beyond which new ones are dropped.
-Senders wait at most SEND_TIMEOUT for room and never block longer.
-Datagrams from another user are dropped (SO_PASSCRED).
+A mailbox is a Unix datagram socket bound in the node's private runtime dir (0700,
+checked before we bind or send there), named by the process's (pid, start time):
+RDIR/mb.<pid>.<start>. No other user can bind that name, connect to it or list it,
+so nobody can take a process's mailbox, before it opens or after it dies (the
+abstract namespace, used before, has no permissions and is listed in
+/proc/net/unix for everyone). The process unlinks it at exit; the manager unlinks a
+dead process's (see _manager). A reused pid never gets a dead process's mail: the
+start time differs. A daemon thread drains the socket into an in-process queue, so
+senders rarely meet a full kernel queue; the queue holds at most MAILBOX_LIMIT
+messages, beyond which new ones are dropped. Senders wait at most SEND_TIMEOUT for
+room and never block longer. Datagrams from another user (not root) are dropped
+(SO_PASSCRED), should one ever reach us.
 """
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
-import hashlib
+import errno
 import os
+import re
 import socket
 import struct
 import threading
@@ -21,12 +28,12 @@ import time
 import uuid
 from typing import Any, NamedTuple
 
-from . import _client, _config, _procinfo
+from . import _client, _procinfo
 from ._client import node as _node
 from ._table import ALL_NODES, BY_KEY, PG, REG, WITH_META
 from ._types import Pid
 from .codec import decode, encode_message, encode_name
-from .errors import EncodingError, UndefinedError
+from .errors import EncodingError, ManagerUnavailableError, UndefinedError
 from ._client import table_of as _table
 
 MAILBOX_LIMIT = int(os.environ.get("SYN_MP_MAILBOX_LIMIT", "100000"))
@@ -61,16 +68,33 @@ class MultiCall:
         return f"MultiCall(message={self.message!r}, caller={self.caller.pid}, meta={self.meta!r})"
 
 
-_tags: dict[str, str] = {}  # runtime dir -> the tag of its mailbox names
+def _address(rdir: str, pid: int, start: int) -> str:
+    """The mailbox of a local process (_config.Paths.mailbox), without a call per send. `rdir` is the
+    node's Node.dir_prefix (or, in the manager, its runtime dir)."""
+    return f"{rdir}/mb.{pid}.{start}"
 
 
-def _address(rdir: str, pid: int, start: int) -> bytes:
-    tag = _tags.get(rdir)
-    if tag is None:
-        real = os.path.realpath(rdir)
-        # the node's key makes the name unguessable for other users (see _config.mailbox_key)
-        tag = _tags[rdir] = hashlib.sha256(real.encode() + _config.mailbox_key(real)).hexdigest()[:16]
-    return f"\0syn_mp.{tag}.{pid}.{start}".encode()
+_REPLY_NAME = re.compile(rb"rp\.[0-9]+\.[0-9]+\.[0-9a-f]{32}\Z")
+
+
+def reply_path(rdir: str, name: bytes) -> str | None:
+    """Where a multi_call's reply goes: `name` is the basename the caller sent (RDIR/rp.<pid>.<start>.<ref>);
+    None for anything else, so a relayed target can never name a path outside the dir."""
+    if not isinstance(name, bytes) or not _REPLY_NAME.match(name):
+        return None
+    return f"{rdir}/{name.decode()}"
+
+
+def bind_private(sock: socket.socket, path: str) -> None:
+    """Bind `sock` at `path` in the checked runtime dir, 0600; a leftover of our own is replaced."""
+    try:
+        sock.bind(path)
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE:
+            raise
+        os.unlink(path)  # only our user can have made it (the dir is private): a stale one
+        sock.bind(path)
+    os.chmod(path, 0o600)  # bind follows the umask
 
 
 class _Mailbox:
@@ -79,15 +103,30 @@ class _Mailbox:
     def __init__(self) -> None:
         pid, start = _procinfo.self_identity()
         self.node = _node()
-        self.address = _address(self.node.rdir, pid, start)
+        self.owner = pid
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self.sock.bind(self.address)
+        try:
+            self.node.check_dir(must_exist=True, fresh=True)  # never bind where another user could reach it
+            self.address = _address(self.node.dir_prefix, pid, start)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            bind_private(self.sock, self.address)
+        except OSError as e:
+            self.sock.close()
+            raise ManagerUnavailableError(f"cannot open this process's mailbox in {self.node.rdir}: {e}") from None
         self.queue: collections.deque[bytes] = collections.deque()
         self.cond = threading.Condition()
         self.dropped = 0
         self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
         threading.Thread(target=self._drain, name="syn_mp-mailbox", daemon=True).start()
+
+    def close(self) -> None:
+        """Close the socket; its file goes too, unless it is a parent's (after fork)."""
+        self.sock.close()
+        if self.owner == os.getpid():
+            try:
+                os.unlink(self.address)
+            except OSError:
+                pass
 
     def _drain(self) -> None:
         while True:
@@ -140,14 +179,17 @@ def open_mailbox() -> _Mailbox:
         with _mbox_lock:
             if _mbox is None or _mbox.node is not _node():
                 if _mbox is not None:
-                    _mbox.sock.close()  # the process moved to another runtime dir (the CLI, tests)
+                    _mbox.close()  # the process moved to another runtime dir (the CLI, tests)
                 _mbox = _Mailbox()
             mb = _mbox
     return mb
 
 
 def _forget_after_fork() -> None:
-    global _mbox, _sender
+    global _mbox, _sender, _mbox_lock
+    # a new lock: another thread of the parent may have held this one at the fork, and that thread
+    # does not exist in the child to release it (its first register or receive would hang)
+    _mbox_lock = threading.Lock()
     if _mbox is not None:
         _mbox.sock.close()  # the parent's mailbox is the parent's
     _mbox = _sender = None
@@ -156,7 +198,13 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-def _send_raw(address: bytes, data: bytes) -> bool:
+@atexit.register
+def _close_at_exit() -> None:
+    if _mbox is not None:
+        _mbox.close()  # a killed process's file is the manager's to unlink
+
+
+def _send_raw(address: str, data: bytes) -> bool:
     """One datagram to a mailbox; False when it is gone or stayed full for SEND_TIMEOUT."""
     global _sender
     s = _sender
@@ -191,7 +239,10 @@ def _unpack_envelope(data: bytes) -> tuple[int, list[bytes]]:
 def _deliver_entry(t: Any, node: int, pid: int, start: int, data: bytes) -> bool:
     """To a local mailbox directly; to another node's process through our manager (best effort)."""
     if node == 0:
-        return _send_raw(_address(_node().rdir, pid, start), data)
+        n = _node()
+        if not n.dir_ok:
+            n.check_dir(must_exist=True)  # once: never send our messages into a dir another user controls
+        return _send_raw(_address(n.dir_prefix, pid, start), data)
     _node().relay(t.node_name(node), ["pid", pid, start], data)
     return True
 
@@ -233,7 +284,7 @@ def _from_mailbox(data: bytes) -> Any:
         return decode(parts[0])
     if kind == _CALL:
         ref, token, node, pid, address, meta, message = parts
-        caller = Caller(Pid(node.decode(), int(pid)), ref.decode(), token.decode(), address)
+        caller = Caller(Pid(node.decode(), int(pid)), ref.decode(), token.decode(), bytes(address))
         return MultiCall(decode(message), caller, decode(meta))
     raise EncodingError("unexpected datagram in a mailbox")
 
@@ -282,12 +333,20 @@ def multi_call(scope: str, group: Any, message: Any, timeout: float = 5.0
     """
     t = _table(scope)
     payload = encode_message(message)
-    me = Pid(t.node_name(0), _procinfo.self_identity()[0])
+    pid, start = _procinfo.self_identity()
+    me = Pid(t.node_name(0), pid)
     ref = uuid.uuid4().hex
-    reply_addr = f"\0syn_mp.reply.{ref}".encode()
+    n = _node()
+    reply_addr = f"rp.{pid}.{start}.{ref}".encode()  # in the private dir, like mailboxes (see reply_path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-    sock.bind(reply_addr)  # bound before any request leaves: no reply can miss it
+    try:
+        n.check_dir(must_exist=True, fresh=True)
+        reply_file = f"{n.dir_prefix}/{reply_addr.decode()}"
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        bind_private(sock, reply_file)  # bound before any request leaves: no reply can miss it
+    except OSError as e:
+        sock.close()
+        raise ManagerUnavailableError(f"cannot open a reply socket in {n.rdir}: {e}") from None
     pending: dict[str, tuple[Pid, Any]] = {}
     bad: list[tuple[Pid, Any]] = []
     try:
@@ -327,6 +386,10 @@ def multi_call(scope: str, group: Any, message: Any, timeout: float = 5.0
         return replies, bad
     finally:
         sock.close()
+        try:
+            os.unlink(reply_file)
+        except OSError:
+            pass
 
 
 def multi_call_reply(caller: Caller, reply: Any) -> None:
@@ -336,7 +399,11 @@ def multi_call_reply(caller: Caller, reply: Any) -> None:
     data = _envelope(_REPLY, caller.ref.encode(), caller.token.encode(), encode_message(reply))
     n = _node()
     if caller.pid.node == n.node_name():
-        _send_raw(caller.address, data)
+        if not n.dir_ok:
+            n.check_dir(must_exist=True)
+        path = reply_path(n.dir_prefix, caller.address)
+        if path is not None:
+            _send_raw(path, data)
     else:
         n.relay(caller.pid.node, ["addr", caller.address], data)
 

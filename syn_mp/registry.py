@@ -11,7 +11,7 @@ from ._client import table_of as _table
 from ._client import wake_if_asleep as _after_write
 from ._client import wake_manager as _wake
 from .mailbox import open_mailbox
-from ._table import (BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, ETAKEN, F_EXPECT_VER,
+from ._table import (BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, ERETIRED, ETAKEN, F_EXPECT_VER,
                      F_MATCH_NODE, F_MATCH_PID, FLAG_STRICT, REG, R_PROCESS_EXIT, WAKE, WITH_KEY,
                      Entry, Table)
 from ._table import delete_local as _delete_local
@@ -39,14 +39,17 @@ def register(scope: str, name: Any, pid: _pids.PidArg = None, meta: Any = None) 
         t = _table(scope)
     key = encode_name(name)
     m = _META_NONE if meta is None else encode_meta(meta)
-    p, start = _procinfo.self_identity() if pid is None else _pids.for_write(t, pid)
+    if pid is None:
+        p, start = _procinfo.self_identity()
+        open_mailbox()  # a process's first register opens its mailbox, before its entry is written
+    else:
+        p, start = _pids.for_write(t, pid)
     while True:
         rc = _put_local(t.ptr, REG, key, len(key), p, start, m, len(m))
         if rc >= 0:
+            t.own_reg[key] = (p, start, m)  # the ledger: put back if the segment is rebuilt (_segments)
             if rc & WAKE:
                 _wake()
-            if pid is None:
-                open_mailbox()  # a process's first register opens its mailbox
             return
         if rc == ETAKEN:
             e = t.get(REG, key)
@@ -55,6 +58,8 @@ def register(scope: str, name: Any, pid: _pids.PidArg = None, meta: Any = None) 
             raise TakenError(f"{name!r} is registered to {Pid(t.node_name(e.node), e.pid)}")
         if rc == EFULL:
             raise CapacityError(f"scope {scope!r} is full")
+        if rc == ERETIRED and t.renew():
+            continue  # the segment was replaced: t now maps the new one
         raise RuntimeError(f"register: table error {rc}")
 
 
@@ -171,6 +176,8 @@ def update_registry(scope: str, name: Any, fn: Callable[[Pid, Any], Any]) -> tup
         m = encode_meta(new_meta)
         rc, info = t.put(REG, key, 0, e.pid, e.start, time.time_ns(), m, F_EXPECT_VER, e.ver)
         if rc >= 0:
+            if key in t.own_reg:
+                t.own_reg[key] = (e.pid, e.start, m)
             _after_write(info)
             return pid, new_meta
         if rc == EFULL:
@@ -193,9 +200,12 @@ def unregister(scope: str, name: Any) -> None:
     while True:
         rc = _delete_local(t.ptr, REG, key, len(key), p, flags)
         if rc >= 0:
+            t.own_reg.pop(key, None)
             if rc & WAKE:
                 _wake()
             return
+        if rc == ERETIRED and t.renew():
+            continue
         if rc not in (EMISMATCH, ENOTFOUND):
             raise RuntimeError(f"unregister: table error {rc}")
         _local_holder(t, scope, key, name)  # raises the error that says why; else it changed: again

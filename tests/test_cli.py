@@ -20,7 +20,10 @@ def test_no_manager_is_exit_2_with_one_line(make_node):
 
 def test_bad_usage_is_exit_2_with_one_line(node):
     for cmd in ([], ["frobnicate"], ["lookup", "s"], ["registry", "bad/scope"], ["registry", "nosuchscope"],
-                ["--json-key", "lookup", "s", "{not json"], ["--json-key", "lookup", "s", '{"a": 1}']):
+                ["--json-key", "lookup", "s", "{not json"], ["--json-key", "lookup", "s", '{"a": 1}'],
+                # nested past the recursion limit (issue #12, 6: a RecursionError traceback, exit 1)
+                ["--json-key", "lookup", "s", "[" * 100000], ["--json-key", "lookup", "s", "[" * 5000 + "]" * 5000],
+                ["--json-key", "members", "s", "[" * 900 + "1" + "]" * 900]):
         r = node.cli(*cmd)
         assert r.returncode == 2, (cmd, r)
         assert r.stderr.startswith("syn-mp: ") and r.stderr.count("\n") == 1, (cmd, r.stderr)

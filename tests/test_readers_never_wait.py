@@ -17,7 +17,7 @@ from conftest import raw_seq, wait_for
 from test_crash import OPS, Segments, fork_child, populate, snapshot
 
 from syn_mp._native import lib
-from syn_mp._table import ALL_NODES, BY_KEY, BY_NODE, PG, REG, Table
+from syn_mp._table import BY_KEY, PG, REG, Table
 
 READ_BUDGET_S = 1.0  # the bound for a fresh process; in practice it is microseconds
 

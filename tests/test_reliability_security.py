@@ -8,10 +8,8 @@ setgid, setuid) and reports what each attempt gave. Checked:
   0600; `nobody` can't list it, read state.json, connect to ctl.sock / wake.sock / relay.sock, or
   open / map the node's shm segments, and with the dir opened up (0711) the files still refuse;
 - a runtime dir or a segment that another user created first (squatting) is refused, never used;
-- `nobody` can find a process's abstract mailbox address in /proc/net/unix and send to it, but the
-  mailbox drops it (SCM_CREDENTIALS); a forged multi_call reply from `nobody` is dropped the same way
-  (the same forgery from our own user is accepted: the check is what stops it); and it can't bind a
-  process's mailbox name before the process does (the name holds the node's private key);
+- `nobody` can't reach a multi_call's reply socket (it lives in the private dir); the same forgery
+  from our own user is accepted. Mailboxes are tried in tests/test_reliability_local_user.py;
 - the cluster's TCP port does not buffer an oversized frame from someone without the secret, and
   counts it as forged;
 - the secret is in no log, process title or environment.
@@ -49,7 +47,9 @@ NOBODY = 65534
 S = "s"
 SECRET = b"security-secret-0123456789abcdef"
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second user")
+# skipped without root, except under CI=true, where these must run: they fail there instead
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true",
+                                reason="needs root to act as a second user")
 
 
 # ------------------------------------------------------------------ acting as another user
@@ -106,6 +106,8 @@ def attempt(f: Callable[[], Any]) -> str:
         return "EACCES"
     except posix_ipc.ExistentialError:
         return "ENOENT"
+    except TableError as e:  # the library's refusal of a segment it can't open
+        return "EACCES" if "permission denied" in str(e) else "TableError"
     except OSError as e:
         return errno.errorcode.get(e.errno, str(e.errno)) if e.errno else type(e).__name__
     except Exception as e:
@@ -186,14 +188,14 @@ def test_runtime_dir_sockets_and_segments_are_private(private_node: NodeHandle) 
         st = os.stat("/dev/shm" + seg)
         assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.getuid(), (seg, oct(st.st_mode))
     got = as_nobody(lambda: probe_node(n.paths, segs))
-    assert all(v == "EACCES" for v in got.values()), got
+    assert all(v == "EACCES" for v in got.values()), json.dumps(got)
     # defence in depth: with the dir opened for traversal, every file still refuses on its own mode
     os.chmod(n.rdir, 0o711)
     try:
         got = as_nobody(lambda: probe_node(n.paths, segs))
     finally:
         os.chmod(n.rdir, 0o700)
-    assert all(v == "EACCES" for v in got.values()), got
+    assert all(v == "EACCES" for v in got.values()), json.dumps(got)
     assert n.manager_pid() and not os.path.exists(os.path.join(n.rdir, "planted"))
 
 
@@ -280,7 +282,8 @@ def test_root_inspects_a_service_users_node_only_in_a_dir_root_handed_out(parent
             assert r.returncode == 0, r.stderr
             assert [e["name"] for e in json.loads(r.stdout)] == ["job"]
         else:
-            assert r.returncode == 2 and "owned by" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+            assert r.returncode == 2 and "not a private directory of uid 0 (owner uid 65534" in r.stderr \
+                and r.stderr.count("\n") == 1, r.stderr
     finally:
         if seg:
             posix_ipc.unlink_shared_memory(seg)
@@ -291,90 +294,23 @@ def test_root_inspects_a_service_users_node_only_in_a_dir_root_handed_out(parent
 
 def _read_proc_net_unix() -> list[str]:
     with open("/proc/net/unix") as f:
-        return [line.split()[-1] for line in f if line.split()[-1].startswith("@syn_mp.")]
+        return [line.split()[-1] for line in f.readlines()[1:] if len(line.split()) >= 8]
 
 
-def test_another_users_datagram_to_a_mailbox_is_dropped(private_node: NodeHandle) -> None:
-    n = private_node
-    w = n.worker()
-    w.call("register", S, "victim")
-    address = mailbox._address(n.rdir, w.pid, start_time(w.pid))
-    forged = mailbox._envelope(mailbox._MSG, encode_message("from nobody"))
-
-    def attack() -> dict[str, Any]:
-        listed = "@" + address[1:].decode() in _read_proc_net_unix()  # anyone can find the address
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            for _ in range(3):
-                s.sendto(forged, address)  # and the kernel delivers: no permissions on abstract names
-        return {"listed": listed, "sent": True}
-    assert as_nobody(attack) == {"listed": True, "sent": True}
-    syn_mp.send(S, "victim", "from us")
-    assert w.call("receive", timeout=5) == "from us"  # the forged ones, sent first, were dropped
-    with pytest.raises(Exception, match="no message"):
-        w.call("receive", timeout=0.5)
-    # the same datagram from our own user is delivered (what the check above rejects is the user)
-    mailbox._send_raw(address, forged)
-    assert w.call("receive", timeout=5) == "from nobody"
-
-
-def test_another_user_cannot_take_a_mailbox_name_first(private_node: NodeHandle) -> None:
-    """Abstract socket names have no permissions: whoever binds a name first owns it. Another user can
-    read any process's pid and start time in /proc, so a mailbox name made of those alone could be
-    bound before the process opens its mailbox (its register then fails, and its mail goes to the
-    squatter). The node's key (RDIR/mailbox.key, 0600) makes the name unknowable to that user."""
-    import hashlib
-    n = private_node
-    w = n.worker()  # alive, no mailbox yet
-    pid, start = w.pid, start_time(w.pid)
-    real = os.path.realpath(n.rdir)
-    public = f"\0syn_mp.{hashlib.sha256(real.encode()).hexdigest()[:16]}.{pid}.{start}".encode()
-    r, wfd = os.pipe()
-    child = os.fork()
-    if child == 0:
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            mailbox._tags.clear()  # (inherited from the test process)
-            out = {"key": attempt(lambda: mailbox._address(n.rdir, pid, start)),
-                   "read key": attempt(lambda: open(os.path.join(real, "mailbox.key"), "rb").read())}
-            squat = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            squat.bind(public)  # every name it can work out
-            os.write(wfd, json.dumps(out).encode() + b"\n")
-            squat.settimeout(3)
-            try:
-                out["got"] = squat.recv(1000).decode(errors="replace")
-            except OSError:
-                out["got"] = None
-            os.write(wfd, json.dumps(out).encode())
-        finally:
-            os._exit(0)
-    os.close(wfd)
-    try:
-        with os.fdopen(r, "rb") as f:
-            first = json.loads(f.readline())
-            assert first == {"key": "EACCES", "read key": "EACCES"}, first
-            w.call("register", S, "victim")  # its mailbox opens under a name nobody could not know
-            syn_mp.send(S, "victim", "for the victim only")
-            assert w.call("receive", timeout=5) == "for the victim only"
-            last = json.loads(f.read())
-    finally:
-        os.waitpid(child, 0)
-    assert last["got"] is None, "the squatter received the victim's mail"
-
-
-def _forge_replies(answer: str, timeout: float = 10.0) -> dict[str, Any]:
-    """Wait for a multi_call's reply socket to appear in /proc/net/unix; send it a forged reply."""
+def _forge_replies(rdir: str, answer: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Wait for a multi_call's reply socket (rp.<pid>.<start>.<ref>) to appear in /proc/net/unix; send
+    a forged reply to it in the node's runtime dir (public: ctl.sock's path is listed too)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        names = [x for x in _read_proc_net_unix() if x.startswith("@syn_mp.reply.")]
+        names = [os.path.basename(x) for x in _read_proc_net_unix() if "/rp." in x]
         if names:
-            addr = b"\0" + names[0][1:].encode()
-            ref = names[0][len("@syn_mp.reply."):]
+            ref = names[0].rsplit(".", 1)[1]
             data = mailbox._envelope(mailbox._REPLY, ref.encode(), b"0", encode_message(answer))
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-                s.sendto(data, addr)
+                try:
+                    s.sendto(data, os.path.join(rdir, names[0]))
+                except OSError as e:
+                    return {"sent": False, "error": errno.errorcode[e.errno]}
             return {"sent": True}
         time.sleep(0.002)
     return {"sent": False}
@@ -395,7 +331,7 @@ def test_a_forged_multi_call_reply(private_node: NodeHandle, forger: str) -> Non
                 os.setgroups([])
                 os.setgid(NOBODY)
                 os.setuid(NOBODY)
-            os.write(wfd, json.dumps(_forge_replies("forged")).encode())
+            os.write(wfd, json.dumps(_forge_replies(n.rdir, "forged")).encode())
         finally:
             os._exit(0)
     os.close(wfd)
@@ -405,7 +341,8 @@ def test_a_forged_multi_call_reply(private_node: NodeHandle, forger: str) -> Non
         got = json.loads(os.read(r, 1000) or b"{}")
         os.close(r)
         os.waitpid(pid, 0)
-    assert got == {"sent": True}
+    # another user can't even reach the reply socket (it is in the private dir); our own user can
+    assert got == ({"sent": False, "error": "EACCES"} if forger == "nobody" else {"sent": True}), got
     member = (syn_mp.Pid(n.name, silent.pid), "silent")
     if forger == "nobody":
         assert replies == [] and bad == [member], "a reply forged by another user was accepted"

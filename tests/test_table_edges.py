@@ -15,7 +15,7 @@ from test_crash import Segments, fork_child
 
 from syn_mp._native import ffi, lib
 from syn_mp._table import (
-    ALL_NODES, BY_KEY, BY_NODE, BY_PID, CHUNK, EFULL, INSERTED, MAX_META, PG, REG, UNCHANGED, UPDATED,
+    ALL_NODES, BY_KEY, BY_NODE, BY_PID, EFULL, INSERTED, MAX_META, PG, REG, UNCHANGED, UPDATED,
     Table, TableError, chunks_for,
 )
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 
-import posix_ipc
 import pytest
 
 import syn_mp
@@ -176,22 +174,41 @@ def test_status_fails_while_the_pump_keeps_crashing(make_node):
 
 
 def test_a_scope_that_cannot_be_opened_is_reported_and_the_others_are_watched(make_node):
+    """A scope of the last run whose segment another user holds: status fails with one line, the
+    other scopes are watched, and the next manager tries it again. (A segment of ours that is not
+    a table is rebuilt instead: tests/test_segments.py.)"""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("needs root to act as a second user")
+        pytest.skip("needs root to act as a second user")
     n = make_node()
     os.makedirs(n.rdir, exist_ok=True)
     with open(n.paths.state, "w") as f:
         json.dump({"scopes": ["s", "bad"]}, f)
-    # a segment under the scope's name that is not a table
-    shm = posix_ipc.SharedMemory(_config.segment_name(n.rdir, "bad"), posix_ipc.O_CREX, mode=0o600, size=4096)
-    shm.close_fd()
-    n.use()
-    _daemon(n)
-    r = n.cli("status")
-    assert r.returncode == 3
-    assert "scope 'bad' could not be opened" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    syn_mp.add_node_to_scopes(["s"])
-    w = n.worker()
-    w.call("register", "s", "x")
-    w.kill()
-    wait_for(lambda: syn_mp.lookup("s", "x") is None, what="scope s still watched")
-    with open(n.paths.state) as f:
-        assert sorted(json.load(f)["scopes"]) == ["bad", "s"]  # the next manager tries it again
+    path = "/dev/shm/" + _config.segment_name(n.rdir, "bad").lstrip("/")
+    pid = os.fork()
+    if pid == 0:  # the name taken by nobody
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    try:
+        n.use()
+        _daemon(n)
+        r = n.cli("status")
+        assert r.returncode == 3
+        assert "scope 'bad' could not be opened" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        syn_mp.add_node_to_scopes(["s"])
+        w = n.worker()
+        w.call("register", "s", "x")
+        w.kill()
+        wait_for(lambda: syn_mp.lookup("s", "x") is None, what="scope s still watched")
+        with open(n.paths.state) as f:
+            state = json.load(f)
+        assert state["scopes"] == ["s"] and state["refused"] == ["bad"]  # the next manager tries it again
+    finally:
+        os.unlink(path)
