@@ -122,7 +122,7 @@ typedef struct {
     uint64_t j_last;             /* logical position of the last published record */
     uint64_t j_last_pending;     /* j_last to publish with jr.pending */
     uint32_t mgr_sleeping;
-    uint32_t _pad2;
+    uint32_t node_gen;           /* + 1 each time a retired node id is given to another name */
 
     node_t nodes[SYNT_MAX_NODES];
 

@@ -314,10 +314,16 @@ void synt_set_sleeping(synt_t *t, uint32_t sleeping) {
 
 int synt_nnodes(synt_t *t) { return (int)nnodes_of(t); }
 
+/* A retired slot keeps its name with this bit set in len: never found, still readable. */
+#define NODE_RETIRED (1ULL << 63)
+
+uint32_t synt_node_gen(synt_t *t) { return __atomic_load_n(&H(t)->node_gen, __ATOMIC_ACQUIRE); }
+
 int synt_node_name(synt_t *t, uint32_t id, char *buf, uint32_t cap) {
     hdr_t *h = H(t);
     if (id >= nnodes_of(t)) return SYNT_ENOTFOUND;
-    uint64_t len = LD(h->nodes[id].len); /* names never change once published */
+    /* a name changes only when a retired id is reused (node_gen tells) */
+    uint64_t len = LD(h->nodes[id].len) & ~NODE_RETIRED;
     if (len > SYNT_MAX_NODE_NAME) return SYNT_ECORRUPT;
     if (len > cap) return SYNT_EBUFSMALL;
     memcpy(buf, h->nodes[id].name, len);
@@ -342,7 +348,26 @@ int synt_node_id(synt_t *t, const char *name, uint32_t len, int create) {
     id = node_find(t, name, len);
     if (id < 0) {
         uint32_t n = nnodes_of(t);
-        if (n >= SYNT_MAX_NODES) { unlock(t); return SYNT_EFULL; }
+        if (n >= SYNT_MAX_NODES) {
+            /* full: reuse a retired slot (retired as late as possible, so lagging journal readers
+             * still see its old name); it holds no entry, so nothing reaches it by id but names */
+            for (uint32_t i = 1; i < n; i++) {
+                node_t *nd = &h->nodes[i];
+                if (!(LD(nd->len) & NODE_RETIRED) || nd->reg_count || nd->pg_count) continue;
+                op_begin(t);
+                W(t, &nd->len, NODE_RETIRED); /* an empty retired name while the bytes change */
+                memcpy(nd->name, name, len);
+                W(t, &nd->len, len);
+                /* before any entry can carry the id again: a reader that sees such an entry sees
+                 * the new generation (plain store, like next_ver: a spurious + 1 costs a cache) */
+                __atomic_store_n(&h->node_gen, h->node_gen + 1, __ATOMIC_RELEASE);
+                op_commit(t);
+                unlock(t);
+                return (int)i;
+            }
+            unlock(t);
+            return SYNT_EFULL;
+        }
         /* the slot is unreachable until nnodes covers it */
         memset(&h->nodes[n], 0, sizeof(node_t));
         memcpy(h->nodes[n].name, name, len);
@@ -354,6 +379,22 @@ int synt_node_id(synt_t *t, const char *name, uint32_t len, int create) {
     }
     unlock(t);
     return id;
+}
+
+int synt_node_retire(synt_t *t, uint32_t id) {
+    hdr_t *h = H(t);
+    if (id == 0 || id >= nnodes_of(t)) return SYNT_ENOTFOUND;
+    if (lock(t)) return SYNT_ELOCK;
+    node_t *nd = &h->nodes[id];
+    int rc = 0;
+    if (nd->reg_count || nd->pg_count) rc = SYNT_EMISMATCH;
+    else if (!(nd->len & NODE_RETIRED)) {
+        op_begin(t);
+        W(t, &nd->len, nd->len | NODE_RETIRED);
+        op_commit(t);
+    }
+    unlock(t);
+    return rc;
 }
 
 /* ---------------------------------------------------------- finding */

@@ -205,6 +205,11 @@ int64_t synt_count(synt_t *t, uint32_t mode, uint32_t type, const uint8_t *key, 
 
 int synt_node_id(synt_t *t, const char *name, uint32_t len, int create);
 int synt_node_name(synt_t *t, uint32_t id, char *buf, uint32_t cap);
+/* Retire node id (not 0) once it holds no entry: its name stays readable (journal records may still
+ * name it) but is no longer found, and once every id is taken synt_node_id gives a retired slot to a
+ * new name (then synt_node_gen changes: drop names cached by id). SYNT_EMISMATCH if it holds entries. */
+int synt_node_retire(synt_t *t, uint32_t id);
+uint32_t synt_node_gen(synt_t *t);
 int synt_nnodes(synt_t *t);
 
 /* The seqlock word: unchanged since a read's info.seq means the table is unchanged since. */

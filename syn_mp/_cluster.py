@@ -1,5 +1,6 @@
-"""Scopes across nodes (Syn's gen_scope): discovery, snapshots, change broadcasts, node up/down,
-registry conflicts, and relaying messages to other nodes. Runs inside the manager's loop.
+"""The UDP/TCP transport of replication (see _replication): discovery, heartbeats, change
+broadcasts, snapshots over TCP, node up/down, conflict notices, and relaying messages to other
+nodes. Runs inside the manager's loop and knows the node only through its Replica.
 
 Each node is the authority for its own processes. It broadcasts every local change
 with a per-scope sequence number and a heartbeat carrying those numbers; a receiver
@@ -11,32 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import signal
 import socket
-import struct
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 
-from . import _wire
-from ._table import (BY_NODE, EFULL, ETAKEN, F_FORCE, F_MATCH_PID, R_CONFLICT, R_NODE_DOWN, R_NODE_UP,
-                     R_NORMAL, PG, REG, WITH_KEY, WITH_META, Table)
-from ._types import Pid
-from .codec import decode
-
-if TYPE_CHECKING:
-    from ._manager import Manager
+from . import _tcp, _wire
+from ._incarnation import next_incarnation
+from ._replication import Change, Entry, Replica, ReplicationError
 
 log = logging.getLogger("syn_mp.cluster")
 
-_PUT_KINDS = {"registered", "registry_updated", "joined", "group_updated"}
-_TYPE_OF_KIND = {"registered": REG, "registry_updated": REG, "unregistered": REG,
-                 "joined": PG, "group_updated": PG, "left": PG}
-_NONCE = 16
+_FETCH_TIMEOUT = 30.0  # seconds for a whole snapshot exchange
+_PROBE_EVERY = 1.0     # seconds between two restart probes of one node
+_FETCH_PATIENCE = 0.5  # seconds a snapshot answer may take to begin before a heartbeat asks again
+_BUFFER_MAX = 65536    # changes buffered per peer and scope while its snapshot is fetched
 
 
 @dataclass
@@ -50,6 +44,9 @@ class ClusterOptions:
     node_timeout_ms: int = 1000
     conflict_signal: int = signal.SIGTERM
     drop_rate: float = 0.0                          # test-only: SYN_MP_TEST_DROP_RATE
+
+    def make(self, replica: Replica) -> "Cluster":
+        return Cluster(replica, self)
 
 
 @dataclass
@@ -65,6 +62,10 @@ class Peer:
     fetching: set[str] = field(default_factory=set)
     synced: set[str] = field(default_factory=set)             # scopes that had their first snapshot
     refetch: set[str] = field(default_factory=set)            # fetch again once the one in flight is done
+    # while a snapshot is fetched: the changes that arrive meanwhile (scope -> seq -> message), replayed
+    # over it once it is in (those newer than the seq it is consistent with), so none is lost
+    buffered: dict[str, dict[int, list]] = field(default_factory=dict)
+    fetch: dict[str, tuple[asyncio.Task, float, list]] = field(default_factory=dict)  # task, start, answering?
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -76,17 +77,22 @@ class _Datagrams(asyncio.DatagramProtocol):
 
 
 class Cluster:
-    def __init__(self, manager: "Manager", opts: ClusterOptions) -> None:
-        self.m = manager
+    """A replication Transport (see _replication) over UDP datagrams and TCP exchanges."""
+
+    def __init__(self, replica: Replica, opts: ClusterOptions) -> None:
+        self.r = replica
+        replica.transport = self
         self.o = opts
-        self.node = manager.opts.node
-        self.incarnation = time.time_ns()
+        self.node = replica.node
+        self.incarnation = next_incarnation(replica.rdir)  # never the clock: see _incarnation
         self._seq = 0                            # datagram seq (replay protection)
         self.scope_seq: dict[str, int] = {}      # our changes broadcast per scope
         self.peers: dict[str, Peer] = {}
         self.guard = _wire.ReplayGuard()
         self.stats = {"sent": 0, "received": 0, "forged": 0, "replayed": 0, "malformed": 0, "dropped_test": 0,
-                      "snapshots_fetched": 0, "snapshots_served": 0, "conflicts": 0, "relayed": 0}
+                      "snapshots_fetched": 0, "snapshots_served": 0, "relayed": 0,
+                      "other_incarnation": 0, "fetches_superseded": 0, "probes": 0, "restarts_verified": 0, "tcp_refused": 0, "tcp_timeouts": 0}
+        self._probed: dict[str, float] = {}      # node -> when its lower incarnation was last checked
         self._tasks: list[asyncio.Task] = []
         self._transports: list[Any] = []
 
@@ -112,7 +118,8 @@ class Cluster:
         self._uc, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self), sock=uc)
         self._transports.append(self._uc)
         self.port = uc.getsockname()[1]
-        self._tcp = await asyncio.start_server(self._serve_tcp, o.interface, self.port)
+        self._server = _tcp.Server(o.secret, self._on_request, self.stats)
+        self._tcp = await asyncio.start_server(self._server.serve, o.interface, self.port)
         self._tasks = [loop.create_task(self._heartbeats()), loop.create_task(self._timeouts()),
                        loop.create_task(self._forget_silent_nodes())]
         log.info("cluster: node %r on %s:%d (%s)", self.node, o.interface, self.port,
@@ -148,7 +155,11 @@ class Cluster:
         if d.node == self.node:
             return  # our own multicast, looped back
         if not self.guard.accept(d.node, d.incarnation, d.seq):
-            self.stats["replayed"] += 1
+            if self.guard.newest(d.node) == d.incarnation:
+                self.stats["replayed"] += 1
+            else:
+                self.stats["other_incarnation"] += 1
+                self._maybe_probe(d, addr)
             return
         self.stats["received"] += 1
         try:
@@ -157,6 +168,38 @@ class Cluster:
         except Exception:  # an authentic but unexpected body must not stop the manager
             self.stats["malformed"] += 1
             log.exception("cluster: bad datagram from %s", d.node)
+
+    def _maybe_probe(self, d: _wire.Datagram, addr: tuple[str, int]) -> None:
+        """A heartbeat of another incarnation than the node's current one: it restarted (a higher
+        one; a lower one if its runtime dir lost the counter, e.g. on tmpfs after a reboot), or an
+        older life of it is replayed. Ask the node itself, over TCP with our own nonce, at most
+        once a second per node (_PROBE_EVERY; a restart's first probe is at once)."""
+        try:
+            msg = msgpack.unpackb(d.body, raw=False)
+            if msg[0] != "hb" or type(msg[2]) is not int or not 0 < msg[2] < 65536:
+                return
+        except Exception:
+            return
+        now = time.monotonic()
+        if now - self._probed.get(d.node, -1e9) < _PROBE_EVERY:
+            return
+        self._probed[d.node] = now
+        self.stats["probes"] += 1
+        asyncio.get_running_loop().create_task(self._probe(d.node, d.incarnation, addr[0], msg[2]))
+
+    async def _probe(self, node: str, incarnation: int, host: str, port: int) -> None:
+        try:
+            out = await _tcp.request(host, port, self.o.secret, msgpack.packb(["who"]), answer=True, timeout=2)
+            if out is None:
+                return
+            kind, name, inc = msgpack.unpackb(out, raw=False)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, TypeError):
+            return
+        if kind == "me" and name == node and inc == incarnation and self.guard.newest(node) != inc:
+            (log.warning if inc < (self.guard.newest(node) or 0) else log.info)(
+                "cluster: node %r is now incarnation %d (confirmed by the node)", node, inc)
+            self.guard.reset(node, inc)
+            self.stats["restarts_verified"] += 1
 
     # ---------------------------------------------------------------- protocol
 
@@ -176,12 +219,14 @@ class Cluster:
             self._on_change(peer, msg)
         elif kind == "big":
             self._need_snapshot(peer, msg[1])
-        elif kind == "msg" and msg[1] == self.node:
-            self._deliver(msg[2], msg[3])
+        elif kind == "msg" and msg[1] == self.node and msg[2] == self.incarnation:
+            # for this manager's life only: a recording replayed after we restarted (our replay guard
+            # is new then) names an older incarnation and is refused, so delivery stays at most once
+            self.r.deliver(msg[3], msg[4])
 
     async def _heartbeats(self) -> None:
         while True:
-            scopes = {s: self.scope_seq.get(s, 0) for s in self.m.tables}
+            scopes = {s: self.scope_seq.get(s, 0) for s in self.r.scopes()}
             self._send(msgpack.packb(["hb", scopes, self.port]))
             await asyncio.sleep(self.o.heartbeat_ms / 1000)
 
@@ -200,9 +245,11 @@ class Cluster:
         peer.tcp_port = tcp_port
         peer.scopes = scopes
         for scope, seq in scopes.items():
-            if scope not in self.m.tables:
+            if not self.r.has_scope(scope):
                 continue
-            if scope not in peer.synced:
+            if scope in peer.fetching:
+                self._supersede_waiting_fetch(peer, scope)
+            elif scope not in peer.synced:
                 self._need_snapshot(peer, scope)
             elif seq > peer.applied.get(scope, 0):
                 # a change may still be in flight: a gap that outlives a heartbeat is real
@@ -225,27 +272,21 @@ class Cluster:
         """Entries of other nodes left in the tables from before this manager started: a node
         that has not spoken within the node timeout is down."""
         await asyncio.sleep(self.o.node_timeout_ms / 1000)
-        for t in self.m.tables.values():
-            for nid in range(1, t.nnodes()):
-                name = t.node_name(nid)
-                if name not in self.peers and t.count(BY_NODE, REG, node=nid) + t.count(BY_NODE, PG, node=nid):
-                    t.purge_node(nid, R_NODE_DOWN, nid)
+        self.r.forget_others(set(self.peers))
 
     def _node_down(self, peer: Peer) -> None:
         self.peers.pop(peer.name, None)
-        for t in self.m.tables.values():
-            nid = t.node_id(peer.name)
-            if nid is not None and nid != 0:
-                t.purge_node(nid, R_NODE_DOWN, nid)
+        self.r.node_down(peer.name)
 
     # ---------------------------------------------------------- local changes
 
-    def on_local_record(self, scope: str, r: Any) -> None:
-        """A change of a local process (from the journal): broadcast it."""
+    def on_local_change(self, scope: str, change: Change) -> None:
+        """A change of a local entry: broadcast it, with the reason this node saw (every node's
+        callbacks and events() carry the owner's reason, as in Syn)."""
         seq = self.scope_seq[scope] = self.scope_seq.get(scope, 0) + 1
-        put = r.kind in _PUT_KINDS
-        body = msgpack.packb(["chg", scope, seq, put, _TYPE_OF_KIND[r.kind], r.key, r.pid, r.start, r.time_ns,
-                              r.meta if put else b""])
+        e = change.entry
+        body = msgpack.packb(["chg", scope, seq, change.put, e.type, e.key, e.pid, e.start, e.time_ns, e.meta,
+                              change.reason])
         if len(body) > _wire.MAX_DATAGRAM - 100:
             body = msgpack.packb(["big", scope, seq])  # too big for a datagram: receivers fetch a snapshot
         self._send(body)
@@ -258,9 +299,15 @@ class Cluster:
     # --------------------------------------------------------- remote changes
 
     def _on_change(self, peer: Peer, msg: list) -> None:
-        _, scope, seq, put, type_, key, pid, start, time_ns, meta = msg
-        t = self.m.tables.get(scope)
-        if t is None or scope not in peer.synced or scope in peer.fetching:
+        scope, seq = msg[1], msg[2]
+        if not self.r.has_scope(scope):
+            return
+        if scope in peer.fetching:
+            buf = peer.buffered.setdefault(scope, {})
+            if len(buf) < _BUFFER_MAX:
+                buf[seq] = msg
+            return
+        if scope not in peer.synced:
             return
         applied = peer.applied.get(scope, 0)
         if seq <= applied:
@@ -268,171 +315,115 @@ class Cluster:
         if seq != applied + 1:
             self._need_snapshot(peer, scope)
             return
+        self._apply_change(peer, msg)
+
+    def _apply_change(self, peer: Peer, msg: list) -> None:
+        _, scope, seq, put, type_, key, pid, start, time_ns, meta, *rest = msg
         peer.applied[scope] = seq
-        nid = t.add_node(peer.name)
-        if put:
-            self._apply_put(t, scope, nid, type_, key, pid, start, time_ns, meta, R_NORMAL)
-        else:
-            t.delete(type_, key, nid, pid, flags=F_MATCH_PID, reason=R_NORMAL)  # MATCH_PID: only that process's
+        self.r.apply(scope, peer.name, Change(bool(put), Entry(type_, key, pid, start, time_ns, meta),
+                                              rest[0] if rest else 0))
 
-    def _apply_put(self, t: Table, scope: str, nid: int, type_: int, key: bytes, pid: int, start: int,
-                   time_ns: int, meta: bytes, reason: int) -> None:
-        rc, info = t.put(type_, key, nid, pid, start, time_ns, meta, reason=reason, reason_node=nid)
-        if rc != ETAKEN:
-            if rc == EFULL:
-                log.error("scope %r is full: an entry of node %s was not stored", scope, t.node_name(nid))
-            return
-        holder = (info.node, info.pid, info.start, info.time_ns)
-        if holder[0] == nid:  # the authority moved its own name to another of its processes
-            t.put(type_, key, nid, pid, start, time_ns, meta, flags=F_FORCE, reason=reason, reason_node=nid)
-            return
-        self._resolve(t, scope, key, holder, (nid, pid, start, time_ns, meta))
+    # -------------------------------------------------------------- conflicts
 
-    def _resolve(self, t: Table, scope: str, key: bytes, holder: tuple, incoming: tuple,
-                 notified: bool = False) -> None:
-        """Two nodes hold one name: every node must end with the same winner (Syn's rules).
-
-        `notified`: the incoming entry is the other node's report of a conflict it met (its entry
-        may be gone by now): we may drop ours, never store theirs (its own node sends it if alive)."""
-        self.stats["conflicts"] += 1
-        h_node, h_pid, h_start, h_time = holder
-        i_node, i_pid, i_start, i_time, i_meta = incoming
-        held = t.get(REG, key)
-        if held is None:
+    def notify_conflict(self, scope: str, key: bytes, loser_node: str, rival_node: str, rival: Entry) -> None:
+        """Tell the node that owns a losing entry about its rival in the conflict: it decides alike
+        and removes its own (it may not see the rival itself: a partial netsplit)."""
+        peer = self.peers.get(loser_node)
+        if peer is None:
             return
-        h_meta = held.meta
-        pid_h = Pid(t.node_name(h_node), h_pid)
-        pid_i = Pid(t.node_name(i_node), i_pid)
-        cb = self.m.callbacks
-        custom = cb is not None and getattr(cb.handler, "resolve_registry_conflict", None) is not None
-        if custom and h_node == 0 and cb is not None:
-            from .codec import decode_name
-            winner = cb.call_sync("resolve_registry_conflict", scope, decode_name(key),
-                                  (pid_h, decode(h_meta), h_time), (pid_i, decode(i_meta), i_time))
-        else:
-            # newer registration wins; a tie goes to the higher Pid (the same answer on every node)
-            winner = pid_h if (h_time, pid_h) > (i_time, pid_i) else pid_i
-        if winner != pid_h and h_node == 0:
-            # ours lost (or neither is kept): its removal is journaled, hence broadcast
-            if not custom:
-                self._signal_loser(h_pid, h_start)
-            t.delete(REG, key, 0, h_pid, flags=F_MATCH_PID, reason=R_CONFLICT)
-        if winner == pid_i and not notified:
-            t.put(REG, key, i_node, i_pid, i_start, i_time, i_meta, flags=F_FORCE, reason=R_CONFLICT,
-                  reason_node=i_node)
-        elif h_node == 0 and not notified:
-            # the other node's entry is not kept here: it must resolve too, and may never see ours
-            # (ours may be gone before it looks), so tell it what we held
-            peer = self.peers.get(t.node_name(i_node))
-            if peer is not None:
-                body = msgpack.packb(["cfl", scope, key, self.node, h_pid, h_start, h_time, h_meta])
-                asyncio.get_running_loop().create_task(self._push_tcp(peer, body))
+        body = msgpack.packb(["cfl", scope, key, rival_node, rival.pid, rival.start, rival.time_ns, rival.meta])
+        asyncio.get_running_loop().create_task(self._push_tcp(peer, body))
 
     def _on_conflict_notice(self, msg: list) -> None:
-        """Another node met a conflict with one of ours and did not keep ours: resolve it here too."""
-        _, scope, key, sender, pid, start, time_ns, meta = msg
-        t = self.m.tables.get(scope)
-        held = None if t is None else t.get(REG, key)
-        if t is None or held is None or held.node != 0:
-            return  # (the sender may not be a known peer yet: the notice is authenticated all the same)
-        nid = t.add_node(sender)
-        self._resolve(t, scope, key, (0, held.pid, held.start, held.time_ns), (nid, pid, start, time_ns, meta),
-                      notified=True)
-        if t.get(REG, key) is None:
-            # ours gave way: what the sender holds now comes from its snapshot, in order with its changes
-            # (an unknown sender's discovery snapshot is still to come)
-            peer = self.peers.get(sender)
+        """A node met a conflict with one of ours: decide here too (alike), drop ours if it loses."""
+        _, scope, key, owner, pid, start, time_ns, meta = msg
+        if self.r.conflict_notice(scope, owner, Entry(0, key, pid, start, time_ns, meta)):
+            # ours gave way: what the owner holds now comes from its snapshot, in order with its changes
+            # (an unknown owner's discovery snapshot is still to come)
+            peer = self.peers.get(owner)
             if peer is not None and scope in peer.fetching:
-                peer.refetch.add(scope)  # the one in flight may predate the sender's decision
+                peer.refetch.add(scope)  # the one in flight may predate the owner's decision
             elif peer is not None:
                 self._need_snapshot(peer, scope)
-
-    def _signal_loser(self, pid: int, start: int) -> None:
-        from ._procinfo import start_time
-        if start_time(pid) == start:  # still that process: never signal a reused pid
-            try:
-                os.kill(pid, self.o.conflict_signal)
-            except ProcessLookupError:
-                pass
 
     # -------------------------------------------------------------- snapshots
 
     def _need_snapshot(self, peer: Peer, scope: str) -> None:
-        if scope in peer.fetching or scope not in self.m.tables:
+        if scope in peer.fetching or not self.r.has_scope(scope):
             return
         peer.fetching.add(scope)
-        asyncio.get_running_loop().create_task(self._fetch_snapshot(peer, scope))
+        answering: list = []
+        task = asyncio.get_running_loop().create_task(self._fetch_snapshot(peer, scope, answering))
+        peer.fetch[scope] = (task, time.monotonic(), answering)
 
-    async def _fetch_snapshot(self, peer: Peer, scope: str) -> None:
+    def _supersede_waiting_fetch(self, peer: Peer, scope: str) -> None:
+        """A fetch whose answer has not begun after _FETCH_PATIENCE (a request or answer lost, now in
+        TCP's retransmission backoff) is given up for a new one: its answer would be old anyway."""
+        f = peer.fetch.get(scope)
+        if f is not None and not f[2] and time.monotonic() - f[1] > _FETCH_PATIENCE:
+            log.info("cluster: snapshot of %r from %s unanswered for %.1fs: asking again", scope, peer.name,
+                     time.monotonic() - f[1])
+            self.stats["fetches_superseded"] += 1
+            peer.refetch.add(scope)
+            f[0].cancel()
+
+    async def _fetch_snapshot(self, peer: Peer, scope: str, answering: list) -> None:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(peer.addr[0], peer.tcp_port), 5)
-            try:
-                nonce = await asyncio.wait_for(reader.readexactly(_NONCE), 5)
-                writer.write(_wire.frame(self.o.secret, nonce, msgpack.packb(["snap", scope])))
-                await writer.drain()
-                body = await asyncio.wait_for(_read_frame(reader, self.o.secret, nonce), 30)
-            finally:
-                writer.close()
+            body = await _tcp.request(peer.addr[0], peer.tcp_port, self.o.secret, msgpack.packb(["snap", scope]),
+                                      answer=True, timeout=_FETCH_TIMEOUT, started=lambda: answering.append(1))
             if body is None:
                 log.warning("cluster: unauthenticated snapshot answer from %s", peer.name)
                 return
-            _, seq, entries = msgpack.unpackb(body, raw=False)
+            _, node, incarnation, seq, entries, gone = msgpack.unpackb(body, raw=False)
+            if (node, incarnation) != (peer.name, peer.incarnation):
+                log.warning("cluster: snapshot of %r at %s came from %r incarnation %d, not %r incarnation %d",
+                            scope, peer.addr[0], node, incarnation, peer.name, peer.incarnation)
+                return
             if self.peers.get(peer.name) is not peer:
                 return  # it went down meanwhile
-            first = scope not in peer.synced
-            self._apply_snapshot(peer, scope, entries, R_NODE_UP if first else R_NORMAL)
+            self.r.replace(scope, peer.name, [Entry(*e) for e in entries], gone, first=scope not in peer.synced)
             peer.applied[scope] = seq
             peer.synced.add(scope)
             peer.gaps.pop(scope, None)
             self.stats["snapshots_fetched"] += 1
+            # the changes that came meanwhile, newer than the snapshot, in order (a hole: the
+            # heartbeats' gap check fetches again)
+            for q, msg in sorted(peer.buffered.pop(scope, {}).items()):
+                if q <= peer.applied[scope]:
+                    continue
+                if q != peer.applied[scope] + 1:
+                    break
+                self._apply_change(peer, msg)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
             log.info("cluster: snapshot of %r from %s failed (%s); will retry", scope, peer.name, e)
+        except ReplicationError as e:  # e.g. no node id left: logged, retried at the next heartbeat's gap
+            log.error("cluster: snapshot of %r from %s not applied: %s", scope, peer.name, e)
         finally:
             peer.fetching.discard(scope)
+            peer.buffered.pop(scope, None)
+            if peer.fetch.get(scope, (None,))[0] is asyncio.current_task():
+                del peer.fetch[scope]
             if scope in peer.refetch and self.peers.get(peer.name) is peer:
                 peer.refetch.discard(scope)
                 self._need_snapshot(peer, scope)
 
-    def _apply_snapshot(self, peer: Peer, scope: str, entries: list, reason: int) -> None:
-        t = self.m.tables[scope]
-        nid = t.add_node(peer.name)
-        present = {(e[0], e[1], e[2]) for e in entries}
-        for item in t.collect(BY_NODE, 0, node=nid, flags=WITH_KEY):
-            if (item.type, item.key, item.pid) not in present:  # authoritative: gone on its node
-                t.delete(item.type, item.key, nid, item.pid, flags=F_MATCH_PID, reason=R_NORMAL)
-        for type_, key, pid, start, time_ns, meta in entries:
-            self._apply_put(t, scope, nid, type_, key, pid, start, time_ns, meta, reason)
-
-    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonce = os.urandom(_NONCE)
-        try:
-            writer.write(nonce)
-            await writer.drain()
-            body = await asyncio.wait_for(_read_frame(reader, self.o.secret, nonce, _wire.MAX_REQUEST), 10)
-            if body is None:
-                self.stats["forged"] += 1
-                return
-            msg = msgpack.unpackb(body, raw=False)
-            if msg[0] == "snap":
-                scope = msg[1]
-                t = self.m.tables.get(scope)
-                if t is not None:
-                    self.m._drain()  # our broadcasts catch up first: the seq below covers them
-                entries = [] if t is None else [
-                    (i.type, i.key, i.pid, i.start, i.time_ns, i.meta)
-                    for i in t.collect(BY_NODE, 0, node=0, flags=WITH_KEY | WITH_META)]
-                out = msgpack.packb(["snapr", self.scope_seq.get(scope, 0), entries])
-                writer.write(_wire.frame(self.o.secret, nonce, out))
-                await writer.drain()
-                self.stats["snapshots_served"] += 1
-            elif msg[0] == "msg":
-                self._deliver(msg[1], msg[2])
-            elif msg[0] == "cfl":
-                self._on_conflict_notice(msg)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError):
-            pass
-        finally:
-            writer.close()
+    async def _on_request(self, body: bytes) -> bytes | None:
+        """An authenticated TCP request (see _tcp); the answer, if it has one."""
+        msg = msgpack.unpackb(body, raw=False)
+        if msg[0] == "snap":
+            scope = msg[1]
+            self.r.flush_local()  # our broadcasts catch up first: the seq below covers them
+            entries, gone = self.r.local_entries(scope)
+            self.stats["snapshots_served"] += 1
+            return msgpack.packb(["snapr", self.node, self.incarnation, self.scope_seq.get(scope, 0),
+                                  [tuple(e) for e in entries], gone])
+        if msg[0] == "who":
+            return msgpack.packb(["me", self.node, self.incarnation])
+        if msg[0] == "msg":
+            self.r.deliver(msg[1], msg[2])
+        elif msg[0] == "cfl":
+            self._on_conflict_notice(msg)
+        return None
 
     # ---------------------------------------------------------------- messages
 
@@ -442,7 +433,7 @@ class Cluster:
         if peer is None:
             return  # unknown or down: like a send to a dead process
         self.stats["relayed"] += 1
-        body = msgpack.packb(["msg", dest, target, data])
+        body = msgpack.packb(["msg", dest, peer.incarnation, target, data])
         if len(body) <= _wire.MAX_DATAGRAM - 100:
             self._send(body, peer.addr)
         else:
@@ -451,36 +442,12 @@ class Cluster:
     async def _push_tcp(self, peer: Peer, body: bytes) -> None:
         """One authenticated frame to a peer over TCP (reliable, any size); best effort."""
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(peer.addr[0], peer.tcp_port), 5)
-            try:
-                nonce = await asyncio.wait_for(reader.readexactly(_NONCE), 5)
-                writer.write(_wire.frame(self.o.secret, nonce, body))
-                await writer.drain()
-            finally:
-                writer.close()
+            await _tcp.request(peer.addr[0], peer.tcp_port, self.o.secret, body, answer=False, timeout=5)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
             log.info("cluster: could not reach %s over TCP", peer.name)
-
-    def _deliver(self, target: list, data: bytes) -> None:
-        from .mailbox import _address, _send_raw, reply_path
-        if target[0] == "pid":
-            address: str | None = _address(self.m.opts.rdir, int(target[1]), int(target[2]))
-        elif target[0] == "addr":
-            address = reply_path(self.m.opts.rdir, target[1])  # only a reply socket in our dir
-        else:
-            return
-        if address is not None:
-            _send_raw(address, data)
 
     def nodes(self, scope: str) -> list[str]:
         return sorted(p.name for p in self.peers.values() if scope in p.scopes and scope in p.synced)
 
-
-async def _read_frame(reader: asyncio.StreamReader, secret: bytes, nonce: bytes,
-                      limit: int = _wire.MAX_FRAME) -> bytes | None:
-    (n,) = struct.unpack("!I", await reader.readexactly(4))
-    if n > limit:  # refused before a byte of it is buffered
-        return None
-    body = await reader.readexactly(n)
-    tag = await reader.readexactly(_wire.MAC_LEN)
-    return body if _wire.check_frame(secret, nonce, body, tag) else None
+    def status(self) -> dict[str, Any]:
+        return {"nodes": sorted(self.peers), "incarnation": self.incarnation, **self.stats, **self.r.stats}

@@ -56,6 +56,7 @@ class CallbackRunner:
         self._current: tuple[int, str, float] | None = None
         self.failures = 0
         self.hangs = 0
+        self._sync_hung: threading.Thread | None = None
         self._start_thread()
 
     def _start_thread(self) -> None:
@@ -93,13 +94,29 @@ class CallbackRunner:
                       self.hang_timeout)
             self._start_thread()
 
-    def call_sync(self, name: str, *args: Any, default: Any = None) -> Any:
-        """For callbacks whose answer the manager needs (resolve_registry_conflict)."""
+    def call_sync(self, name: str, *args: Any, default: Any = None, timeout: float = 1.0) -> Any:
+        """For callbacks whose answer the manager needs (resolve_registry_conflict): run on a thread
+        and waited for at most `timeout` s. One that raises or hangs gives `default`; while a hung
+        call has not returned, later calls give `default` at once (the loop waits once, not per call)."""
         fn = getattr(self.handler, name, None)
         if fn is None:
             return default
-        try:
-            return fn(*args)
-        except Exception:
-            log.exception("event handler %s raised; using the default", name)
+        if self._sync_hung is not None and self._sync_hung.is_alive():
             return default
+        box: list[Any] = []
+
+        def run() -> None:
+            try:
+                box.append(fn(*args))
+            except Exception:
+                self.failures += 1
+                log.exception("event handler %s raised; using the default", name)
+        th = threading.Thread(target=run, name=f"syn_mp-{name}", daemon=True)
+        th.start()
+        th.join(timeout)
+        if th.is_alive():
+            self.hangs += 1
+            self._sync_hung = th
+            log.error("event handler %s has run for over %.1fs; using the default", name, timeout)
+            return default
+        return box[0] if box else default

@@ -203,6 +203,7 @@ class Table:
         self._t = t
         self.ptr = t  # what put_local/delete_local take
         self._node_names: list[str] = []
+        self._node_gen = lib.synt_node_gen(self._t)
         self._seqp = lib.synt_seq_ptr(self._t)
         self._flagsp = lib.synt_flags_ptr(self._t)
         # The segment as 64-bit words: registry.lookup checks one word (an entry's ver, or the
@@ -309,6 +310,9 @@ class Table:
     # ------------------------------------------------------------- nodes
 
     def node_name(self, node_id: int) -> str:
+        gen = lib.synt_node_gen(self._t)
+        if gen != self._node_gen:  # a retired id went to another name: forget the names cached by id
+            self._node_names, self._node_gen = [], gen
         names = self._node_names
         if node_id < len(names):
             return names[node_id]
@@ -320,8 +324,7 @@ class Table:
 
     def node_names(self) -> list[str]:
         """Every node's name, by id: the table's own list (do not change it), brought up to date."""
-        if len(self._node_names) < lib.synt_nnodes(self._t):
-            self.node_name(lib.synt_nnodes(self._t) - 1)
+        self.node_name(lib.synt_nnodes(self._t) - 1)  # checks the generation, fills what is missing
         return self._node_names
 
     def nnodes(self) -> int:
@@ -332,6 +335,12 @@ class Table:
         nid = self.node_id(name, create=True)
         assert nid is not None
         return nid
+
+    def retire_node(self, node_id: int) -> bool:
+        """Retire a node id that holds no entry (see synt_node_retire): its name is no longer found,
+        and once all SYNT_MAX_NODES ids are taken, the id goes to a new name. False if it holds
+        entries (or is 0, or unknown)."""
+        return lib.synt_node_retire(self._t, node_id) == 0
 
     def node_id(self, name: str, create: bool = False) -> int | None:
         b = name.encode()

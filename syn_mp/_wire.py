@@ -2,11 +2,13 @@
 
 Datagram:  MAGIC | version u8 | node len u8 | node | incarnation u64 | seq u64 | body | HMAC-SHA256
 The HMAC (keyed with the cluster secret) covers everything before it. A receiver
-keeps, per sender node, the newest incarnation (the sender manager's start time in
-ns) and a 1024-wide window of seen sequence numbers: an older incarnation, a seen or
-too-old seq is a replay and is dropped. TCP frames are length-prefixed and carry
-an HMAC over the server's per-connection nonce and the body, so they can't be
-replayed on another connection.
+keeps, per sender node, the newest incarnation (a counter the sender's manager
+persists and raises at every start, see _incarnation) and a 1024-wide window of seen sequence numbers: an older incarnation, a seen or
+too-old seq is a replay and is dropped; another incarnation (a restart, or an old
+life replayed) is believed only once the node itself confirms it over TCP (see
+ReplayGuard.reset). TCP frames are
+length-prefixed and carry an HMAC over both sides' per-connection nonces and the
+body (see _tcp), so they can't be replayed on another connection.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import struct
 from typing import NamedTuple
 
 MAGIC = b"SYNMP"
-VERSION = 1
+VERSION = 2  # 2: a relayed message names the receiving manager's incarnation (issue 13, finding 7)
 MAC_LEN = 32
 _HDR = struct.Struct("!QQ")
 MAX_DATAGRAM = 1400  # fits a 1500-byte MTU with IP/UDP headers
@@ -66,19 +68,19 @@ def open_datagram(secret: bytes, data: bytes) -> Datagram | None:
 
 
 class ReplayGuard:
-    """Per sender: newest incarnation and a window of seen sequence numbers."""
+    """Per sender: its current incarnation and a window of seen sequence numbers."""
 
     def __init__(self) -> None:
         self._state: dict[str, tuple[int, int, int]] = {}  # node -> (incarnation, highest seq, bitmap)
 
     def accept(self, node: str, incarnation: int, seq: int) -> bool:
         st = self._state.get(node)
-        if st is None or incarnation > st[0]:
+        if st is None:  # first contact: nothing to compare with (a snapshot is checked with the node)
             self._state[node] = (incarnation, seq, 1)
             return True
         inc, high, bits = st
-        if incarnation < inc:
-            return False
+        if incarnation != inc:
+            return False  # an older life replayed, or a restart: believed once the node confirms (reset)
         if seq > high:
             shift = seq - high
             bits = ((bits << shift) | 1) & ((1 << WINDOW) - 1) if shift < WINDOW else 1
@@ -89,6 +91,17 @@ class ReplayGuard:
             return False
         self._state[node] = (inc, high, bits | (1 << back))
         return True
+
+    def newest(self, node: str) -> int | None:
+        """The incarnation accepted from node, if any."""
+        st = self._state.get(node)
+        return None if st is None else st[0]
+
+    def reset(self, node: str, incarnation: int) -> None:
+        """Take `incarnation` as node's current one (higher: it restarted; lower: its runtime dir lost
+        the counter, e.g. a reboot), only once the node itself said so in an exchange fresh on both
+        sides: a replayed datagram of an older life, lower or higher, never moves it."""
+        self._state[node] = (incarnation, 0, 0)
 
 
 _LEN = struct.Struct("!I")

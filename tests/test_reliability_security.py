@@ -385,7 +385,7 @@ def test_oversized_tcp_frames_without_the_secret_are_not_buffered(make_node, tmp
         for _ in range(4):
             c = socket.create_connection(("127.0.0.2", port), timeout=5)
             assert len(c.recv(16)) == 16  # the server's nonce
-            c.sendall(struct.pack("!I", _wire.MAX_FRAME))  # a body of 64 MiB announced
+            c.sendall(os.urandom(16) + struct.pack("!I", _wire.MAX_FRAME))  # our nonce, a 64 MiB body announced
             conns.append(c)
         chunk = b"\0" * (1 << 20)
         for c in conns:
@@ -410,8 +410,8 @@ def test_oversized_tcp_frames_without_the_secret_are_not_buffered(make_node, tmp
     assert max(streamed) < 16, f"the server kept reading an oversized frame: {streamed} MiB"
     # an authentic peer still gets served: a snapshot request with the secret
     with socket.create_connection(("127.0.0.2", port), timeout=5) as c:
-        nonce = c.recv(16)
-        c.sendall(_wire.frame(SECRET, nonce, b"\x92\xa4snap\xa1s"))
+        nonce_s, nonce_c = c.recv(16), os.urandom(16)
+        c.sendall(nonce_c + _wire.frame(SECRET, b"C" + nonce_s + nonce_c, b"\x92\xa4snap\xa1s"))
         (size,) = struct.unpack("!I", c.recv(4))
         assert size < 1 << 20
     print(f"\n4 connections announcing 64 MiB frames: server closed after {streamed} MiB each; "

@@ -387,6 +387,33 @@ def test_node_id_create_lookup_and_name(make_table):
     sound(t)
 
 
+def test_retired_node_ids_are_reused_once_full_and_readers_never_show_an_old_name(make_table):
+    t = make_table(node="local-node")
+    reader = Table.attach(t.name)  # another process's mapping, with its own cache of names by id
+    for i in range(1, lib.SYNT_MAX_NODES):
+        assert t.node_id(f"pod-{i}", create=True) == i
+    assert reader.node_name(7) == "pod-7" and reader.node_names()[9] == "pod-9"  # cached now
+    assert t.put(REG, b"k", 7, 123, 1, 1, b"")[0] == INSERTED
+    assert not t.retire_node(7)  # it holds an entry
+    assert not t.retire_node(0) and not t.retire_node(lib.SYNT_MAX_NODES)
+    gen = lib.synt_node_gen(t._t)
+    assert t.purge_node(7, R_NODE_DOWN, 7) == 1
+    assert t.retire_node(7) and t.retire_node(9) and t.retire_node(9)  # twice is fine
+    assert t.node_id("pod-7") is None and t.node_name(7) == "pod-7"  # not found; journal readers still name it
+    assert lib.synt_node_gen(t._t) == gen  # nothing reused yet: cached names hold
+    assert t.node_id("new-a", create=True) in (7, 9) and t.node_id("new-b", create=True) in (7, 9)
+    assert lib.synt_node_gen(t._t) == gen + 2
+    with pytest.raises(TableError):
+        t.node_id("one-too-many", create=True)
+    for r in (t, reader):
+        assert {r.node_name(7), r.node_name(9)} == {"new-a", "new-b"}
+        assert {r.node_names()[7], r.node_names()[9]} == {"new-a", "new-b"}
+        assert r.node_id("pod-7") is None and r.node_id("new-a") in (7, 9)
+    assert t.put(REG, b"k", t.node_id("new-a"), 5, 1, 1, b"")[0] == INSERTED
+    assert reader.node_name(reader.get(REG, b"k").node) == "new-a"
+    sound(t)
+
+
 def test_write_to_unknown_node_is_rejected(make_table):
     t = make_table()
     assert t.put(REG, b"n", 5, 1, 1, 1, b"")[0] == ETOOBIG

@@ -37,7 +37,11 @@ def test_replay_guard_drops_repeats_old_sequences_and_old_incarnations():
     assert g.accept("a", 1, 100)
     assert not g.accept("a", 1, 100 - _wire.WINDOW)   # too old to tell: dropped
     assert not g.accept("a", 0, 500)          # a previous incarnation of the node
-    assert g.accept("a", 2, 1)                # the node restarted
+    assert not g.accept("a", 2, 1)            # a restart, or an old life replayed: not yet believed
+    g.reset("a", 2)                           # the node confirmed it (over TCP)
+    assert g.accept("a", 2, 1) and not g.accept("a", 1, 101)
+    g.reset("a", 0)                           # lower: its counter was lost, and it confirmed that
+    assert g.accept("a", 0, 1) and not g.accept("a", 2, 2)
     assert g.accept("b", 1, 1)                # senders are independent
 
 
