@@ -45,7 +45,9 @@ setup(
         "test": ["pytest", "hypothesis"],
         # the servers syn_mp.contrib integrates with, for its tests (./dev test installs them)
         "integrations": ["gunicorn>=21", "uvicorn>=0.30", "celery[redis]>=5.3", "redis>=4"],
-        "bench": ["UltraDict", "redis", "matplotlib"],
+        "bench": ["UltraDict", "redis", "matplotlib", "aetcd>=1.0"],
+        # the cluster on etcd (syn-mp daemon --etcd): aetcd, asyncio over etcd's gRPC API
+        "etcd": ["aetcd>=1.0"],
     },
     entry_points={
         "console_scripts": ["syn-mp=syn_mp.cli:main"],
