@@ -1,5 +1,6 @@
-"""Scopes across nodes (Syn's gen_scope): discovery, snapshots, change broadcasts, node up/down,
-registry conflicts, and relaying messages to other nodes. Runs inside the manager's loop.
+"""The UDP/TCP transport of replication (see _replication): discovery, heartbeats, change
+broadcasts, snapshots over TCP, node up/down, conflict notices, and relaying messages to other
+nodes. Runs inside the manager's loop and knows the node only through its Replica.
 
 Each node is the authority for its own processes. It broadcasts every local change
 with a per-scope sequence number and a heartbeat carrying those numbers; a receiver
@@ -11,39 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import signal
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 
 from . import _tcp, _wire
 from ._incarnation import next_incarnation
-from ._table import (BY_NODE, EFULL, ETAKEN, F_FORCE, F_MATCH_PID, R_CONFLICT, R_MANAGER_RESTART, R_NODE_DOWN, R_NODE_UP,
-                     R_NORMAL, R_PROCESS_EXIT, PG, REG, WITH_KEY, WITH_META, Table, TableError)
-from ._types import Pid
-from .codec import decode
-
-if TYPE_CHECKING:
-    from ._manager import Manager
+from ._replication import Change, Entry, Replica, ReplicationError
 
 log = logging.getLogger("syn_mp.cluster")
 
-_PUT_KINDS = {"registered", "registry_updated", "joined", "group_updated"}
-_TYPE_OF_KIND = {"registered": REG, "registry_updated": REG, "unregistered": REG,
-                 "joined": PG, "group_updated": PG, "left": PG}
 _FETCH_TIMEOUT = 30.0  # seconds for a whole snapshot exchange
 _PROBE_EVERY = 1.0     # seconds between two restart probes of one node
-_RESOLVER_TIMEOUT = 1.0  # seconds a custom resolve_registry_conflict may take (then: the default rule)
 _FETCH_PATIENCE = 0.5  # seconds a snapshot answer may take to begin before a heartbeat asks again
 _BUFFER_MAX = 65536    # changes buffered per peer and scope while its snapshot is fetched
-_GONE_KEPT = 4096      # per scope: recent removals whose reason a snapshot still tells
-# the reasons an owner's removal travels with (the others are each node's own: node up/down)
-_OWNER_REASONS = {R_NORMAL, R_PROCESS_EXIT, R_MANAGER_RESTART, R_CONFLICT}
 
 
 @dataclass
@@ -57,6 +44,9 @@ class ClusterOptions:
     node_timeout_ms: int = 1000
     conflict_signal: int = signal.SIGTERM
     drop_rate: float = 0.0                          # test-only: SYN_MP_TEST_DROP_RATE
+
+    def make(self, replica: Replica) -> "Cluster":
+        return Cluster(replica, self)
 
 
 @dataclass
@@ -87,22 +77,22 @@ class _Datagrams(asyncio.DatagramProtocol):
 
 
 class Cluster:
-    def __init__(self, manager: "Manager", opts: ClusterOptions) -> None:
-        self.m = manager
+    """A replication Transport (see _replication) over UDP datagrams and TCP exchanges."""
+
+    def __init__(self, replica: Replica, opts: ClusterOptions) -> None:
+        self.r = replica
+        replica.transport = self
         self.o = opts
-        self.node = manager.opts.node
-        self.incarnation = next_incarnation(manager.opts.rdir)  # never the clock: see _incarnation
+        self.node = replica.node
+        self.incarnation = next_incarnation(replica.rdir)  # never the clock: see _incarnation
         self._seq = 0                            # datagram seq (replay protection)
         self.scope_seq: dict[str, int] = {}      # our changes broadcast per scope
         self.peers: dict[str, Peer] = {}
         self.guard = _wire.ReplayGuard()
         self.stats = {"sent": 0, "received": 0, "forged": 0, "replayed": 0, "malformed": 0, "dropped_test": 0,
-                      "snapshots_fetched": 0, "snapshots_served": 0, "conflicts": 0, "relayed": 0,
+                      "snapshots_fetched": 0, "snapshots_served": 0, "relayed": 0,
                       "other_incarnation": 0, "fetches_superseded": 0, "probes": 0, "restarts_verified": 0, "tcp_refused": 0, "tcp_timeouts": 0}
         self._probed: dict[str, float] = {}      # node -> when its lower incarnation was last checked
-        self._gone: dict[str, dict[tuple, int]] = {}   # scope -> (type, key, pid) -> reason of its removal
-        self._decisions: dict[tuple, int | None] = {}  # conflicts decided (the same answer if met again)
-        self._conflict_won: dict[tuple, float] = {}    # (scope, key, node, pid) that beat an entry of ours
         self._tasks: list[asyncio.Task] = []
         self._transports: list[Any] = []
 
@@ -230,11 +220,11 @@ class Cluster:
         elif kind == "big":
             self._need_snapshot(peer, msg[1])
         elif kind == "msg" and msg[1] == self.node:
-            self._deliver(msg[2], msg[3])
+            self.r.deliver(msg[2], msg[3])
 
     async def _heartbeats(self) -> None:
         while True:
-            scopes = {s: self.scope_seq.get(s, 0) for s in self.m.tables}
+            scopes = {s: self.scope_seq.get(s, 0) for s in self.r.scopes()}
             self._send(msgpack.packb(["hb", scopes, self.port]))
             await asyncio.sleep(self.o.heartbeat_ms / 1000)
 
@@ -253,7 +243,7 @@ class Cluster:
         peer.tcp_port = tcp_port
         peer.scopes = scopes
         for scope, seq in scopes.items():
-            if scope not in self.m.tables:
+            if not self.r.has_scope(scope):
                 continue
             if scope in peer.fetching:
                 self._supersede_waiting_fetch(peer, scope)
@@ -280,50 +270,21 @@ class Cluster:
         """Entries of other nodes left in the tables from before this manager started: a node
         that has not spoken within the node timeout is down."""
         await asyncio.sleep(self.o.node_timeout_ms / 1000)
-        for t in self.m.tables.values():
-            for nid in range(1, t.nnodes()):
-                name = t.node_name(nid)
-                if name not in self.peers and t.count(BY_NODE, REG, node=nid) + t.count(BY_NODE, PG, node=nid):
-                    t.purge_node(nid, R_NODE_DOWN, nid)
-            self._reclaim_node_ids(t)
-
-    def _reclaim_node_ids(self, t: Table) -> None:
-        """Retire the ids of nodes that are not up and hold nothing here: a segment has 255 ids for
-        other nodes, and pods get a new name at every restart (retired ids go to new names)."""
-        for nid in range(1, t.nnodes()):
-            if t.node_name(nid) not in self.peers:
-                t.retire_node(nid)  # refused (False) while it holds entries
-
-    def _node_id(self, t: Table, name: str) -> int:
-        """The id of a peer's name, reclaiming retired ids once the node table is full."""
-        try:
-            return t.add_node(name)
-        except TableError:
-            self._reclaim_node_ids(t)
-            return t.add_node(name)  # still full: every id belongs to a node up or holding entries
+        self.r.forget_others(set(self.peers))
 
     def _node_down(self, peer: Peer) -> None:
         self.peers.pop(peer.name, None)
-        for t in self.m.tables.values():
-            nid = t.node_id(peer.name)
-            if nid is not None and nid != 0:
-                t.purge_node(nid, R_NODE_DOWN, nid)
-                t.retire_node(nid)  # its name stays readable until the id goes to another node
+        self.r.node_down(peer.name)
 
     # ---------------------------------------------------------- local changes
 
-    def on_local_record(self, scope: str, r: Any) -> None:
-        """A change of a local process (from the journal): broadcast it, with the reason this node
-        saw (every node's callbacks and events() carry the owner's reason, as in Syn)."""
+    def on_local_change(self, scope: str, change: Change) -> None:
+        """A change of a local entry: broadcast it, with the reason this node saw (every node's
+        callbacks and events() carry the owner's reason, as in Syn)."""
         seq = self.scope_seq[scope] = self.scope_seq.get(scope, 0) + 1
-        put = r.kind in _PUT_KINDS
-        if not put:  # remembered a while, for a snapshot that has to tell a peer why an entry went
-            gone = self._gone.setdefault(scope, {})
-            gone[(_TYPE_OF_KIND[r.kind], r.key, r.pid)] = r.reason
-            while len(gone) > _GONE_KEPT:
-                del gone[next(iter(gone))]
-        body = msgpack.packb(["chg", scope, seq, put, _TYPE_OF_KIND[r.kind], r.key, r.pid, r.start, r.time_ns,
-                              r.meta if put else b"", r.reason])
+        e = change.entry
+        body = msgpack.packb(["chg", scope, seq, change.put, e.type, e.key, e.pid, e.start, e.time_ns, e.meta,
+                              change.reason])
         if len(body) > _wire.MAX_DATAGRAM - 100:
             body = msgpack.packb(["big", scope, seq])  # too big for a datagram: receivers fetch a snapshot
         self._send(body)
@@ -337,8 +298,7 @@ class Cluster:
 
     def _on_change(self, peer: Peer, msg: list) -> None:
         scope, seq = msg[1], msg[2]
-        t = self.m.tables.get(scope)
-        if t is None:
+        if not self.r.has_scope(scope):
             return
         if scope in peer.fetching:
             buf = peer.buffered.setdefault(scope, {})
@@ -353,124 +313,29 @@ class Cluster:
         if seq != applied + 1:
             self._need_snapshot(peer, scope)
             return
-        self._apply_change(peer, t, msg)
+        self._apply_change(peer, msg)
 
-    def _apply_change(self, peer: Peer, t: Table, msg: list) -> None:
+    def _apply_change(self, peer: Peer, msg: list) -> None:
         _, scope, seq, put, type_, key, pid, start, time_ns, meta, *rest = msg
-        reason = rest[0] if rest and rest[0] in _OWNER_REASONS else R_NORMAL
         peer.applied[scope] = seq
-        nid = self._node_id(t, peer.name)
-        if put:
-            self._apply_put(t, scope, nid, type_, key, pid, start, time_ns, meta, R_NORMAL)
-        else:  # MATCH_PID: only that process's
-            t.delete(type_, key, nid, pid, flags=F_MATCH_PID, reason=reason, reason_node=nid)
+        self.r.apply(scope, peer.name, Change(bool(put), Entry(type_, key, pid, start, time_ns, meta),
+                                              rest[0] if rest else 0))
 
-    def _apply_put(self, t: Table, scope: str, nid: int, type_: int, key: bytes, pid: int, start: int,
-                   time_ns: int, meta: bytes, reason: int) -> None:
-        won = self._conflict_won.pop((scope, key, t.node_name(nid), pid), None)
-        if won is not None and type_ == REG:
-            reason = R_CONFLICT  # it won a conflict that removed ours: that is how it arrives here
-        rc, info = t.put(type_, key, nid, pid, start, time_ns, meta, reason=reason, reason_node=nid)
-        if rc != ETAKEN:
-            if rc == EFULL:
-                log.error("scope %r is full: an entry of node %s was not stored", scope, t.node_name(nid))
-            return
-        if info.node == nid:  # the authority moved its own name to another of its processes
-            t.put(type_, key, nid, pid, start, time_ns, meta, flags=F_FORCE, reason=reason, reason_node=nid)
-            return
-        held = t.get(REG, key)
-        if held is None:
-            return
-        self._resolve(t, scope, key, (held.node, held.pid, held.start, held.time_ns, held.meta),
-                      (nid, pid, start, time_ns, meta))
+    # -------------------------------------------------------------- conflicts
 
-    def _decide(self, t: Table, scope: str, key: bytes, a: tuple, b: tuple) -> int | None:
-        """Which of two registrations of one name is kept: 0 (a), 1 (b) or None (neither). One
-        deterministic function of the two entries, evaluated alike on every node that sees the
-        conflict: the candidates are passed in a canonical order (by Pid), whichever node holds
-        which; a custom resolver must be the same on every node (and is bounded: one that hangs
-        or raises gives the default rule, newest wins, ties to the higher Pid)."""
-        pa, pb = Pid(t.node_name(a[0]), a[1]), Pid(t.node_name(b[0]), b[1])
-        memo = (scope, key, pa, a[3], pb, b[3])
-        if memo in self._decisions:
-            return self._decisions[memo]
-        default = 0 if (a[3], pa) > (b[3], pb) else 1
-        cb = self.m.callbacks
-        if cb is not None and getattr(cb.handler, "resolve_registry_conflict", None) is not None:
-            from .codec import decode_name
-            first, second = sorted([(pa, decode(a[4]), a[3]), (pb, decode(b[4]), b[3])], key=lambda c: c[0])
-            fallback = first[0] if (first[2], first[0]) > (second[2], second[0]) else second[0]
-            winner = cb.call_sync("resolve_registry_conflict", scope, decode_name(key), first, second,
-                                  default=fallback, timeout=_RESOLVER_TIMEOUT)
-            which = 0 if winner == pa else 1 if winner == pb else None
-        else:
-            which = default
-        self._decisions[memo] = which
-        while len(self._decisions) > _GONE_KEPT:
-            del self._decisions[next(iter(self._decisions))]
-        return which
-
-    def _resolve(self, t: Table, scope: str, key: bytes, held: tuple, incoming: tuple,
-                 notified: bool = False) -> None:
-        """Two nodes hold one name: every node that sees it decides alike (_decide) and ends with the
-        same winner. A losing entry of ours is removed (reason conflict_resolution, broadcast as
-        such); the owner of a losing entry of another node is told, since it may not see the winner
-        itself (a partial netsplit).
-
-        `notified`: `incoming` comes from such a notice (it may be gone by now): we may drop ours,
-        never store it (its own node sends it if alive)."""
-        self.stats["conflicts"] += 1
-        h_node, h_pid, h_start, h_time, h_meta = held
-        i_node, i_pid, i_start, i_time, i_meta = incoming
-        which = self._decide(t, scope, key, held, incoming)
-        custom = self.m.callbacks is not None and \
-            getattr(self.m.callbacks.handler, "resolve_registry_conflict", None) is not None
-        if which != 0:  # the held entry loses
-            if h_node == 0:
-                if not custom:
-                    self._signal_loser(h_pid, h_start)
-                t.delete(REG, key, 0, h_pid, flags=F_MATCH_PID, reason=R_CONFLICT)  # journaled: broadcast
-            elif which is None or notified:
-                t.delete(REG, key, h_node, h_pid, flags=F_MATCH_PID, reason=R_CONFLICT, reason_node=h_node)
-        if which == 1:
-            if notified:
-                if h_node == 0:  # when it arrives from its node, it arrives as the winner of a conflict
-                    self._conflict_won[(scope, key, t.node_name(i_node), i_pid)] = time.monotonic()
-                    while len(self._conflict_won) > _GONE_KEPT:
-                        del self._conflict_won[next(iter(self._conflict_won))]
-            else:
-                # Syn: where ours lost, the winner comes as conflict_resolution; on a third node the
-                # newer simply replaces the older (normal)
-                t.put(REG, key, i_node, i_pid, i_start, i_time, i_meta, flags=F_FORCE,
-                      reason=R_CONFLICT if h_node == 0 else R_NORMAL, reason_node=i_node)
-        if notified:
-            return
-        if which != 1 and i_node != 0:  # the incoming entry loses: tell its node what it met
-            self._notify(t, scope, key, i_node, held)
-        if which != 0 and h_node != 0:
-            self._notify(t, scope, key, h_node, incoming)
-
-    def _notify(self, t: Table, scope: str, key: bytes, loser_node: int, other: tuple) -> None:
+    def notify_conflict(self, scope: str, key: bytes, loser_node: str, rival_node: str, rival: Entry) -> None:
         """Tell the node that owns a losing entry about its rival in the conflict: it decides alike
-        and removes its own."""
-        peer = self.peers.get(t.node_name(loser_node))
+        and removes its own (it may not see the rival itself: a partial netsplit)."""
+        peer = self.peers.get(loser_node)
         if peer is None:
             return
-        node, pid, start, time_ns, meta = other
-        body = msgpack.packb(["cfl", scope, key, t.node_name(node), pid, start, time_ns, meta])
+        body = msgpack.packb(["cfl", scope, key, rival_node, rival.pid, rival.start, rival.time_ns, rival.meta])
         asyncio.get_running_loop().create_task(self._push_tcp(peer, body))
 
     def _on_conflict_notice(self, msg: list) -> None:
         """A node met a conflict with one of ours: decide here too (alike), drop ours if it loses."""
         _, scope, key, owner, pid, start, time_ns, meta = msg
-        t = self.m.tables.get(scope)
-        held = None if t is None else t.get(REG, key)
-        if t is None or held is None or held.node != 0 or owner == self.node:
-            return  # (the owner may not be a known peer yet: the notice is authenticated all the same)
-        nid = self._node_id(t, owner)
-        self._resolve(t, scope, key, (0, held.pid, held.start, held.time_ns, held.meta),
-                      (nid, pid, start, time_ns, meta), notified=True)
-        if t.get(REG, key) is None:
+        if self.r.conflict_notice(scope, owner, Entry(0, key, pid, start, time_ns, meta)):
             # ours gave way: what the owner holds now comes from its snapshot, in order with its changes
             # (an unknown owner's discovery snapshot is still to come)
             peer = self.peers.get(owner)
@@ -479,18 +344,10 @@ class Cluster:
             elif peer is not None:
                 self._need_snapshot(peer, scope)
 
-    def _signal_loser(self, pid: int, start: int) -> None:
-        from ._procinfo import start_time
-        if start_time(pid) == start:  # still that process: never signal a reused pid
-            try:
-                os.kill(pid, self.o.conflict_signal)
-            except ProcessLookupError:
-                pass
-
     # -------------------------------------------------------------- snapshots
 
     def _need_snapshot(self, peer: Peer, scope: str) -> None:
-        if scope in peer.fetching or scope not in self.m.tables:
+        if scope in peer.fetching or not self.r.has_scope(scope):
             return
         peer.fetching.add(scope)
         answering: list = []
@@ -522,24 +379,22 @@ class Cluster:
                 return
             if self.peers.get(peer.name) is not peer:
                 return  # it went down meanwhile
-            first = scope not in peer.synced
-            self._apply_snapshot(peer, scope, entries, gone, R_NODE_UP if first else R_NORMAL)
+            self.r.replace(scope, peer.name, [Entry(*e) for e in entries], gone, first=scope not in peer.synced)
             peer.applied[scope] = seq
             peer.synced.add(scope)
             peer.gaps.pop(scope, None)
             self.stats["snapshots_fetched"] += 1
             # the changes that came meanwhile, newer than the snapshot, in order (a hole: the
             # heartbeats' gap check fetches again)
-            t = self.m.tables[scope]
             for q, msg in sorted(peer.buffered.pop(scope, {}).items()):
                 if q <= peer.applied[scope]:
                     continue
                 if q != peer.applied[scope] + 1:
                     break
-                self._apply_change(peer, t, msg)
+                self._apply_change(peer, msg)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
             log.info("cluster: snapshot of %r from %s failed (%s); will retry", scope, peer.name, e)
-        except TableError as e:  # e.g. no node id left: logged, retried at the next heartbeat's gap
+        except ReplicationError as e:  # e.g. no node id left: logged, retried at the next heartbeat's gap
             log.error("cluster: snapshot of %r from %s not applied: %s", scope, peer.name, e)
         finally:
             peer.fetching.discard(scope)
@@ -550,37 +405,20 @@ class Cluster:
                 peer.refetch.discard(scope)
                 self._need_snapshot(peer, scope)
 
-    def _apply_snapshot(self, peer: Peer, scope: str, entries: list, gone: list, reason: int) -> None:
-        t = self.m.tables[scope]
-        nid = self._node_id(t, peer.name)
-        present = {(e[0], e[1], e[2]) for e in entries}
-        why = {(g[0], g[1], g[2]): g[3] for g in gone if g[3] in _OWNER_REASONS}
-        for item in t.collect(BY_NODE, 0, node=nid, flags=WITH_KEY):
-            k = (item.type, item.key, item.pid)
-            if k not in present:  # authoritative: gone on its node, for the reason it saw there
-                t.delete(item.type, item.key, nid, item.pid, flags=F_MATCH_PID, reason=why.get(k, R_NORMAL),
-                         reason_node=nid)
-        for type_, key, pid, start, time_ns, meta in entries:
-            self._apply_put(t, scope, nid, type_, key, pid, start, time_ns, meta, reason)
-
     async def _on_request(self, body: bytes) -> bytes | None:
         """An authenticated TCP request (see _tcp); the answer, if it has one."""
         msg = msgpack.unpackb(body, raw=False)
         if msg[0] == "snap":
             scope = msg[1]
-            t = self.m.tables.get(scope)
-            if t is not None:
-                self.m._drain()  # our broadcasts catch up first: the seq below covers them
-            entries = [] if t is None else [
-                (i.type, i.key, i.pid, i.start, i.time_ns, i.meta)
-                for i in t.collect(BY_NODE, 0, node=0, flags=WITH_KEY | WITH_META)]
+            self.r.flush_local()  # our broadcasts catch up first: the seq below covers them
+            entries, gone = self.r.local_entries(scope)
             self.stats["snapshots_served"] += 1
-            gone = [(*k, r) for k, r in self._gone.get(scope, {}).items() if r != R_NORMAL]
-            return msgpack.packb(["snapr", self.node, self.incarnation, self.scope_seq.get(scope, 0), entries, gone])
+            return msgpack.packb(["snapr", self.node, self.incarnation, self.scope_seq.get(scope, 0),
+                                  [tuple(e) for e in entries], gone])
         if msg[0] == "who":
             return msgpack.packb(["me", self.node, self.incarnation])
         if msg[0] == "msg":
-            self._deliver(msg[1], msg[2])
+            self.r.deliver(msg[1], msg[2])
         elif msg[0] == "cfl":
             self._on_conflict_notice(msg)
         return None
@@ -606,17 +444,8 @@ class Cluster:
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
             log.info("cluster: could not reach %s over TCP", peer.name)
 
-    def _deliver(self, target: list, data: bytes) -> None:
-        from .mailbox import _address, _send_raw, reply_path
-        if target[0] == "pid":
-            address: str | None = _address(self.m.opts.rdir, int(target[1]), int(target[2]))
-        elif target[0] == "addr":
-            address = reply_path(self.m.opts.rdir, target[1])  # only a reply socket in our dir
-        else:
-            return
-        if address is not None:
-            _send_raw(address, data)
-
     def nodes(self, scope: str) -> list[str]:
         return sorted(p.name for p in self.peers.values() if scope in p.scopes and scope in p.synced)
 
+    def status(self) -> dict[str, Any]:
+        return {"nodes": sorted(self.peers), "incarnation": self.incarnation, **self.stats, **self.r.stats}

@@ -21,6 +21,7 @@ from typing import Any
 
 from . import _config, _control, _procinfo
 from ._handlers import CallbackRunner
+from ._replication import Replica, Transport, TransportOptions
 from ._health import Incidents, Supervised
 from .events import to_event
 from ._segment_build import SEGMENT_CHECK, build_segment
@@ -53,7 +54,7 @@ class Options:
     journal: int = _config.DEFAULT_JOURNAL
     mode: int = 0o600
     event_handler: Any = None  # an object with Syn's callbacks (see _handlers)
-    cluster: Any = None        # _cluster.ClusterOptions, or None for a node alone
+    cluster: TransportOptions | None = None  # a replication transport's options (_cluster.ClusterOptions), or None
     handler_timeout: float = 5.0
 
 
@@ -71,7 +72,8 @@ class Manager:
         self._stop = asyncio.Event()
         self._lockfd = -1
         self.purged = {"process_exit": 0, "manager_restart": 0}
-        self.cluster: Any = None
+        self.cluster: Transport | None = None  # the replication transport (see _replication)
+        self.replica: Replica | None = None
         self.callbacks = CallbackRunner(opts.event_handler, opts.handler_timeout) if opts.event_handler else None
         # no event handler and no peers: nothing needs every journal record, only the processes to
         # watch, which the announce ring gives (see _drain)
@@ -107,8 +109,9 @@ class Manager:
         for p in (self.paths.ctl, self.paths.wake, self.paths.relay):
             _unlink(p)  # stale sockets of a dead manager: we hold the lock, nobody else uses them
         if self.opts.cluster is not None:
-            from ._cluster import Cluster
-            self.cluster = Cluster(self, self.opts.cluster)
+            self.replica = Replica(self.opts.node, self.opts.rdir, self.tables, self._drain, self.callbacks,
+                                   self.opts.cluster.conflict_signal)
+            self.cluster = self.opts.cluster.make(self.replica)
             await self.cluster.start()
         wake = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         wake.bind(self.paths.wake)
@@ -473,8 +476,8 @@ class Manager:
                 self.callbacks.submit(e.kind, (scope, e.key, e.pid, e.meta, e.reason))
         if r.node != 0:
             return
-        if self.cluster is not None:
-            self.cluster.on_local_record(scope, r)
+        if self.replica is not None:
+            self.replica.on_local_record(scope, r)
         if r.kind in _WATCHED_KINDS:
             # watched until it dies, even once it holds nothing: one fd per process, and no walk of
             # its entries after every unregister (which made the manager's work grow with them)
@@ -528,9 +531,7 @@ class Manager:
                     "uptime": round(time.time() - self.started, 3), "watcher": self.watcher.kind,
                     "watched": len(self.watcher), "watch": self.watcher.stats(), "health": self.health(),
                     "strict": self.opts.strict, "purged": dict(self.purged),
-                    "cluster": None if not self.cluster else {
-                        "nodes": sorted(self.cluster.peers), "incarnation": self.cluster.incarnation,
-                        **self.cluster.stats},
+                    "cluster": None if not self.cluster else self.cluster.status(),
                     "callbacks": None if not self.callbacks else {"failed": self.callbacks.failures,
                                                                   "hung": self.callbacks.hangs},
                     "scopes": {s: t.stats() for s, t in sorted(self.tables.items())},

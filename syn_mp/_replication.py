@@ -1,0 +1,370 @@
+"""Replication: the narrow interface between a node's tables and a transport.
+
+A transport carries each node's own entries to the other nodes: the UDP/TCP cluster
+(_cluster.Cluster) is one; a backend on a distributed store is another. The manager
+knows a transport only through `Transport`; a transport knows the node only through
+`Replica`. Neither imports the other's module (nor _manager).
+
+The contract
+------------
+Each node is the authority for its own entries (node id 0 in its tables: its local
+processes'). A transport has two jobs:
+
+1. Carry out.  `Transport.on_local_change(scope, change)` is called for every change of a
+   local entry, in journal order, with the reason the owner saw (`Change.reason`). Before it
+   reads the node's state for a full copy, a transport calls `Replica.flush_local()`: every
+   local change written so far has then reached `on_local_change`, so a position the
+   transport counts in those calls is the one `Replica.local_entries()` is consistent with.
+   `Transport.resync(scope)` says local changes were missed (a journal overrun): the
+   transport must make every other node re-read this node's entries of the scope.
+
+2. Bring in.  For every other node N the transport calls, for each scope:
+   - `Replica.replace(scope, N, entries, gone, first)`: N's complete entries of the scope (a
+     snapshot, authoritative: what it lacks is removed, with the reason in `gone` when N
+     told one). `first` for the first copy of N after N came up (reason node_up).
+   - `Replica.apply(scope, N, change)`: one change of N, applied in N's order and never older
+     than a `replace` already applied (the transport orders them: buffered, sequenced, ...).
+   - `Replica.node_down(N)`: N is gone (timeout, restart under a new incarnation): its
+     entries are purged (reason node_down) and its node id retired.
+   - `Replica.forget_others(up)`: once, when the transport knows which nodes are up: entries
+     left from before this manager started, of nodes not in `up`, are purged.
+   Node names are the only identity a transport uses; node ids are this node's business.
+
+Conflicts (two nodes hold one name) are resolved here, by `decide()`: one deterministic
+function of the two registrations, the same on every node and for every transport, so every
+node that sees a conflict ends with the same winner. A local loser is removed (reason
+conflict_resolution, carried out like any local change). A remote loser's owner may not see
+the winner itself (a partial netsplit): the replica then calls
+`Transport.notify_conflict(scope, key, loser_node, rival)`; a transport that shows every node
+every entry may ignore it. The owner's transport hands such a notice to
+`Replica.conflict_notice()`, which decides alike and drops the local entry if it loses.
+
+Messages to processes of other nodes: `Transport.relay(dest, target, data)` carries one,
+at most once; the receiving transport calls `Replica.deliver(target, data)`.
+
+Everything runs on the manager's asyncio loop; no method blocks (a custom resolver is bounded
+by RESOLVER_TIMEOUT).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable, Mapping, NamedTuple, Protocol
+
+from ._table import (BY_NODE, EFULL, ETAKEN, F_FORCE, F_MATCH_PID, R_CONFLICT, R_MANAGER_RESTART, R_NODE_DOWN,
+                     R_NODE_UP, R_NORMAL, R_PROCESS_EXIT, PG, REG, WITH_KEY, WITH_META, Table, TableError)
+from ._types import Pid
+from .codec import decode, decode_name
+
+log = logging.getLogger("syn_mp.replication")
+
+RESOLVER_TIMEOUT = 1.0  # seconds a custom resolve_registry_conflict may take (then: the default rule)
+GONE_KEPT = 4096        # per scope: recent local removals whose reason a snapshot still tells
+# the reasons an owner's removal travels with (the others are each node's own: node up/down)
+OWNER_REASONS = frozenset({R_NORMAL, R_PROCESS_EXIT, R_MANAGER_RESTART, R_CONFLICT})
+PUT_KINDS = frozenset({"registered", "registry_updated", "joined", "group_updated"})
+TYPE_OF_KIND = {"registered": REG, "registry_updated": REG, "unregistered": REG,
+                "joined": PG, "group_updated": PG, "left": PG}
+
+
+# what apply(), replace() and conflict_notice() raise when a table can't take another node (no node
+# id left: every id belongs to a node up or holding entries); the transport logs it and tries later
+ReplicationError = TableError
+
+
+class Entry(NamedTuple):
+    """One entry of a node, as it travels: type REG or PG, the encoded key and meta."""
+    type: int
+    key: bytes
+    pid: int
+    start: int
+    time_ns: int
+    meta: bytes
+
+
+class Change(NamedTuple):
+    """A put (register/update/join) or a removal of one entry, with the reason its owner saw."""
+    put: bool
+    entry: Entry
+    reason: int = R_NORMAL
+
+
+class Transport(Protocol):
+    """What the manager drives (see the module docstring)."""
+
+    async def start(self) -> None: ...
+    def close(self) -> None: ...
+    def on_local_change(self, scope: str, change: Change) -> None: ...
+    def resync(self, scope: str) -> None: ...
+    def notify_conflict(self, scope: str, key: bytes, loser_node: str, rival_node: str, rival: Entry) -> None: ...
+    def relay(self, dest: str, target: list, data: bytes) -> None: ...
+    def nodes(self, scope: str) -> list[str]: ...
+    def status(self) -> dict[str, Any]: ...
+
+
+class TransportOptions(Protocol):
+    """A transport's configuration (from the CLI): makes the transport for a replica."""
+    conflict_signal: int
+
+    def make(self, replica: "Replica") -> Transport: ...
+
+
+def decide(scope: str, name: Any, a: tuple[Pid, Any, int], b: tuple[Pid, Any, int],
+           resolver: Callable[[str, Any, tuple, tuple], Any] | None) -> int | None:
+    """Which of two registrations (pid, meta, time_ns) of one name is kept: 0 (a), 1 (b) or None
+    (neither). A function of the two alone, whichever node holds which: a custom resolver (Syn's
+    resolve_registry_conflict) sees them in a canonical order (by Pid) and must be the same on
+    every node; it answers the winner's Pid (anything else: neither is kept). Without one the
+    newest wins, ties to the higher Pid."""
+    default = 0 if (a[2], a[0]) > (b[2], b[0]) else 1
+    if resolver is None:
+        return default
+    first, second = sorted([a, b], key=lambda c: c[0])
+    winner = resolver(scope, name, first, second)
+    return 0 if winner == a[0] else 1 if winner == b[0] else None
+
+
+class Replica:
+    """The node's tables as replicas of every node's own entries (what a transport gets)."""
+
+    def __init__(self, node: str, rdir: str, tables: Mapping[str, Table], flush: Callable[[], Any],
+                 callbacks: Any = None, conflict_signal: int = signal.SIGTERM) -> None:
+        self.node = node
+        self.rdir = rdir
+        self.tables = tables              # the manager's (it adds and rebuilds scopes in place)
+        self._flush = flush
+        self._callbacks = callbacks
+        self.conflict_signal = conflict_signal
+        self.transport: Transport | None = None
+        self.stats = {"conflicts": 0}
+        self._gone: dict[str, dict[tuple, int]] = {}   # scope -> (type, key, pid) -> reason of its removal
+        self._decisions: dict[tuple, int | None] = {}  # conflicts decided (the same answer if met again)
+        self._conflict_won: dict[tuple, float] = {}    # (scope, key, node, pid) that beat an entry of ours
+        self._live: set[str] = set()  # nodes the transport brought in and has not declared down
+
+    # ------------------------------------------------------------ carry out
+
+    def flush_local(self) -> None:
+        """Every local change written so far reaches Transport.on_local_change before this returns."""
+        self._flush()
+
+    def on_local_record(self, scope: str, r: Any) -> None:
+        """(manager) A journal record of a local entry: remembered for snapshots, handed out."""
+        put = r.kind in PUT_KINDS
+        type_ = TYPE_OF_KIND[r.kind]
+        if not put:  # a snapshot still tells a peer why an entry went
+            gone = self._gone.setdefault(scope, {})
+            gone[(type_, r.key, r.pid)] = r.reason
+            while len(gone) > GONE_KEPT:
+                del gone[next(iter(gone))]
+        if self.transport is not None:
+            self.transport.on_local_change(
+                scope, Change(put, Entry(type_, r.key, r.pid, r.start, r.time_ns, r.meta if put else b""), r.reason))
+
+    def local_entries(self, scope: str) -> tuple[list[Entry], list[tuple[int, bytes, int, int]]]:
+        """The node's own entries of the scope, and recent removals whose reason was not `normal`
+        ((type, key, pid, reason)). Call flush_local() first for a consistent position."""
+        t = self.tables.get(scope)
+        if t is None:
+            return [], []
+        entries = [Entry(i.type, i.key, i.pid, i.start, i.time_ns, i.meta)
+                   for i in t.collect(BY_NODE, 0, node=0, flags=WITH_KEY | WITH_META)]
+        gone = [(*k, r) for k, r in self._gone.get(scope, {}).items() if r != R_NORMAL]
+        return entries, gone
+
+    # ------------------------------------------------------------ bring in
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.tables
+
+    def scopes(self) -> list[str]:
+        return list(self.tables)
+
+    def apply(self, scope: str, node: str, change: Change) -> None:
+        """One change of `node` (in its order)."""
+        t = self.tables.get(scope)
+        if t is None or node == self.node:
+            return
+        self._live.add(node)
+        nid = self._node_id(t, node)
+        e = change.entry
+        if change.put:
+            self._apply_put(t, scope, nid, e, R_NORMAL)
+        else:  # MATCH_PID: only that process's
+            reason = change.reason if change.reason in OWNER_REASONS else R_NORMAL
+            t.delete(e.type, e.key, nid, e.pid, flags=F_MATCH_PID, reason=reason, reason_node=nid)
+
+    def replace(self, scope: str, node: str, entries: list[Entry], gone: list, first: bool) -> None:
+        """`node`'s complete entries of the scope: what it lacks is removed (for the reason `gone`
+        gives, else normal); `first`: the first copy since it came up (reason node_up)."""
+        t = self.tables.get(scope)
+        if t is None or node == self.node:
+            return
+        self._live.add(node)
+        nid = self._node_id(t, node)
+        present = {(e[0], e[1], e[2]) for e in entries}
+        why = {(g[0], g[1], g[2]): g[3] for g in gone if g[3] in OWNER_REASONS}
+        for item in t.collect(BY_NODE, 0, node=nid, flags=WITH_KEY):
+            k = (item.type, item.key, item.pid)
+            if k not in present:
+                t.delete(item.type, item.key, nid, item.pid, flags=F_MATCH_PID, reason=why.get(k, R_NORMAL),
+                         reason_node=nid)
+        reason = R_NODE_UP if first else R_NORMAL
+        for e in entries:
+            self._apply_put(t, scope, nid, Entry(*e), reason)
+
+    def node_down(self, node: str) -> None:
+        self._live.discard(node)
+        for t in self.tables.values():
+            nid = t.node_id(node)
+            if nid is not None and nid != 0:
+                t.purge_node(nid, R_NODE_DOWN, nid)
+                t.retire_node(nid)  # its name stays readable until the id goes to another node
+
+    def forget_others(self, up: set[str]) -> None:
+        """Entries of nodes not in `up`, left from before this manager started, are purged."""
+        self._live |= up
+        for t in self.tables.values():
+            for nid in range(1, t.nnodes()):
+                if t.node_name(nid) not in up and t.count(BY_NODE, REG, node=nid) + t.count(BY_NODE, PG, node=nid):
+                    t.purge_node(nid, R_NODE_DOWN, nid)
+            self._reclaim_node_ids(t, up)
+
+    def deliver(self, target: list, data: bytes) -> None:
+        """A message relayed from another node to a local process (or reply socket)."""
+        from .mailbox import _address, _send_raw, reply_path
+        if target[0] == "pid":
+            address: str | None = _address(self.rdir, int(target[1]), int(target[2]))
+        elif target[0] == "addr":
+            address = reply_path(self.rdir, target[1])  # only a reply socket in our dir
+        else:
+            return
+        if address is not None:
+            _send_raw(address, data)
+
+    # ------------------------------------------------------------ node ids
+
+    def _reclaim_node_ids(self, t: Table, up: set[str]) -> None:
+        """Retire the ids of nodes that are not up and hold nothing here: a segment has 255 ids for
+        other nodes, and pods get a new name at every restart (retired ids go to new names)."""
+        for nid in range(1, t.nnodes()):
+            if t.node_name(nid) not in up:
+                t.retire_node(nid)  # refused (False) while it holds entries
+
+    def _node_id(self, t: Table, name: str) -> int:
+        """The id of a node's name, reclaiming retired ids once the node table is full."""
+        try:
+            return t.add_node(name)
+        except TableError:
+            self._reclaim_node_ids(t, self._live)
+            return t.add_node(name)  # still full: every id belongs to a node up or holding entries
+
+    # ------------------------------------------------------------ conflicts
+
+    def _apply_put(self, t: Table, scope: str, nid: int, e: Entry, reason: int) -> None:
+        won = self._conflict_won.pop((scope, e.key, t.node_name(nid), e.pid), None)
+        if won is not None and e.type == REG:
+            reason = R_CONFLICT  # it won a conflict that removed ours: that is how it arrives here
+        rc, info = t.put(e.type, e.key, nid, e.pid, e.start, e.time_ns, e.meta, reason=reason, reason_node=nid)
+        if rc != ETAKEN:
+            if rc == EFULL:
+                log.error("scope %r is full: an entry of node %s was not stored", scope, t.node_name(nid))
+            return
+        if info.node == nid:  # the authority moved its own name to another of its processes
+            t.put(e.type, e.key, nid, e.pid, e.start, e.time_ns, e.meta, flags=F_FORCE, reason=reason,
+                  reason_node=nid)
+            return
+        held = t.get(REG, e.key)
+        if held is None:
+            return
+        self._resolve(t, scope, e.key, (held.node, held.pid, held.start, held.time_ns, held.meta),
+                      (nid, e.pid, e.start, e.time_ns, e.meta))
+
+    def _custom(self) -> bool:
+        cb = self._callbacks
+        return cb is not None and getattr(cb.handler, "resolve_registry_conflict", None) is not None
+
+    def _decide(self, t: Table, scope: str, key: bytes, a: tuple, b: tuple) -> int | None:
+        """decide() on two table entries (node id, pid, start, time_ns, meta), memoized: the same
+        conflict met again gets the same answer (a custom resolver need not be pure over time)."""
+        pa, pb = Pid(t.node_name(a[0]), a[1]), Pid(t.node_name(b[0]), b[1])
+        memo = (scope, key, pa, a[3], pb, b[3])
+        if memo in self._decisions:
+            return self._decisions[memo]
+        if self._custom():
+            cb = self._callbacks
+            fallback = max((a[3], pa), (b[3], pb))[1]  # the default rule's winner: a resolver that fails
+
+            def resolver(scope_: str, name: Any, first: tuple, second: tuple) -> Any:
+                return cb.call_sync("resolve_registry_conflict", scope_, name, first, second,
+                                    default=fallback, timeout=RESOLVER_TIMEOUT)
+            which = decide(scope, decode_name(key), (pa, decode(a[4]), a[3]), (pb, decode(b[4]), b[3]), resolver)
+        else:
+            which = decide(scope, key, (pa, None, a[3]), (pb, None, b[3]), None)
+        self._decisions[memo] = which
+        while len(self._decisions) > GONE_KEPT:
+            del self._decisions[next(iter(self._decisions))]
+        return which
+
+    def _resolve(self, t: Table, scope: str, key: bytes, held: tuple, incoming: tuple,
+                 notified: bool = False) -> None:
+        """Two nodes hold one name: every node that sees it decides alike (decide) and ends with the
+        same winner. A losing entry of ours is removed (reason conflict_resolution, carried out as
+        such); the owner of a losing entry of another node is told, since it may not see the winner
+        itself (a partial netsplit).
+
+        `notified`: `incoming` comes from such a notice (it may be gone by now): we may drop ours,
+        never store it (its own node sends it if alive)."""
+        self.stats["conflicts"] += 1
+        h_node, h_pid, h_start, h_time, h_meta = held
+        i_node, i_pid, i_start, i_time, i_meta = incoming
+        which = self._decide(t, scope, key, held, incoming)
+        if which != 0:  # the held entry loses
+            if h_node == 0:
+                if not self._custom():
+                    self._signal_loser(h_pid, h_start)
+                t.delete(REG, key, 0, h_pid, flags=F_MATCH_PID, reason=R_CONFLICT)  # journaled: carried out
+            elif which is None or notified:
+                t.delete(REG, key, h_node, h_pid, flags=F_MATCH_PID, reason=R_CONFLICT, reason_node=h_node)
+        if which == 1:
+            if notified:
+                if h_node == 0:  # when it arrives from its node, it arrives as the winner of a conflict
+                    self._conflict_won[(scope, key, t.node_name(i_node), i_pid)] = time.monotonic()
+                    while len(self._conflict_won) > GONE_KEPT:
+                        del self._conflict_won[next(iter(self._conflict_won))]
+            else:
+                # Syn: where ours lost, the winner comes as conflict_resolution; on a third node the
+                # newer simply replaces the older (normal)
+                t.put(REG, key, i_node, i_pid, i_start, i_time, i_meta, flags=F_FORCE,
+                      reason=R_CONFLICT if h_node == 0 else R_NORMAL, reason_node=i_node)
+        if notified or self.transport is None:
+            return
+        if which != 1 and i_node != 0:  # the incoming entry loses: tell its node what it met
+            self.transport.notify_conflict(scope, key, t.node_name(i_node), t.node_name(h_node) if h_node else self.node,
+                                           Entry(REG, key, h_pid, h_start, h_time, h_meta))
+        if which != 0 and h_node != 0:
+            self.transport.notify_conflict(scope, key, t.node_name(h_node), t.node_name(i_node) if i_node else self.node,
+                                           Entry(REG, key, i_pid, i_start, i_time, i_meta))
+
+    def conflict_notice(self, scope: str, rival_node: str, rival: Entry) -> bool:
+        """Another node met a conflict between one of our entries and `rival`: decide alike, drop
+        ours if it loses. True when ours gave way (the winner's own copy is then to be fetched in
+        order with its node's changes)."""
+        t = self.tables.get(scope)
+        held = None if t is None else t.get(REG, rival.key)
+        if t is None or held is None or held.node != 0 or rival_node == self.node:
+            return False
+        nid = self._node_id(t, rival_node)
+        self._resolve(t, scope, rival.key, (0, held.pid, held.start, held.time_ns, held.meta),
+                      (nid, rival.pid, rival.start, rival.time_ns, rival.meta), notified=True)
+        return t.get(REG, rival.key) is None
+
+    def _signal_loser(self, pid: int, start: int) -> None:
+        from ._procinfo import start_time
+        if start_time(pid) == start:  # still that process: never signal a reused pid
+            try:
+                os.kill(pid, self.conflict_signal)
+            except ProcessLookupError:
+                pass
