@@ -114,7 +114,8 @@ def test_node_death_by_lease_and_its_return(etcd, make_node):
     w1.call("register", "s", "a")
     w1.call("join", "s", "g")
     for n in (n2, n3):
-        wait_for(lambda: table_of(n) == [("a", Pid("n1", w1.pid), None)], timeout=TIMEOUT, what=f"on {n.name}")
+        wait_for(lambda: table_of(n) == [("a", Pid("n1", w1.pid), None)] and len(on(n).members("s", "g")) == 1,
+                 timeout=TIMEOUT, what=f"on {n.name}")
     ev = on(n2).events("s", timeout=TIMEOUT)
     t0 = time.monotonic()
     n1.kill_manager()  # SIGKILL: no goodbye, the lease has to expire
@@ -199,3 +200,13 @@ def test_conflict_racing_on_two_nodes_is_decided_once_by_etcd(etcd, make_node):
         assert a.proc.returncode == -signal.SIGTERM
         wait_for(lambda: [k for k in e.keys("/t/e/s/r/") if k.endswith(f"/{a.pid}")] == [], timeout=TIMEOUT,
                  what="the loser's claim gone from etcd")
+
+
+def test_etcd_flags_refused_with_one_clear_line(make_node):
+    n = make_node("n1")
+    for args, msg in ((["--etcd", "http://127.0.0.1:2379", "--peers", "127.0.0.1:1"], "--etcd excludes --cluster and --peers"),
+                      (["--etcd-ca", "/nonexistent"], "--etcd-ca needs --etcd"),
+                      (["--etcd", "http://127.0.0.1:2379", "--etcd-user", "u"], "--etcd-user and --etcd-password-file go together"),
+                      (["--etcd", "ftp://x:1"], "--etcd: expected http(s)://HOST:PORT")):
+        r = n.cli("daemon", *args)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and msg in r.stderr, (args, r.stderr)
