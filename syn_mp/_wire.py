@@ -18,7 +18,7 @@ import struct
 from typing import NamedTuple
 
 MAGIC = b"SYNMP"
-VERSION = 1
+VERSION = 2  # 2: a relayed message names the receiving manager's incarnation (issue 13, finding 7)
 MAC_LEN = 32
 _HDR = struct.Struct("!QQ")
 MAX_DATAGRAM = 1400  # fits a 1500-byte MTU with IP/UDP headers

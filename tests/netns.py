@@ -48,6 +48,7 @@ PORT = 47700
 HEARTBEAT_MS = 50
 NODE_TIMEOUT_MS = 500
 IP = shutil.which("ip") or "/usr/sbin/ip"
+IPTABLES = shutil.which("iptables") or "/usr/sbin/iptables"
 
 TMP = "/tmp"
 _NS_RE = re.compile(r"^synmp-[a-z0-9]+-(\d+)x(\d+)$")
@@ -208,6 +209,15 @@ def require_netns() -> None:
     pytest.skip(f"network namespaces unavailable: {reason}")
 
 
+def require_iptables() -> None:
+    """Skip (fail under CI=true) when iptables is missing (./dev installs it)."""
+    if os.path.exists(IPTABLES):
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail("CI=true but iptables is not installed (./dev setup installs it)", pytrace=False)
+    pytest.skip("iptables is not installed (./dev setup installs it)")
+
+
 class HostNode(NodeHandle):
     """A conftest.NodeHandle whose programs (python, cli, daemon, worker) run inside a namespace."""
 
@@ -365,6 +375,23 @@ class Host:
 
     def link_up(self) -> None:
         _ip("-n", self.cluster.hub_ns, "link", "set", self.veth, "up")
+
+    def iptables(self, *args: str) -> None:
+        """`iptables *args` inside the host's namespace (its own netfilter tables: nothing leaks to
+        the machine), e.g. kernel packet loss: iptables("-A", "INPUT", "-m", "statistic", "--mode",
+        "random", "--probability", "0.2", "-j", "DROP"). The namespace's deletion drops the rules."""
+        require_iptables()
+        self._exec(IPTABLES, *args)
+
+    def tc(self, *args: str) -> None:
+        """`tc *args` inside the namespace, e.g. tc("qdisc", "add", "dev", "eth0", "root", "tbf", ...)
+        to slow the host's link (this kernel has tbf, not netem)."""
+        self._exec(shutil.which("tc") or "/usr/sbin/tc", *args)
+
+    def _exec(self, *argv: str) -> None:
+        r = subprocess.run([IP, "netns", "exec", self.ns, *argv], capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise NetnsError(f"{' '.join(argv)} in {self.name}: exit {r.returncode}: {r.stderr.strip()}")
 
     # processes
     def stop(self, sig: int = signal.SIGKILL, timeout: float = 10.0) -> None:

@@ -403,3 +403,82 @@ sys.stdin.read()
     st = status(b)
     print(f"\nsnapshots fetched by the joining node: {st['snapshots_fetched']}, dropped {st['dropped_test']}")
     assert st["snapshots_fetched"] <= 2 + st["dropped_test"], st
+
+
+# ------------------------------------------------------------ finding 7: relayed messages, at most once
+
+def _capture_relay(port: int, dest_ip: str, deadline: float) -> bytes:
+    """The first authentic relayed-message datagram sent to dest_ip:port seen on lo (AF_PACKET: what
+    an attacker on the path records; root only)."""
+    raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    raw.bind(("lo", 0))
+    raw.settimeout(0.2)
+    try:
+        while time.monotonic() < deadline:
+            try:
+                frame = raw.recv(65535)
+            except socket.timeout:
+                continue
+            ip = frame[14:]
+            if len(ip) < 28 or ip[9] != 17 or socket.inet_ntoa(ip[16:20]) != dest_ip:
+                continue
+            udp = ip[(ip[0] & 15) * 4:]
+            if int.from_bytes(udp[2:4], "big") != port:
+                continue
+            payload = udp[8:]
+            d = _wire.open_datagram(SECRET, payload)
+            if d is not None and msgpack.unpackb(d.body, raw=False)[0] == "msg":
+                return payload
+    finally:
+        raw.close()
+    raise AssertionError("no relayed message seen on lo")
+
+
+def _line(p, timeout: float = TIMEOUT) -> str:
+    """The next line p prints, waited for at most `timeout` s ("" past it)."""
+    import select
+    if select.select([p.stdout], [], [], timeout)[0]:
+        return p.stdout.readline().strip()
+    return ""
+
+
+def test_a_relayed_message_replayed_after_the_receivers_restart_is_not_delivered_again(make_node, secret_file):
+    """A message relayed to a process on b, recorded on the wire and replayed once b's manager has
+    restarted (its replay guard is empty then) is refused: each relayed message names the incarnation
+    of the manager it is for. Before, it was delivered a second time."""
+    if os.geteuid() != 0:
+        pytest.fail("needs root (AF_PACKET capture)") if os.environ.get("CI") == "true" else pytest.skip("root")
+    import threading
+    net = LoNet(make_node, secret_file, 47861, 2)
+    a, b = net.nodes
+    wa, wb = net.start_all()
+    rx = b.python("""
+import syn_mp
+syn_mp.add_node_to_scopes(["s"])
+syn_mp.register("s", "rx")
+print("ready", flush=True)
+while True:
+    print(repr(syn_mp.receive()), flush=True)
+""")
+    assert rx.stdout.readline().strip() == "ready", rx.stderr.read()
+    wait_for(lambda: wa.call("whereis_name", "s", "rx") is not None, timeout=TIMEOUT, what="rx seen on a")
+    got: list[bytes] = []
+    cap = threading.Thread(target=lambda: got.append(_capture_relay(47861, "127.0.0.3", time.monotonic() + 10)))
+    cap.start()
+    time.sleep(0.3)  # the capture socket is open (a bounded pause)
+    wa.call("send", "s", "rx", "hello-1")
+    assert _line(rx) == "'hello-1'"
+    cap.join(timeout=15)
+    assert got, "the relayed datagram was not captured"
+    net.kill(b)
+    net.start(b)  # a new incarnation of b's manager; the receiver lives on
+    wait_for(lambda: status(b)["nodes"] == ["n2"], timeout=TIMEOUT, what="a known to b's new manager")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(got[0], ("127.0.0.3", 47861))  # the replay
+    s.close()
+    # after the replay, a fresh message: the next line the receiver prints must be it, not hello-1 again
+    wait_for(lambda: wa.call("subcluster_nodes", "s") == ["n3"] and status(a)["nodes"] == ["n3"],
+             timeout=TIMEOUT, what="b back on a")
+    wait_for(lambda: status(a)["restarts_verified"] >= 1, timeout=TIMEOUT, what="b's new incarnation confirmed on a")
+    wa.call("send", "s", "rx", "hello-2")
+    assert _line(rx) == "'hello-2'", "the replayed message was delivered again"
