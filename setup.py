@@ -50,7 +50,9 @@ setup(
                          "fastapi"],
         # `syn-mp daemon --metrics HOST:PORT` (./dev test installs it)
         "metrics": ["prometheus_client>=0.17"],
-        "bench": ["UltraDict", "redis", "matplotlib"],
+        # the cluster on etcd (syn-mp daemon --etcd): aetcd, asyncio over etcd's gRPC API
+        "etcd": ["aetcd>=1.0"],
+        "bench": ["UltraDict", "redis", "matplotlib", "aetcd>=1.0"],
     },
     entry_points={
         "console_scripts": ["syn-mp=syn_mp.cli:main"],

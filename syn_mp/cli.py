@@ -53,6 +53,15 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--peers", metavar="HOST:PORT,...", help="unicast peers, where multicast is blocked; every "
                    "node may get the same list: a node skips its own address")
     d.add_argument("--secret-file", metavar="PATH", help="the cluster secret (required with --cluster/--peers)")
+    d.add_argument("--etcd", metavar="URL,...", help="run the cluster on etcd (its members' client URLs) "
+                   "instead of --cluster/--peers: pip install 'syn_mp[etcd]'")
+    d.add_argument("--etcd-prefix", metavar="PREFIX", default="/syn_mp/",
+                   help="the key prefix of this cluster in etcd (default /syn_mp/)")
+    d.add_argument("--etcd-ca", metavar="PATH", help="CA certificate that etcd's TLS certificate is checked against")
+    d.add_argument("--etcd-cert", metavar="PATH", help="client certificate for etcd (with --etcd-key)")
+    d.add_argument("--etcd-key", metavar="PATH", help="client certificate's key for etcd")
+    d.add_argument("--etcd-user", metavar="NAME", help="etcd user (with --etcd-password-file)")
+    d.add_argument("--etcd-password-file", metavar="PATH", help="file holding the etcd user's password")
     d.add_argument("--conflict-signal", metavar="NAME", default="SIGTERM",
                    help="signal a node sends its own process that lost a name conflict (default SIGTERM)")
     d.add_argument("--heartbeat-ms", type=int, default=100, metavar="N")
@@ -204,6 +213,11 @@ def _cluster_options(args: argparse.Namespace) -> Any:
     import socket as _socket
 
     from ._cluster import ClusterOptions
+    if args.etcd:
+        return _etcd_options(args)
+    for flag in ("etcd_ca", "etcd_cert", "etcd_key", "etcd_user", "etcd_password_file"):
+        if getattr(args, flag):
+            raise UsageError(f"--{flag.replace('_', '-')} needs --etcd")
     if not args.cluster and not args.peers:
         for flag in ("interface", "secret_file"):
             if getattr(args, flag):
@@ -249,6 +263,61 @@ def _cluster_options(args: argparse.Namespace) -> Any:
         o.port = own[0][1] if own else peers[0][1]
         o.peers = [p for p in peers if p[0] != interface]
     return o
+
+
+def _signal_of(name: str) -> int:
+    import signal as _signal
+    try:
+        return _signal.Signals[name if name.startswith("SIG") else "SIG" + name]
+    except KeyError:
+        raise UsageError(f"--conflict-signal: unknown signal {name!r}") from None
+
+
+def _etcd_options(args: argparse.Namespace) -> Any:
+    """EtcdOptions from the daemon's --etcd* flags (the cluster on etcd: see docs/operations.md)."""
+    import socket as _socket
+    if args.cluster or args.peers:
+        raise UsageError("--etcd excludes --cluster and --peers: the cluster runs on etcd or on UDP, not both")
+    if args.secret_file:
+        raise UsageError("--secret-file is for --cluster/--peers: an etcd cluster uses etcd's TLS and auth")
+    try:
+        import aetcd  # noqa: F401
+    except ImportError:
+        raise UsageError("--etcd needs the etcd client: pip install 'syn_mp[etcd]'") from None
+    from ._etcd import EtcdOptions
+    endpoints = [u.strip() for u in args.etcd.split(",") if u.strip()]
+    for u in endpoints:
+        rest = u.split("://", 1)[1] if "://" in u else u
+        if ("://" in u and not u.startswith(("http://", "https://"))) or not rest.rstrip("/").rpartition(":")[2].isdigit():
+            raise UsageError(f"--etcd: expected http(s)://HOST:PORT, got {u!r}")
+    if not endpoints:
+        raise UsageError("--etcd: no URL given")
+    prefix = args.etcd_prefix if args.etcd_prefix.endswith("/") else args.etcd_prefix + "/"
+    if bool(args.etcd_cert) != bool(args.etcd_key):
+        raise UsageError("--etcd-cert and --etcd-key go together")
+    if bool(args.etcd_user) != bool(args.etcd_password_file):
+        raise UsageError("--etcd-user and --etcd-password-file go together")
+    for flag in ("etcd_ca", "etcd_cert", "etcd_key"):
+        path = getattr(args, flag)
+        if path and not os.access(path, os.R_OK):
+            raise UsageError(f"--{flag.replace('_', '-')}: cannot read {path}")
+    password = None
+    if args.etcd_password_file:
+        try:
+            with open(args.etcd_password_file, encoding="utf-8") as f:
+                password = f.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"--etcd-password-file: {e}") from None
+    if args.node_timeout_ms <= 0:
+        raise UsageError("--node-timeout-ms must be positive (the lease TTL, rounded up to seconds)")
+    if args.interface:
+        try:
+            _socket.inet_aton(args.interface)
+        except OSError:
+            raise UsageError(f"--interface: {args.interface!r} is not an IPv4 address") from None
+    return EtcdOptions(endpoints=endpoints, prefix=prefix, ca=args.etcd_ca, cert=args.etcd_cert, key=args.etcd_key,
+                       user=args.etcd_user, password=password, interface=args.interface,
+                       node_timeout_ms=args.node_timeout_ms, conflict_signal=_signal_of(args.conflict_signal))
 
 
 def _cmd_stop(args: argparse.Namespace, node: _client.Node) -> int:

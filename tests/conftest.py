@@ -233,3 +233,5 @@ def checked(table_or_scope: Any) -> None:
 # the network-namespace fixture (`cluster`), for every test module; netns imports from this module,
 # so it comes last
 from netns import cluster  # noqa: E402,F401
+# a real 3-member etcd cluster on loopback (`etcd`), for the tests of the etcd mode
+from etcd import etcd  # noqa: E402,F401

@@ -1,0 +1,712 @@
+"""The cluster on etcd: a replication transport (see _replication) over an etcd v3 cluster.
+
+Keys, under the prefix P (`--etcd-prefix`, default /syn_mp/):
+
+    P n/<hex node>                         the node: [host, port, ready, scopes]     (its lease)
+    P e/<scope>/<r|g>/<hex key>/<hex node>/<pid>
+                                           one entry: [start, time_ns, meta] or, once removed,
+                                           a tombstone [reason], deleted at the next write  (its lease)
+    P relay-key                            32 random bytes authenticating node-to-node messages
+                                           (created once; protected by etcd's auth and TLS)
+
+A node is alive while its lease is (`--node-timeout-ms` is the TTL, rounded up to seconds):
+when the lease expires, etcd deletes every key of the node at once, and every watcher sees a
+bare delete of a live entry (ours always tombstone first): the node is down. A node publishes
+its own entries under its lease and mirrors the others' from one watch of P, resumed from the
+last revision it applied after a disconnection; a compacted revision means a full read.
+
+Conflicts are decided once, by etcd's order: of the live registrations of a name, the one
+created first (lowest create_revision) holds it, on every node alike (a custom
+resolve_registry_conflict folds over them in that order). A losing local entry is removed
+(reason conflict_resolution) and its process signalled, unless its caller waits for etcd's
+decision (`register(..., wait=True)`), which then raises TakenError instead.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgpack
+
+from . import _tcp
+from ._replication import Change, Entry, Replica
+from ._table import F_MATCH_PID, PG, R_CONFLICT, R_NORMAL, REG
+from ._types import Pid
+
+log = logging.getLogger("syn_mp.etcd")
+
+_BATCH = 64            # operations per etcd transaction (etcd allows 128)
+_CALL_TIMEOUT = 3      # seconds for one etcd call
+_RETRY = 0.2           # seconds between two tries while etcd is unreachable
+
+
+@dataclass
+class EtcdOptions:
+    endpoints: list[str]
+    prefix: str = "/syn_mp/"
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    user: str | None = None
+    password: str | None = None
+    interface: str | None = None           # the address advertised to peers (else the one that reaches etcd)
+    node_timeout_ms: int = 1000
+    conflict_signal: int = signal.SIGTERM
+    relay_port: int = 0
+
+    def make(self, replica: Replica) -> "EtcdTransport":
+        return EtcdTransport(replica, self)
+
+
+def _hostport(url: str) -> tuple[str, int, bool]:
+    u = urlsplit(url if "://" in url else "http://" + url)
+    return u.hostname or "127.0.0.1", u.port or 2379, u.scheme == "https"
+
+
+def _client_class() -> Any:
+    """aetcd's Client, connecting with TLS when asked (aetcd itself only makes plain channels)."""
+    import aetcd
+    import grpc
+
+    class Client(aetcd.Client):
+        def __init__(self, *a: Any, tls: tuple | None = None, **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            self._tls = tls
+
+        async def connect(self) -> None:
+            if self._tls is None:
+                return await super().connect()
+            real = aetcd.rpc.insecure_channel
+            creds = grpc.ssl_channel_credentials(*self._tls)
+            aetcd.rpc.insecure_channel = lambda target, options=(): grpc.aio.secure_channel(target, creds, options)
+            try:
+                return await super().connect()
+            finally:
+                aetcd.rpc.insecure_channel = real
+    return Client
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@dataclass
+class _Node:
+    host: str = ""
+    port: int = 0
+    ready: bool = False
+    scopes: list = field(default_factory=list)
+
+
+class EtcdTransport:
+    def __init__(self, replica: Replica, opts: EtcdOptions) -> None:
+        self.r = replica
+        replica.transport = self
+        self.o = opts
+        self.node = replica.node
+        self.p = opts.prefix.encode()
+        self.ttl = max(1, math.ceil(opts.node_timeout_ms / 1000))
+        self.stats = {"puts": 0, "txns": 0, "etcd_errors": 0, "resyncs": 0, "compacted": 0, "leases": 0,
+                      "conflicts": 0, "relayed": 0, "watch_events": 0}
+        self._ep = 0
+        self._gen = 0
+        self._client: Any = None
+        self.lease: int | None = None
+        self.rev = 0                          # last revision applied from etcd
+        self.nodes_: dict[str, _Node] = {}     # other nodes, as etcd shows them
+        # every other node's live entries: scope -> node -> (type, key, pid) -> (create_rev, Entry)
+        self.cache: dict[str, dict[str, dict[tuple, tuple[int, Entry]]]] = {}
+        self.claims: dict[tuple[str, bytes], dict[tuple[str, int], tuple[int, Entry]]] = {}  # every node's names
+        self.holder: dict[tuple[str, bytes], tuple[str, int]] = {}  # remote holder put into our tables
+        self.pending: dict[bytes, tuple[bytes, bool]] = {}    # our writes: etcd key -> (value, tombstone?)
+        self.to_delete: set[bytes] = set()                   # tombstones written: delete next
+        self.waiting: dict[tuple[str, bytes, int], asyncio.Future] = {}  # register(wait=True) callers
+        self._kick = asyncio.Event()
+        self._scopes: list[str] = []
+        self._tasks: list[asyncio.Task] = []
+        self._up = asyncio.Event()         # published and watching
+        self._detached = False
+        self.relay_key = b""
+        self.incarnation = 0
+
+    # ------------------------------------------------------------ connection
+
+    async def _c(self) -> Any:
+        if self._client is None:
+            host, port, https = _hostport(self.o.endpoints[self._ep % len(self.o.endpoints)])
+            tls = None
+            if https or self.o.ca or self.o.cert:
+                tls = (_read(self.o.ca), _read(self.o.key), _read(self.o.cert))
+            c = _client_class()(host=host, port=port, username=self.o.user, password=self.o.password,
+                                timeout=_CALL_TIMEOUT, tls=tls)
+            await c.connect()
+            self._client = c
+        return self._client
+
+    async def _failed(self, gen: int, e: BaseException) -> None:
+        """An etcd call failed: the next one goes to the next endpoint (once per failure)."""
+        self.stats["etcd_errors"] += 1
+        if gen != self._gen:
+            return
+        self._gen += 1
+        log.info("etcd: %s unreachable (%s: %s); trying the next endpoint",
+                 self.o.endpoints[self._ep % len(self.o.endpoints)], type(e).__name__, e)
+        self._ep += 1
+        c, self._client = self._client, None
+        if c is not None:
+            try:
+                await asyncio.wait_for(c.close(), 1)
+            except Exception:
+                pass
+
+    async def _call(self, fn: Any) -> Any:
+        """fn(client) until it succeeds, rotating endpoints on failure."""
+        while True:
+            gen = self._gen
+            try:
+                return await asyncio.wait_for(fn(await self._c()), _CALL_TIMEOUT + 1)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if _is_compacted(e):
+                    raise
+                await self._failed(gen, e)
+                await asyncio.sleep(_RETRY)
+
+    # ------------------------------------------------------------ keys
+
+    def _node_key(self, node: str) -> bytes:
+        return self.p + b"n/" + node.encode().hex().encode()
+
+    def _entry_key(self, scope: str, e: Entry, node: str | None = None) -> bytes:
+        return b"%se/%s/%s/%s/%s/%d" % (self.p, scope.encode(), b"r" if e.type == REG else b"g", e.key.hex().encode(),
+                                        (node or self.node).encode().hex().encode(), e.pid)
+
+    def _parse_entry_key(self, k: bytes) -> tuple[str, int, bytes, str, int] | None:
+        try:
+            scope, t, hkey, hnode, pid = k[len(self.p) + 2:].split(b"/")
+            return scope.decode(), REG if t == b"r" else PG, bytes.fromhex(hkey.decode()), \
+                bytes.fromhex(hnode.decode()).decode(), int(pid)
+        except ValueError:
+            return None
+
+    # ------------------------------------------------------------ start / stop
+
+    async def start(self) -> None:
+        self.relay_server = _tcp.Server(b"", self._on_request, self.stats)
+        host = self.o.interface or _reaching_address(self.o.endpoints[0])
+        self.host = host
+        self._tcp = await asyncio.start_server(self._serve_relay, host, self.o.relay_port)
+        self.port = self._tcp.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run())]
+        log.info("etcd cluster: node %r, endpoints %s, prefix %s, lease TTL %ds, relay on %s:%d",
+                 self.node, ",".join(self.o.endpoints), self.o.prefix, self.ttl, host, self.port)
+
+    def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        self._tcp.close()
+        c = self._client
+        if c is not None and self.lease is not None:
+            # a clean stop: revoke the lease (others see us down at once), bounded
+            async def bye() -> None:
+                try:
+                    await asyncio.wait_for(c.revoke_lease(self.lease), 1)
+                except Exception:
+                    pass
+            try:
+                asyncio.get_running_loop().create_task(bye())
+            except RuntimeError:
+                pass
+
+    async def _run(self) -> None:
+        """Attach (lease, publish, read everything), then follow; again after losing etcd."""
+        while True:
+            try:
+                await self._attach()
+                loop = asyncio.get_running_loop()
+                tasks = [loop.create_task(c) for c in (self._keepalive(), self._watch(), self._writer())]
+                try:
+                    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                finally:
+                    for t in tasks:
+                        t.cancel()
+                for t in done:
+                    t.result()  # raises what ended it
+            except asyncio.CancelledError:
+                raise
+            except _Detached:
+                continue
+            except Exception:
+                log.exception("etcd: transport failed; attaching again")
+                await asyncio.sleep(_RETRY)
+
+    async def _attach(self) -> None:
+        self._up.clear()
+        self.stats["leases"] += 1
+        lease = await self._call(lambda c: c.lease(self.ttl))
+        self.lease = lease.id
+        self.incarnation = lease.id
+        key = self.p + b"relay-key"
+
+        async def relay_key(c: Any) -> bytes:
+            await c.transaction(compare=[c.transactions.create(key) == 0],
+                                success=[c.transactions.put(key, os.urandom(32))], failure=[])
+            return (await c.get(key)).value
+        self.relay_key = await self._call(relay_key)
+        self.relay_server.secret = self.relay_key
+        self._scopes = sorted(self.r.scopes())
+        await self._put_node(False)
+        # our entries, all of them, under this lease (what a previous life left is overwritten)
+        self.r.flush_local()
+        self.pending.clear()
+        ops: list[tuple[bytes, bytes]] = []
+        for scope in self._scopes:
+            entries, _ = self.r.local_entries(scope)
+            ops += [(self._entry_key(scope, e), msgpack.packb([e.start, e.time_ns, e.meta])) for e in entries]
+        for i in range(0, len(ops), _BATCH):
+            chunk = ops[i:i + _BATCH]
+            await self._call(lambda c, chunk=chunk: c.transaction(
+                compare=[], success=[c.transactions.put(k, v, lease=self.lease) for k, v in chunk], failure=[]))
+        await self._full_read(first=True)
+        await self._put_node(True)
+        self._up.set()
+        self._detached = False
+        self._kick.set()
+
+    async def _put_node(self, ready: bool) -> None:
+        value = msgpack.packb([self.host, self.port, ready, self._scopes])
+        await self._call(lambda c: c.put(self._node_key(self.node), value, lease=self.lease))
+
+    async def _keepalive(self) -> None:
+        last_ok = time.monotonic()
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            scopes = sorted(self.r.scopes())
+            try:
+                reply = await asyncio.wait_for((await self._c()).refresh_lease(self.lease), _CALL_TIMEOUT)
+                if reply is None or reply.TTL <= 0:
+                    log.warning("etcd: our lease expired (the others saw this node down): publishing again")
+                    raise _Detached()
+                last_ok = time.monotonic()
+                if scopes != self._scopes:  # a scope was added: its remote entries, and say we have it
+                    new = [s for s in scopes if s not in self._scopes]
+                    self._scopes = scopes
+                    for s in new:
+                        self._replace_scope(s)
+                    await self._put_node(True)
+            except (_Detached, asyncio.CancelledError):
+                raise
+            except Exception as e:
+                await self._failed(self._gen, e)
+                if time.monotonic() - last_ok > self.ttl:
+                    # cut off from etcd longer than our lease: the others have dropped us; we drop them
+                    log.warning("etcd: unreachable for %ds: the other nodes are down for us", self.ttl)
+                    for n in list(self.nodes_):
+                        self._node_down(n)
+                    raise _Detached()
+
+    # ------------------------------------------------------------ carry out
+
+    def on_local_change(self, scope: str, change: Change) -> None:
+        e = change.entry
+        k = self._entry_key(scope, e)
+        if change.put:
+            self.pending[k] = (msgpack.packb([e.start, e.time_ns, e.meta]), False)
+        else:
+            self.pending[k] = (msgpack.packb([change.reason]), True)
+        self._kick.set()
+
+    def resync(self, scope: str) -> None:
+        """Local changes were missed: publish every local entry of the scope again, and tombstone
+        ours that are gone (the others compare with what they mirror)."""
+        self.r.flush_local()
+        entries, _ = self.r.local_entries(scope)
+        want = {self._entry_key(scope, e): e for e in entries}
+        for (s, key), claims in self.claims.items():
+            for (node, pid), (_, e) in claims.items():
+                if s == scope and node == self.node and self._entry_key(scope, e) not in want:
+                    self.pending[self._entry_key(scope, e)] = (msgpack.packb([R_NORMAL]), True)
+        for k, e in want.items():
+            self.pending[k] = (msgpack.packb([e.start, e.time_ns, e.meta]), False)
+        self._kick.set()
+
+    async def _writer(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            while self.pending or self.to_delete:
+                batch = list(self.pending.items())[:_BATCH]
+                dels = [k for k in self.to_delete if k not in self.pending][:_BATCH - len(batch)]
+                lease = self.lease
+
+                def ops(c: Any) -> list:
+                    return [c.transactions.put(k, v, lease=lease) for k, (v, _) in batch] + \
+                        [c.transactions.delete(k) for k in dels]
+                gen = self._gen
+                try:
+                    c = await self._c()
+                    await asyncio.wait_for(c.transaction(compare=[], success=ops(c), failure=[]), _CALL_TIMEOUT)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    await self._failed(gen, e)
+                    await asyncio.sleep(_RETRY)
+                    continue
+                self.stats["txns"] += 1
+                self.stats["puts"] += len(batch)
+                for k, (v, tomb) in batch:
+                    if self.pending.get(k) == (v, tomb):
+                        del self.pending[k]
+                    if tomb:
+                        self.to_delete.add(k)
+                    else:
+                        self.to_delete.discard(k)
+                self.to_delete.difference_update(dels)
+
+    # ------------------------------------------------------------ bring in
+
+    async def _full_read(self, first: bool = False) -> None:
+        """Everything under the prefix at one revision: the mirror becomes exactly that."""
+        self.stats["resyncs"] += 1
+        end = self.p[:-1] + bytes([self.p[-1] + 1])
+        got = await self._call(lambda c: c.get_range(self.p, end))
+        rev = got.header.revision
+        nodes: dict[str, _Node] = {}
+        cache: dict[str, dict[str, dict[tuple, tuple[int, Entry]]]] = {}
+        claims: dict[tuple[str, bytes], dict[tuple[str, int], tuple[int, Entry]]] = {}
+        for kv in got:
+            k = kv.key
+            if k.startswith(self.p + b"n/"):
+                node = bytes.fromhex(k[len(self.p) + 2:].decode()).decode()
+                if node != self.node:
+                    nodes[node] = _Node(*msgpack.unpackb(kv.value, raw=False))
+            elif k.startswith(self.p + b"e/"):
+                parsed = self._parse_entry_key(k)
+                v = msgpack.unpackb(kv.value, raw=False)
+                if parsed is None or len(v) != 3:
+                    continue  # a tombstone
+                scope, type_, key, node, pid = parsed
+                e = Entry(type_, key, pid, v[0], v[1], v[2])
+                if type_ == REG:
+                    claims.setdefault((scope, key), {})[(node, pid)] = (kv.create_revision, e)
+                if node != self.node:
+                    cache.setdefault(scope, {}).setdefault(node, {})[(type_, key, pid)] = (kv.create_revision, e)
+        for node in list(self.nodes_):
+            if node not in nodes:
+                self._node_down(node)
+        was = self.nodes_
+        self.nodes_, self.cache, self.claims, self.holder = nodes, cache, claims, {}
+        for scope in self.r.scopes():
+            self._replace_scope(scope, fresh={n for n in nodes if n not in was})
+        if first:
+            self.r.forget_others(set(nodes))
+        self.rev = rev
+
+    def _replace_scope(self, scope: str, fresh: set[str] | None = None) -> None:
+        """Our tables' copy of every ready node's entries of the scope, from the mirror."""
+        if not self.r.has_scope(scope):
+            return
+        for (s, key) in [k for k in self.claims if k[0] == scope]:
+            self._decide_local(s, key)
+        for node, info in self.nodes_.items():
+            if not info.ready:
+                continue
+            entries = [e for _, e in self.cache.get(scope, {}).get(node, {}).values() if self._kept(scope, node, e)]
+            self.r.replace(scope, node, entries, [], fresh is None or node in fresh)
+            for e in entries:
+                if e.type == REG:
+                    self.holder[(scope, e.key)] = (node, e.pid)
+
+    def _kept(self, scope: str, node: str, e: Entry) -> bool:
+        return e.type != REG or self._winner(scope, e.key) == (node, e.pid)
+
+    def _winner(self, scope: str, key: bytes) -> tuple[str, int] | None:
+        """Who holds the name, decided by etcd's order alike on every node: the live registration
+        created first; with a custom resolver, a fold over them in that order."""
+        claims = self.claims.get((scope, key))
+        if not claims:
+            return None
+        order = sorted(claims.items(), key=lambda kv: kv[1][0])
+        win = order[0][0]
+        cb = self.r._callbacks
+        if cb is None or getattr(cb.handler, "resolve_registry_conflict", None) is None or len(order) == 1:
+            return win
+        from .codec import decode, decode_name
+        for (node, pid), (_, e) in order[1:]:
+            we = claims[win][1]
+            a = (Pid(win[0], win[1]), decode(we.meta), we.time_ns)
+            b = (Pid(node, pid), decode(e.meta), e.time_ns)
+            first, second = sorted([a, b], key=lambda c: c[0])
+            got = cb.call_sync("resolve_registry_conflict", scope, decode_name(key), first, second,
+                               default=a[0], timeout=1.0)
+            win = (node, pid) if got == b[0] else win if got == a[0] else None
+            if win is None:
+                return None
+        return win
+
+    def _decide_local(self, scope: str, key: bytes) -> None:
+        """A local registration of the name that is not the winner gives way."""
+        t = self.r.tables.get(scope)
+        if t is None:
+            return
+        held = t.get(REG, key)
+        if held is None or held.node != 0:
+            return
+        claims = self.claims.get((scope, key), {})
+        if (self.node, held.pid) not in claims or len(claims) < 2:
+            return  # not published yet: etcd has not ordered it
+        win = self._winner(scope, key)
+        if win == (self.node, held.pid):
+            return
+        self.stats["conflicts"] += 1
+        fut = self.waiting.pop((scope, key, held.pid), None)
+        if fut is None:
+            cb = self.r._callbacks
+            if cb is None or getattr(cb.handler, "resolve_registry_conflict", None) is None:
+                self.r._signal_loser(held.pid, held.start)
+        elif not fut.done():
+            fut.set_result(False)
+        if win is not None and win[0] != self.node:
+            self.r._conflict_won[(scope, key, win[0], win[1])] = time.monotonic()
+        t.delete(REG, key, 0, held.pid, flags=F_MATCH_PID, reason=R_CONFLICT)  # journaled: tombstoned
+        self.r.flush_local()
+
+    def _sync_name(self, scope: str, key: bytes) -> None:
+        """The name's holder in our tables follows the winner."""
+        self._decide_local(scope, key)
+        if not self.r.has_scope(scope):
+            return
+        win = self._winner(scope, key)
+        old = self.holder.get((scope, key))
+        if old == win:
+            return
+        if old is not None:
+            self.holder.pop((scope, key))
+            c = self.claims.get((scope, key), {}).get(old)
+            if old[0] in self.nodes_:
+                e = c[1] if c else Entry(REG, key, old[1], 0, 0, b"")
+                self.r.apply(scope, old[0], Change(False, e, R_CONFLICT if c else R_NORMAL))
+        if win is not None and win[0] != self.node and self.nodes_.get(win[0], _Node()).ready:
+            self.holder[(scope, key)] = win
+            self.r.apply(scope, win[0], Change(True, self.claims[(scope, key)][win][1]))
+        fut = self.waiting.get((scope, key, win[1])) if win and win[0] == self.node else None
+        if fut is not None and not fut.done():
+            self.waiting.pop((scope, key, win[1]))
+            fut.set_result(True)
+
+    def _node_down(self, node: str) -> None:
+        if self.nodes_.pop(node, None) is None:
+            return
+        log.warning("etcd: node %r down (its lease ended)", node)
+        for scope in self.cache:
+            self.cache[scope].pop(node, None)
+        touched = []
+        for (scope, key), claims in self.claims.items():
+            for nk in [nk for nk in claims if nk[0] == node]:
+                del claims[nk]
+                touched.append((scope, key))
+        for sk in touched:
+            if self.holder.get(sk, ("",))[0] == node:
+                del self.holder[sk]
+        self.r.node_down(node)
+        for scope, key in touched:
+            self._sync_name(scope, key)
+
+    async def _watch(self) -> None:
+        end = self.p[:-1] + bytes([self.p[-1] + 1])
+        while True:
+            gen = self._gen
+            try:
+                c = await self._c()
+                w = await c.watch(self.p, range_end=end, start_revision=self.rev + 1)
+                async for ev in w:
+                    self.stats["watch_events"] += 1
+                    self._on_event(ev)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if _is_compacted(e):
+                    log.warning("etcd: revision %d compacted: reading everything again", self.rev + 1)
+                    self.stats["compacted"] += 1
+                    await self._full_read()
+                    continue
+                await self._failed(gen, e)
+                await asyncio.sleep(_RETRY)
+
+    def _on_event(self, ev: Any) -> None:
+        kv = ev.kv
+        k = kv.key
+        delete = str(getattr(ev.kind, "value", ev.kind)).upper().endswith("DELETE")
+        self.rev = max(self.rev, kv.mod_revision)
+        if k.startswith(self.p + b"n/"):
+            node = bytes.fromhex(k[len(self.p) + 2:].decode()).decode()
+            if node == self.node:
+                return
+            if delete:
+                self._node_down(node)
+                return
+            info = _Node(*msgpack.unpackb(kv.value, raw=False))
+            old = self.nodes_.get(node)
+            self.nodes_[node] = info
+            if info.ready and (old is None or not old.ready):
+                log.info("etcd: node %r up at %s:%d", node, info.host, info.port)
+                for scope in self.r.scopes():
+                    entries = [e for _, e in self.cache.get(scope, {}).get(node, {}).values()
+                               if self._kept(scope, node, e)]
+                    self.r.replace(scope, node, entries, [], True)
+                    for e in entries:
+                        if e.type == REG:
+                            self.holder[(scope, e.key)] = (node, e.pid)
+            elif old is not None and info.ready and old.scopes != info.scopes:
+                for scope in info.scopes:
+                    if scope not in old.scopes and self.r.has_scope(scope):
+                        entries = [e for _, e in self.cache.get(scope, {}).get(node, {}).values()
+                                   if self._kept(scope, node, e)]
+                        self.r.replace(scope, node, entries, [], True)
+            return
+        if not k.startswith(self.p + b"e/"):
+            return
+        parsed = self._parse_entry_key(k)
+        if parsed is None:
+            return
+        scope, type_, key, node, pid = parsed
+        v = None if delete else msgpack.unpackb(kv.value, raw=False)
+        mine = self.cache.setdefault(scope, {}).setdefault(node, {})
+        if v is not None and len(v) == 3:  # a put
+            e = Entry(type_, key, pid, v[0], v[1], v[2])
+            if type_ == REG:
+                self.claims.setdefault((scope, key), {})[(node, pid)] = (kv.create_revision, e)
+            if node == self.node:
+                if type_ == REG:
+                    self._sync_name(scope, key)
+                return
+            mine[(type_, key, pid)] = (kv.create_revision, e)
+            if not self.nodes_.get(node, _Node()).ready:
+                return  # its whole copy comes when it is ready (reason node_up)
+            if type_ == PG or self.holder.get((scope, key)) == (node, pid) == self._winner(scope, key):
+                self.r.apply(scope, node, Change(True, e))  # a join, or an update of the holder's meta
+            else:
+                self._sync_name(scope, key)
+            return
+        # a removal: a tombstone [reason], or a bare delete (ours follow a tombstone: a bare delete of a
+        # live entry is its lease expiring, the node down)
+        known = mine.pop((type_, key, pid), None) if node != self.node else None
+        claim = self.claims.get((scope, key), {}).pop((node, pid), None) if type_ == REG else None
+        if node == self.node:
+            if claim is not None:
+                self._sync_name(scope, key)
+            return
+        if delete and known is not None:
+            self._node_down(node)
+            return
+        if known is None or not self.nodes_.get(node, _Node()).ready:
+            return
+        reason = v[0] if v else R_NORMAL
+        if type_ == PG:
+            self.r.apply(scope, node, Change(False, known[1], reason))
+        else:
+            if self.holder.get((scope, key)) == (node, pid):
+                del self.holder[(scope, key)]
+                self.r.apply(scope, node, Change(False, known[1], reason))
+            self._sync_name(scope, key)
+
+    # ------------------------------------------------------------ waiting for etcd's decision
+
+    async def confirm(self, scope: str, key: bytes, pid: int, timeout: float) -> bool | None:
+        """Wait until etcd has ordered our registration of `key` by `pid`: True (it holds the name),
+        False (an earlier one does: ours was removed, unsignalled), None (no answer in time)."""
+        self.r.flush_local()
+        t = self.r.tables.get(scope)
+        held = None if t is None else t.get(REG, key)
+        if held is None or held.node != 0 or held.pid != pid:
+            return False
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting[(scope, key, pid)] = fut
+        claims = self.claims.get((scope, key), {})
+        if (self.node, pid) in claims:
+            self._sync_name(scope, key)
+            if not fut.done():
+                win = self._winner(scope, key)
+                self.waiting.pop((scope, key, pid), None)
+                return win == (self.node, pid)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            self.waiting.pop((scope, key, pid), None)
+            return None
+
+    # ------------------------------------------------------------ messages
+
+    def relay(self, dest: str, target: list, data: bytes) -> None:
+        info = self.nodes_.get(dest)
+        if info is None or not info.ready:
+            return  # unknown or down: like a send to a dead process
+        self.stats["relayed"] += 1
+        body = msgpack.packb(["msg", target, data])
+        asyncio.get_running_loop().create_task(self._push(info, body))
+
+    async def _push(self, info: _Node, body: bytes) -> None:
+        try:
+            await _tcp.request(info.host, info.port, self.relay_key, body, answer=False, timeout=5)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+            log.info("etcd: could not reach %s:%d over TCP", info.host, info.port)
+
+    async def _serve_relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.relay_key:
+            writer.close()
+            return
+        await self.relay_server.serve(reader, writer)
+
+    async def _on_request(self, body: bytes) -> bytes | None:
+        msg = msgpack.unpackb(body, raw=False)
+        if msg[0] == "msg":
+            self.r.deliver(msg[1], msg[2])
+        return None
+
+    def notify_conflict(self, *args: Any) -> None:
+        """Every node sees every registration in etcd and decides alike: nothing to tell."""
+
+    def nodes(self, scope: str) -> list[str]:
+        return sorted(n for n, i in self.nodes_.items() if i.ready and scope in i.scopes)
+
+    def status(self) -> dict[str, Any]:
+        return {"transport": "etcd", "nodes": sorted(n for n, i in self.nodes_.items() if i.ready),
+                "endpoint": self.o.endpoints[self._ep % len(self.o.endpoints)], "lease": self.lease,
+                "revision": self.rev, "attached": self._up.is_set(), "incarnation": self.incarnation,
+                "pending": len(self.pending), **self.stats}
+
+
+class _Detached(Exception):
+    """Our lease is gone: attach again (new lease, publish, read everything)."""
+
+
+def _is_compacted(e: BaseException) -> bool:
+    try:
+        from aetcd.exceptions import RevisionCompactedError
+    except ImportError:
+        return False
+    return isinstance(e, RevisionCompactedError)
+
+
+def _reaching_address(endpoint: str) -> str:
+    """The local address this host uses to reach etcd (what peers are told to reach us at)."""
+    host, port, _ = _hostport(endpoint)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((socket.gethostbyname(host), port))  # no packet: only picks the route
+            return s.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"

@@ -1,0 +1,212 @@
+"""The cluster on etcd (syn-mp daemon --etcd): nodes on loopback, each with its own runtime dir, against
+a real 3-member etcd cluster (tests/etcd.py)."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+import syn_mp
+from syn_mp import Pid, _client
+
+from conftest import wait_for
+
+TIMEOUT = 20  # generous: a loaded 2-core CI machine
+NODE_TIMEOUT_MS = "1000"
+
+
+def on(node):
+    _client.use_runtime_dir(node.rdir)
+    return syn_mp
+
+
+def table_of(node, scope: str = "s") -> list:
+    return sorted(on(node).registry_entries(scope), key=repr)
+
+
+def start(e, make_node, k: int, *extra: str, prefix: str = "/t/", timeout_ms: str = NODE_TIMEOUT_MS):
+    """k nodes n1..nk on the etcd cluster `e`, scope "s" added on each through a worker."""
+    nodes, workers = [], []
+    for i in range(1, k + 1):
+        n = make_node(f"n{i}")
+        n.daemon("--etcd", e.endpoints, "--etcd-prefix", prefix, "--node-timeout-ms", timeout_ms, *extra)
+        w = n.worker()
+        w.call("add_node_to_scopes", ["s"])
+        nodes.append(n)
+        workers.append(w)
+    for n, w in zip(nodes, workers):
+        others = sorted(m.name for m in nodes if m is not n)
+        wait_for(lambda: w.call("subcluster_nodes", "s") == others, timeout=TIMEOUT, what=f"{n.name} sees the others")
+    return nodes, workers
+
+
+def test_discovery_propagation_groups_and_process_death(etcd, make_node):
+    e = etcd()
+    (n1, n2, n3), (w1, w2, w3) = start(e, make_node, 3)
+    w1.call("register", "s", "web", meta={"port": 80})
+    w2.call("register", "s", ("db", 1))
+    w3.call("join", "s", "pool", meta="three")
+    w1.call("join", "s", "pool", meta="one")
+    want = sorted([("web", Pid("n1", w1.pid), {"port": 80}), (("db", 1), Pid("n2", w2.pid), None)], key=repr)
+    for n in (n1, n2, n3):
+        wait_for(lambda: table_of(n) == want, timeout=TIMEOUT, what=f"registry on {n.name}: {table_of(n)} != {want}")
+        wait_for(lambda: [p for p, _ in on(n).members("s", "pool")] == sorted([Pid("n1", w1.pid), Pid("n3", w3.pid)]),
+                 timeout=TIMEOUT, what=f"members on {n.name}")
+    with pytest.raises(syn_mp.TakenError):
+        w3.call("register", "s", "web")
+    # an update and a removal
+    w1.call("register", "s", "web", meta={"port": 81})
+    w2.call("unregister", "s", ("db", 1))
+    for n in (n1, n2, n3):
+        wait_for(lambda: table_of(n) == [("web", Pid("n1", w1.pid), {"port": 81})], timeout=TIMEOUT,
+                 what=f"update and removal on {n.name}: {table_of(n)}")
+    # a process that dies: gone everywhere, reason process_exit as its node saw it
+    ev = on(n3).events("s", timeout=TIMEOUT)
+    w1.kill()
+    for n in (n1, n2, n3):
+        wait_for(lambda: table_of(n) == [] and len(on(n).members("s", "pool")) == 1, timeout=TIMEOUT,
+                 what=f"death propagated to {n.name}")
+    got = sorted((x.kind, x.reason) for x in [next(ev), next(ev)])
+    assert got == [("left", "process_exit"), ("unregistered", "process_exit")]
+    # the CLI shows the nodes and entries as in the UDP mode
+    out = n2.cli("nodes", "s")
+    assert out.returncode == 0 and "n1" in out.stdout and "n3" in out.stdout, out
+
+
+MEMBER = """
+import sys, syn_mp
+syn_mp.add_node_to_scopes(["s"])
+syn_mp.register("s", ("srv", sys.argv[1]))
+syn_mp.join("s", "g")
+print("ready", flush=True)
+while True:
+    m = syn_mp.receive()
+    if isinstance(m, syn_mp.MultiCall):
+        m.reply(("pong", sys.argv[1], m.message))
+    else:
+        print(repr(m), flush=True)
+"""
+
+
+def test_send_publish_and_multi_call_go_node_to_node(etcd, make_node):
+    e = etcd()
+    (n1, n2, n3), (w1, _, _) = start(e, make_node, 3)
+    members = [n.python(MEMBER, n.name) for n in (n2, n3)]
+    for m in members:
+        assert m.stdout.readline().strip() == "ready", m.stderr.read()
+    wait_for(lambda: w1.call("member_count", "s", "g") == 2, timeout=TIMEOUT)
+    assert w1.call("send", "s", ("srv", "n2"), {"to": "n2", "big": "x" * 5000}) == Pid("n2", members[0].pid)
+    assert eval(members[0].stdout.readline()) == {"to": "n2", "big": "x" * 5000}
+    assert w1.call("publish", "s", "g", ("all", 1)) == 2
+    for m in members:
+        assert m.stdout.readline().strip() == "('all', 1)"
+    replies, bad = w1.call("multi_call", "s", "g", "ping", timeout=5)
+    assert bad == []
+    assert sorted(r for _, r in replies) == [("pong", "n2", "ping"), ("pong", "n3", "ping")]
+    assert e.get("/t/relay-key") is not None and len(e.get("/t/relay-key")) == 32  # the relay's key, in etcd
+
+
+def test_node_death_by_lease_and_its_return(etcd, make_node):
+    e = etcd()
+    (n1, n2, n3), (w1, w2, w3) = start(e, make_node, 3)
+    w1.call("register", "s", "a")
+    w1.call("join", "s", "g")
+    for n in (n2, n3):
+        wait_for(lambda: table_of(n) == [("a", Pid("n1", w1.pid), None)] and len(on(n).members("s", "g")) == 1,
+                 timeout=TIMEOUT, what=f"on {n.name}")
+    ev = on(n2).events("s", timeout=TIMEOUT)
+    t0 = time.monotonic()
+    n1.kill_manager()  # SIGKILL: no goodbye, the lease has to expire
+    for n in (n2, n3):
+        wait_for(lambda: table_of(n) == [] and on(n).members("s", "g") == [], timeout=TIMEOUT, what=f"purge on {n.name}")
+    took = time.monotonic() - t0
+    got = sorted((x.kind, x.reason) for x in [next(ev), next(ev)])
+    assert got == [("left", ("remote_node_down", "n1")), ("unregistered", ("remote_node_down", "n1"))]
+    assert took < 6, f"node down after {took:.1f}s with a 1 s lease"
+    assert table_of(n1) == [("a", Pid("n1", w1.pid), None)]  # its own node keeps serving it
+    n1.daemon("--etcd", e.endpoints, "--etcd-prefix", "/t/", "--node-timeout-ms", NODE_TIMEOUT_MS)
+    for n in (n2, n3):
+        wait_for(lambda: table_of(n) == [("a", Pid("n1", w1.pid), None)], timeout=TIMEOUT, what=f"back on {n.name}")
+    got = next(ev)
+    assert (got.kind, got.reason) in {("registered", ("remote_node_up", "n1")), ("joined", ("remote_node_up", "n1"))}
+
+
+def test_etcd_member_killed_and_all_members_restarted_and_a_compaction(etcd, make_node):
+    e = etcd()
+    (n1, n2), (w1, w2) = start(e, make_node, 2)
+    w1.call("register", "s", "before")
+    wait_for(lambda: table_of(n2) == [("before", Pid("n1", w1.pid), None)], timeout=TIMEOUT)
+    # one member of three killed (the first: the one each node talks to first): no interruption
+    e.kill(0)
+    w1.call("register", "s", "one-down")
+    wait_for(lambda: len(table_of(n2)) == 2, timeout=TIMEOUT, what="propagation with a member down")
+    assert on(n2).subcluster_nodes("s") == ["n1"]
+    e.restart(0)
+    # every member down: each node goes on serving its own tables, local writes don't wait
+    e.stop_all()
+    w1.call("register", "s", "during")
+    w2.call("register", "s", "n2-during")
+    assert on(n1).lookup("s", "during") == (Pid("n1", w1.pid), None)
+    time.sleep(1.5)  # longer than the lease: each side drops the other for now
+    e.start_all()
+    want = sorted([("before", Pid("n1", w1.pid), None), ("one-down", Pid("n1", w1.pid), None),
+                   ("during", Pid("n1", w1.pid), None), ("n2-during", Pid("n2", w2.pid), None)], key=repr)
+    for n in (n1, n2):
+        wait_for(lambda: table_of(n) == want, timeout=TIMEOUT, what=f"resync on {n.name}: {table_of(n)}")
+    # a compacted revision: a node whose watch resumes below it reads everything again
+    st = n2.cli("--json", "status")
+    before = __import__("json").loads(st.stdout)["cluster"]["resyncs"]
+    os.kill(n2.manager_pid(), signal.SIGSTOP)
+    try:
+        w1.call("register", "s", "while-stopped")
+        w1.call("unregister", "s", "before")
+        e.compact()
+    finally:
+        os.kill(n2.manager_pid(), signal.SIGCONT)
+    # (a stop shorter than the lease keeps n2 up; its watch stream is older than the compaction only if
+    # it was cut: the resync counter tells which path ran, the tables must agree either way)
+    want = sorted([w for w in want if w[0] != "before"] + [("while-stopped", Pid("n1", w1.pid), None)], key=repr)
+    wait_for(lambda: table_of(n2) == want, timeout=TIMEOUT, what=f"after compaction: {table_of(n2)}")
+    assert before >= 1
+
+
+def test_conflict_racing_on_two_nodes_is_decided_once_by_etcd(etcd, make_node):
+    e = etcd()
+    (n1, n2, n3), _ = start(e, make_node, 3, timeout_ms="3000")
+    for first, second in ((n2, n1), (n1, n2)):
+        name = ("race", first.name)
+        a, b = second.worker(), first.worker()
+        m1, m2 = n1.manager_pid(), n2.manager_pid()
+        # both managers held still: each node takes the name locally, neither has told etcd yet
+        os.kill(m1, signal.SIGSTOP)
+        os.kill(m2, signal.SIGSTOP)
+        try:
+            a.call("register", "s", name)  # the earlier registration...
+            b.call("register", "s", name)  # ...the later one, on the node that reaches etcd first
+            os.kill(first.manager_pid(), signal.SIGCONT)
+            wait_for(lambda: any(k.endswith(f"/{b.pid}") for k in e.keys("/t/e/s/r/")), timeout=TIMEOUT,
+                     what="the first claim in etcd")
+        finally:
+            os.kill(m1, signal.SIGCONT)
+            os.kill(m2, signal.SIGCONT)
+        # etcd's order decides, not the registration times: the same holder on every node
+        def settled():
+            hs = {on(n).whereis_name("s", name) for n in (n1, n2, n3)}
+            return hs == {Pid(first.name, b.pid)}
+        wait_for(settled, timeout=TIMEOUT, what=f"{first.name} holds it everywhere")
+        a.proc.wait(timeout=TIMEOUT)  # the loser is signalled by its own node (SIGTERM)
+        assert a.proc.returncode == -signal.SIGTERM
+        wait_for(lambda: [k for k in e.keys("/t/e/s/r/") if k.endswith(f"/{a.pid}")] == [], timeout=TIMEOUT,
+                 what="the loser's claim gone from etcd")
+
+
+def test_etcd_flags_refused_with_one_clear_line(make_node):
+    n = make_node("n1")
+    for args, msg in ((["--etcd", "http://127.0.0.1:2379", "--peers", "127.0.0.1:1"], "--etcd excludes --cluster and --peers"),
+                      (["--etcd-ca", "/nonexistent"], "--etcd-ca needs --etcd"),
+                      (["--etcd", "http://127.0.0.1:2379", "--etcd-user", "u"], "--etcd-user and --etcd-password-file go together"),
+                      (["--etcd", "ftp://x:1"], "--etcd: expected http(s)://HOST:PORT")):
+        r = n.cli("daemon", *args)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and msg in r.stderr, (args, r.stderr)
