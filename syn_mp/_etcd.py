@@ -440,12 +440,13 @@ class EtcdTransport:
         if not claims:
             return None
         order = sorted(claims.items(), key=lambda kv: kv[1][0])
-        win = order[0][0]
+        win: tuple[str, int] | None = order[0][0]
         cb = self.r._callbacks
         if cb is None or getattr(cb.handler, "resolve_registry_conflict", None) is None or len(order) == 1:
             return win
         from .codec import decode, decode_name
         for (node, pid), (_, e) in order[1:]:
+            assert win is not None  # (a None returned below)
             we = claims[win][1]
             a = (Pid(win[0], win[1]), decode(we.meta), we.time_ns)
             b = (Pid(node, pid), decode(e.meta), e.time_ns)
@@ -502,9 +503,10 @@ class EtcdTransport:
         if win is not None and win[0] != self.node and self.nodes_.get(win[0], _Node()).ready:
             self.holder[(scope, key)] = win
             self.r.apply(scope, win[0], Change(True, self.claims[(scope, key)][win][1]))
-        fut = self.waiting.get((scope, key, win[1])) if win and win[0] == self.node else None
+        if win is None or win[0] != self.node:
+            return
+        fut = self.waiting.pop((scope, key, win[1]), None)
         if fut is not None and not fut.done():
-            self.waiting.pop((scope, key, win[1]))
             fut.set_result(True)
 
     def _node_down(self, node: str) -> None:
