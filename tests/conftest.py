@@ -179,7 +179,7 @@ class Worker:
 @pytest.fixture
 def make_node() -> Iterator[Callable[..., NodeHandle]]:
     nodes: list[NodeHandle] = []
-    saved = {k: v for k, v in os.environ.items() if k.startswith("SYN_MP_")}
+    saved = dict(os.environ)  # NodeHandle.use() sets the node's env here (SYN_MP_*, PYTHONPATH, ...)
 
     def make(name: str = "n1", **env: str) -> NodeHandle:
         n = NodeHandle(name, **env)
@@ -188,8 +188,7 @@ def make_node() -> Iterator[Callable[..., NodeHandle]]:
     yield make
     for n in nodes:
         n.close()
-    for k in [k for k in os.environ if k.startswith("SYN_MP_")]:
-        del os.environ[k]
+    os.environ.clear()
     os.environ.update(saved)
     _client.set_node(None)
 

@@ -96,7 +96,8 @@ def pip_install(vpython: str, what: str) -> None:
 def smoke(vpython: str, where: str) -> str:
     r = subprocess.run([vpython, os.path.join(ROOT, "tests", "smoke_install.py"), os.path.join(where, "rt")],
                        capture_output=True, text=True, timeout=120,
-                       cwd=where)  # not the checkout: its syn_mp must not be imported
+                       # not the checkout: its syn_mp must not be imported, by cwd or PYTHONPATH
+                       cwd=where, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert r.returncode == 0 and "smoke ok" in r.stdout, r.stdout + r.stderr
     return r.stdout.strip()
 
