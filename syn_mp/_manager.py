@@ -542,6 +542,7 @@ class Manager:
                     "watched": len(self.watcher), "watch": self.watcher.stats(), "health": self.health(),
                     "strict": self.opts.strict, "purged": dict(self.purged),
                     "cluster": None if not self.cluster else self.cluster.status(),
+                    "propagation": None if self.replica is None else self.replica.lag.status(),
                     "callbacks": None if not self.callbacks else {"failed": self.callbacks.failures,
                                                                   "hung": self.callbacks.hangs},
                     "scopes": {s: t.stats() for s, t in sorted(self.tables.items())},

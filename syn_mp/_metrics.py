@@ -44,7 +44,7 @@ class ManagerCollector:
         self._status = status
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
         st = self._status()
 
         def gauge(name: str, doc: str, labels: list[str] | None = None) -> Any:
@@ -117,6 +117,15 @@ class ManagerCollector:
             fam = counter("syn_mp_event_handler_calls", "Event handler calls that failed or hung.", ["outcome"])
             fam.add_metric(["failed"], cb["failed"])
             fam.add_metric(["hung"], cb["hung"])
+            yield fam
+
+        lag = st.get("propagation")
+        if lag is not None:
+            fam = HistogramMetricFamily(
+                "syn_mp_cluster_propagation_lag_seconds",
+                "From another node's write of an entry to this node applying it (clocks kept in step by NTP).",
+                buckets=[("+Inf" if le is None else repr(float(le)), n) for le, n in lag["buckets"]],
+                sum_value=lag["sum"])
             yield fam
 
         cluster = st.get("cluster")

@@ -126,6 +126,37 @@ def decide(scope: str, name: Any, a: tuple[Pid, Any, int], b: tuple[Pid, Any, in
     return 0 if winner == a[0] else 1 if winner == b[0] else None
 
 
+class LagHistogram:
+    """How long remote changes took to land here: from the owner's write (the entry's time_ns,
+    its CLOCK_REALTIME) to this node applying it. Across hosts it assumes clocks kept in step
+    (NTP); a negative lag (a clock ahead) counts as 0. For the metrics' histogram."""
+
+    BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(self.BUCKETS) + 1)  # the last: above every bucket
+        self.total = 0.0
+
+    def observe(self, time_ns: int) -> None:
+        lag = max(0.0, (time.time_ns() - time_ns) / 1e9)
+        self.total += lag
+        for i, le in enumerate(self.BUCKETS):
+            if lag <= le:
+                self.counts[i] += 1
+                return
+        self.counts[-1] += 1
+
+    def status(self) -> dict[str, Any]:
+        """Cumulative counts per upper bound (Prometheus' shape; None: +Inf, JSON has no infinity),
+        the sum and the count."""
+        cum, buckets = 0, []
+        les: tuple[float | None, ...] = (*self.BUCKETS, None)
+        for le, n in zip(les, self.counts):
+            cum += n
+            buckets.append([le, cum])
+        return {"buckets": buckets, "sum": self.total, "count": cum}
+
+
 class Replica:
     """The node's tables as replicas of every node's own entries (what a transport gets)."""
 
@@ -139,6 +170,7 @@ class Replica:
         self.conflict_signal = conflict_signal
         self.transport: Transport | None = None
         self.stats = {"conflicts": 0}
+        self.lag = LagHistogram()  # of the changes applied one by one (not snapshots)
         self._gone: dict[str, dict[tuple, int]] = {}   # scope -> (type, key, pid) -> reason of its removal
         self._decisions: dict[tuple, int | None] = {}  # conflicts decided (the same answer if met again)
         self._conflict_won: dict[tuple, float] = {}    # (scope, key, node, pid) that beat an entry of ours
@@ -191,6 +223,7 @@ class Replica:
         nid = self._node_id(t, node)
         e = change.entry
         if change.put:
+            self.lag.observe(e.time_ns)
             self._apply_put(t, scope, nid, e, R_NORMAL)
         else:  # MATCH_PID: only that process's
             reason = change.reason if change.reason in OWNER_REASONS else R_NORMAL

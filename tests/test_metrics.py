@@ -157,3 +157,40 @@ def test_metrics_usage_errors_are_one_line(make_node):
     finally:
         taken.close()
     assert not os.path.exists(n.paths.ctl)
+
+
+def test_propagation_lag_of_another_nodes_writes_is_a_histogram(make_node, tmp_path):
+    """Two nodes on loopback peers: each registration made on n3 lands in n2's lag histogram
+    (from n3's write to n2 applying it), a well-formed Prometheus histogram."""
+    from test_cluster_churn import LoNet
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"0123456789abcdef0123456789abcdef")
+    secret.chmod(0o600)
+    port = free_port()
+    net = LoNet(make_node, str(secret), free_port(socket.SOCK_DGRAM), 2)
+    n2, n3 = net.nodes
+    metrics_daemon_args = ("--metrics", f"127.0.0.1:{port}")
+    net.start(n2, *metrics_daemon_args)
+    net.start(n3)
+    w2, w3 = n2.worker(), n3.worker()
+    w2.call("add_node_to_scopes", ["s"])
+    w3.call("add_node_to_scopes", ["s"])
+    # n2 knows n3 (and its snapshot): from now on n3's writes come one by one
+    wait_for(lambda: samples(scrape(port)).get(("syn_mp_cluster_nodes_up", ()), 0) == 1, timeout=20, what="n2 sees n3")
+    w3.call("register", "s", "first")
+    wait_for(lambda: syn_mp_lookup(n2, "first"), timeout=20, what="n3's first write on n2")
+    for i in range(5):
+        w3.call("register", "s", f"lag-{i}")
+    key = ("syn_mp_cluster_propagation_lag_seconds_count", ())
+    wait_for(lambda: samples(scrape(port)).get(key, 0) >= 5, timeout=20, what="5 remote writes in n2's histogram")
+    got = samples(scrape(port))
+    assert got[("syn_mp_cluster_propagation_lag_seconds_bucket", (("le", "+Inf"),))] == got[key]
+    assert 0 <= got[("syn_mp_cluster_propagation_lag_seconds_sum", ())] < 5 * got[key]  # seconds, not ns
+    r = subprocess.run([need("promtool"), "check", "metrics"], input=scrape(port), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), r.stdout + r.stderr
+
+
+def syn_mp_lookup(n, name: str) -> bool:
+    r = n.cli("lookup", "s", name)
+    return r.returncode == 0
