@@ -1,9 +1,13 @@
-"""Cluster figures: propagation latency between two nodes and a 20,000-entry snapshot's sync time.
+"""Cluster figures: propagation latency, convergence after a partition heals, a snapshot's sync time.
 
-Two nodes on loopback addresses (127.0.0.2 and 127.0.0.3, unicast --peers), each with its own
-runtime dir; everything started here is stopped by pid and its segments unlinked at the end.
+By default two nodes on loopback addresses (127.0.0.2 and 127.0.0.3, unicast --peers), each with
+its own runtime dir. With --nodes N (N >= 3; root), N nodes in network namespaces on one bridge
+(tests/netns.py, multicast): propagation from one node to all the others, the time to converge
+after a partition of the nodes into two halves heals, and a snapshot to a node that joins (in the last host's namespace, whose manager is stopped first).
+Everything started here is stopped by pid and its segments unlinked at the end.
 
     python -m bench.cluster [--samples N] [--entries N]
+    python -m bench.cluster --nodes 8 [--samples N] [--entries N] [--split-writes N]
 """
 from __future__ import annotations
 
@@ -125,12 +129,130 @@ def run(samples: int = 200, entries: int = 20_000) -> dict[str, float]:
         shutil.rmtree(os.path.dirname(secret), ignore_errors=True)
 
 
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * q))]
+
+
+def run_namespaces(nodes: int = 8, samples: int = 200, entries: int = 100_000,
+                   split_writes: int = 1000) -> dict[str, float]:
+    """The figures for `nodes` nodes in network namespaces (root); see the module's docstring."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import conftest  # noqa: F401  (first: netns and conftest import each other)
+    from netns import Cluster, HostNode
+    from syn_mp import _client, _config
+    from syn_mp._table import REG, Table
+    from syn_mp.codec import encode_name
+    import syn_mp
+
+    def table(rdir: str) -> Any:
+        return Table.attach(_config.segment_name(rdir, "bench"))
+
+    def wait(pred: Any, what: str, timeout: float = 60) -> float:
+        t0 = time.perf_counter()
+        while not pred():
+            if time.perf_counter() - t0 > timeout:
+                raise RuntimeError(f"{what}: not within {timeout} s")
+            time.sleep(0.0005)
+        return time.perf_counter() - t0
+
+    def count(t: Any, node: str) -> int:
+        nid = t.node_id(node)
+        return 0 if nid is None else t.count(3, REG, node=nid)
+
+    c = Cluster(nodes)
+    try:
+        for h in c.hosts:
+            h.daemon()
+        for h in c.hosts:
+            _client.use_runtime_dir(h.node.rdir)
+            syn_mp.add_node_to_scopes(["bench"])
+        tables = [table(h.node.rdir) for h in c.hosts]
+        names = [h.name for h in c.hosts]
+        for h in c.hosts:
+            _client.use_runtime_dir(h.node.rdir)
+            wait(lambda: len(syn_mp.subcluster_nodes("bench")) == nodes - 1, f"{h.name} sees the others")
+        # propagation: a registration on h1, the time until each other node's table holds it
+        _client.use_runtime_dir(c.hosts[0].node.rdir)
+        lat: list[float] = []
+        for i in range(samples):
+            key = encode_name(("p", i))
+            pending = set(range(1, nodes))
+            t0 = time.perf_counter()
+            syn_mp.register("bench", ("p", i))
+            while pending:
+                for k in list(pending):
+                    if tables[k].get(REG, key) is not None:
+                        lat.append(time.perf_counter() - t0)
+                        pending.discard(k)
+                if time.perf_counter() - t0 > 5:
+                    raise RuntimeError("a registration did not reach every node in 5 s")
+            time.sleep(0.005)  # one at a time: latency, not throughput
+        for i in range(samples):
+            syn_mp.unregister("bench", ("p", i))
+        # a partition into two halves, writes on both sides, heal: until every table holds them all
+        half = nodes // 2
+        c.partition(c.hosts[:half], c.hosts[half:])
+        _client.use_runtime_dir(c.hosts[0].node.rdir)
+        wait(lambda: len(syn_mp.subcluster_nodes("bench")) == half - 1, "h1 sees only its half", timeout=10)
+        for side in (0, half):
+            _client.use_runtime_dir(c.hosts[side].node.rdir)
+            for i in range(split_writes):
+                syn_mp.register("bench", ("split", side, i))
+        writers = (names[0], names[half])
+        t0 = time.perf_counter()
+        c.heal()
+        wait(lambda: all(count(t, w) == split_writes for t in tables for w in writers
+                         if t is not tables[names.index(w)]), "convergence after the heal")
+        heal = time.perf_counter() - t0
+        # a snapshot: `entries` names on h1, then a node that joins (a new runtime dir in h<nodes>)
+        _client.use_runtime_dir(c.hosts[0].node.rdir)
+        for i in range(entries):
+            syn_mp.register("bench", ("s", i))
+        want = entries + split_writes
+        h = c.hosts[-1]
+        h.stop()  # the joiner takes the last host's place (its address and port), as a new pod would
+        new = HostNode("joiner", h.ns, rdir=os.path.join(c.tmpdir, "joiner"))
+        try:
+            new.daemon("--cluster", f"{c.group}:{c.port}", "--interface", h.addr, "--secret-file", c.secret_file,
+                       "--heartbeat-ms", "50", "--node-timeout-ms", "500")
+            _client.use_runtime_dir(new.rdir)
+            t_join = time.perf_counter()
+            syn_mp.add_node_to_scopes(["bench"])  # the node joins the scope: it fetches every node's snapshot
+            tn = table(new.rdir)
+            try:
+                wait(lambda: count(tn, names[0]) == want, "the snapshot on the joiner", timeout=20)
+            except RuntimeError as e:
+                raise RuntimeError(f"{e}: {count(tn, names[0])} of {want}\n{new.log()[-3000:]}") from None
+            t_done = time.perf_counter()
+        finally:
+            new.close()
+        return {"nodes": nodes, "samples": samples,
+                "propagation_p50_ms": _pct(lat, 0.5) * 1e3, "propagation_p99_ms": _pct(lat, 0.99) * 1e3,
+                "heal_writes": split_writes, "heal_s": heal,
+                "snapshot_entries": want, "snapshot_s": t_done - t_join}
+    finally:
+        c.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__.splitlines()[0])
+    p.add_argument("--nodes", type=int, default=2, help="2: loopback; 3 or more: network namespaces (root)")
     p.add_argument("--samples", type=int, default=200)
-    p.add_argument("--entries", type=int, default=20_000)
+    p.add_argument("--entries", type=int, default=None, help="20,000 (2 nodes) or 100,000 (namespaces)")
+    p.add_argument("--split-writes", type=int, default=1000, help="names written on each side of the partition")
     args = p.parse_args(argv)
-    r = run(args.samples, args.entries)
+    if args.nodes > 2:
+        r = run_namespaces(args.nodes, args.samples, args.entries or 100_000, args.split_writes)
+        print(f"{r['nodes']} nodes in network namespaces (one bridge, multicast):")
+        print(f"  propagation to every other node: p50 {r['propagation_p50_ms']:.3f} ms, "
+              f"p99 {r['propagation_p99_ms']:.3f} ms ({r['samples']} registrations x {r['nodes'] - 1} nodes)")
+        print(f"  convergence after a partition into two halves heals ({r['heal_writes']:,} names written on "
+              f"each side meanwhile): {r['heal_s']:.3f} s")
+        print(f"  snapshot of {r['snapshot_entries']:,} entries (one node's) to a node that joins the scope: "
+              f"{r['snapshot_s']:.3f} s")
+        return 0
+    r = run(args.samples, args.entries or 20_000)
     print(f"propagation to another node: median {r['propagation_median_ms']:.3f} ms, "
           f"p90 {r['propagation_p90_ms']:.3f} ms ({r['samples']} registrations, loopback, unicast peers)")
     print(f"snapshot of {r['snapshot_entries']:,} entries on a node whose manager starts: {r['snapshot_s']:.3f} s "

@@ -91,7 +91,8 @@ class Cluster:
         self.guard = _wire.ReplayGuard()
         self.stats = {"sent": 0, "received": 0, "forged": 0, "replayed": 0, "malformed": 0, "dropped_test": 0,
                       "snapshots_fetched": 0, "snapshots_served": 0, "relayed": 0,
-                      "other_incarnation": 0, "fetches_superseded": 0, "probes": 0, "restarts_verified": 0, "tcp_refused": 0, "tcp_timeouts": 0}
+                      "other_incarnation": 0, "fetches_superseded": 0, "probes": 0, "restarts_verified": 0, "tcp_refused": 0, "tcp_timeouts": 0,
+                      "tcp_accept_paused": 0}
         self._probed: dict[str, float] = {}      # node -> when its lower incarnation was last checked
         self._tasks: list[asyncio.Task] = []
         self._transports: list[Any] = []
@@ -119,7 +120,7 @@ class Cluster:
         self._transports.append(self._uc)
         self.port = uc.getsockname()[1]
         self._server = _tcp.Server(o.secret, self._on_request, self.stats)
-        self._tcp = await asyncio.start_server(self._server.serve, o.interface, self.port)
+        self._server.listen(o.interface, self.port)
         self._tasks = [loop.create_task(self._heartbeats()), loop.create_task(self._timeouts()),
                        loop.create_task(self._forget_silent_nodes())]
         log.info("cluster: node %r on %s:%d (%s)", self.node, o.interface, self.port,
@@ -130,7 +131,7 @@ class Cluster:
             t.cancel()
         for t in self._transports:
             t.close()
-        self._tcp.close()
+        self._server.close()
 
     def _send(self, body: bytes, addr: tuple[str, int] | None = None) -> None:
         """One datagram to addr, or to everyone (the group, or every peer)."""

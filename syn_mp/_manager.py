@@ -98,9 +98,19 @@ class Manager:
             raise AlreadyRunning(f"a manager already runs for {self.opts.rdir}") from None
         os.set_inheritable(self._lockfd, False)
 
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """asyncio's own errors: a failed accept for want of descriptors (asyncio then pauses that
+        server for a second) is an incident, logged once, not a traceback per attempt."""
+        err = context.get("exception")
+        if isinstance(err, OSError) and "accept" in str(context.get("message", "")):
+            self.incidents.report("accept paused, out of descriptors", err, logging.WARNING)
+            return
+        loop.default_exception_handler(context)
+
     async def run(self) -> None:
         self._take_lock()
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._loop_exception)
         _raise_fd_limit()
         if self.opts.metrics is not None:  # first: a taken address ends the start before anything is set up
             from ._metrics import MetricsServer
