@@ -19,7 +19,7 @@ Conflicts are decided once, by etcd's order: of the live registrations of a name
 created first (lowest create_revision) holds it, on every node alike (a custom
 resolve_registry_conflict folds over them in that order). A losing local entry is removed
 (reason conflict_resolution) and its process signalled, unless its caller waits for etcd's
-decision (`register(..., wait=True)`), which then raises TakenError instead.
+decision (`register(..., confirm=seconds)`), which then raises TakenError instead.
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ class EtcdTransport:
         self.holder: dict[tuple[str, bytes], tuple[str, int]] = {}  # remote holder put into our tables
         self.pending: dict[bytes, tuple[bytes, bool]] = {}    # our writes: etcd key -> (value, tombstone?)
         self.to_delete: set[bytes] = set()                   # tombstones written: delete next
-        self.waiting: dict[tuple[str, bytes, int], asyncio.Future] = {}  # register(wait=True) callers
+        self.waiting: dict[tuple[str, bytes, int], asyncio.Future] = {}  # register(confirm=...) callers
         self._kick = asyncio.Event()
         self._scopes: list[str] = []
         self._tasks: list[asyncio.Task] = []
@@ -431,7 +431,15 @@ class EtcdTransport:
                     self.holder[(scope, e.key)] = (node, e.pid)
 
     def _kept(self, scope: str, node: str, e: Entry) -> bool:
-        return e.type != REG or self._winner(scope, e.key) == (node, e.pid)
+        return e.type != REG or (self._winner(scope, e.key) == (node, e.pid) and not self._unordered_local(scope, e.key))
+
+    def _unordered_local(self, scope: str, key: bytes) -> bool:
+        """Our tables hold the name for a local process whose claim etcd has not shown us yet: a
+        remote holder must not be put in beside it (the table would decide by its own rule, by time,
+        and signal ours); once our claim is back from etcd, _sync_name decides by etcd's order."""
+        t = self.r.tables.get(scope)
+        held = None if t is None else t.get(REG, key)
+        return held is not None and held.node == 0 and (self.node, held.pid) not in self.claims.get((scope, key), {})
 
     def _winner(self, scope: str, key: bytes) -> tuple[str, int] | None:
         """Who holds the name, decided by etcd's order alike on every node: the live registration
@@ -473,7 +481,7 @@ class EtcdTransport:
         if win == (self.node, held.pid):
             return
         self.stats["conflicts"] += 1
-        fut = self.waiting.pop((scope, key, held.pid), None)
+        fut = self.waiting.get((scope, key, held.pid))  # left for confirm() to collect
         if fut is None:
             cb = self.r._callbacks
             if cb is None or getattr(cb.handler, "resolve_registry_conflict", None) is None:
@@ -500,12 +508,13 @@ class EtcdTransport:
             if old[0] in self.nodes_:
                 e = c[1] if c else Entry(REG, key, old[1], 0, 0, b"")
                 self.r.apply(scope, old[0], Change(False, e, R_CONFLICT if c else R_NORMAL))
-        if win is not None and win[0] != self.node and self.nodes_.get(win[0], _Node()).ready:
+        if win is not None and win[0] != self.node and self.nodes_.get(win[0], _Node()).ready \
+                and not self._unordered_local(scope, key):
             self.holder[(scope, key)] = win
             self.r.apply(scope, win[0], Change(True, self.claims[(scope, key)][win][1]))
         if win is None or win[0] != self.node:
             return
-        fut = self.waiting.pop((scope, key, win[1]), None)
+        fut = self.waiting.get((scope, key, win[1]))
         if fut is not None and not fut.done():
             fut.set_result(True)
 
@@ -627,28 +636,43 @@ class EtcdTransport:
 
     # ------------------------------------------------------------ waiting for etcd's decision
 
+    def expect(self, scope: str, key: bytes, pid: int, timeout: float) -> None:
+        """A caller is about to register `key` for `pid` and will wait for etcd's decision: should it
+        lose, its registration is removed without signalling the process (confirm() says so)."""
+        k = (scope, key, pid)
+        fut = self.waiting.get(k)
+        if fut is None or fut.done():
+            fut = self.waiting[k] = asyncio.get_running_loop().create_future()
+        # a caller that never comes to confirm() (it died): forgotten after its own deadline
+        asyncio.get_running_loop().call_later(timeout + 5, lambda: self.waiting.pop(k, None)
+                                              if self.waiting.get(k) is fut else None)
+
     async def confirm(self, scope: str, key: bytes, pid: int, timeout: float) -> bool | None:
         """Wait until etcd has ordered our registration of `key` by `pid`: True (it holds the name),
         False (an earlier one does: ours was removed, unsignalled), None (no answer in time)."""
-        self.r.flush_local()
-        t = self.r.tables.get(scope)
-        held = None if t is None else t.get(REG, key)
-        if held is None or held.node != 0 or held.pid != pid:
-            return False
-        fut = asyncio.get_running_loop().create_future()
-        self.waiting[(scope, key, pid)] = fut
-        claims = self.claims.get((scope, key), {})
-        if (self.node, pid) in claims:
-            self._sync_name(scope, key)
-            if not fut.done():
-                win = self._winner(scope, key)
-                self.waiting.pop((scope, key, pid), None)
-                return win == (self.node, pid)
+        k = (scope, key, pid)
+        fut = self.waiting.get(k)
+        if fut is None:
+            fut = self.waiting[k] = asyncio.get_running_loop().create_future()
         try:
-            return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            self.waiting.pop((scope, key, pid), None)
-            return None
+            self.r.flush_local()  # our write is journaled: published by the writer
+            if fut.done():
+                return bool(fut.result())
+            t = self.r.tables.get(scope)
+            held = None if t is None else t.get(REG, key)
+            if held is None or held.node != 0 or held.pid != pid:
+                return False  # removed meanwhile (a conflict, an unregister)
+            if (self.node, pid) in self.claims.get((scope, key), {}):
+                self._sync_name(scope, key)  # etcd already shows it: decide now
+                if not fut.done():
+                    return self._winner(scope, key) == (self.node, pid)
+            try:
+                return bool(await asyncio.wait_for(asyncio.shield(fut), timeout))
+            except asyncio.TimeoutError:
+                return None
+        finally:
+            if self.waiting.get(k) is fut:
+                del self.waiting[k]
 
     # ------------------------------------------------------------ messages
 

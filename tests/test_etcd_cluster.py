@@ -67,7 +67,7 @@ def test_discovery_propagation_groups_and_process_death(etcd, make_node):
     w1.kill()
     for n in (n1, n2, n3):
         wait_for(lambda: table_of(n) == [] and len(on(n).members("s", "pool")) == 1, timeout=TIMEOUT,
-                 what=f"death propagated to {n.name}")
+                 what=f"death propagated to {n.name}: {table_of(n)} {on(n).members('s', 'pool')}")
     got = sorted((x.kind, x.reason) for x in [next(ev), next(ev)])
     assert got == [("left", "process_exit"), ("unregistered", "process_exit")]
     # the CLI shows the nodes and entries as in the UDP mode
@@ -210,3 +210,76 @@ def test_etcd_flags_refused_with_one_clear_line(make_node):
                       (["--etcd", "ftp://x:1"], "--etcd: expected http(s)://HOST:PORT")):
         r = n.cli("daemon", *args)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and msg in r.stderr, (args, r.stderr)
+
+
+def test_register_with_confirm_racing_on_two_nodes_exactly_one_wins_at_once(etcd, make_node):
+    """register(..., confirm=T) on two nodes for one name, both let go at once: one returns, the other
+    gets TakenError (not a signal later), and the winner keeps the name on every node."""
+    import threading
+    e = etcd()
+    (n1, n2, n3), _ = start(e, make_node, 3, timeout_ms="3000")
+    a, b = n1.worker(), n2.worker()
+    m1, m2 = n1.manager_pid(), n2.manager_pid()
+    winners = {}
+    for i in range(5):
+        name = ("confirmed", i)
+        got: dict = {}
+
+        def race(w, tag):
+            try:
+                got[tag] = w.call("register", "s", name, confirm=10)
+            except syn_mp.TakenError as ex:
+                got[tag] = ex
+        # both managers held still, both callers waiting on them: let go together, so that each
+        # node takes the name locally before it sees the other's claim in etcd
+        os.kill(m1, signal.SIGSTOP)
+        os.kill(m2, signal.SIGSTOP)
+        ts = [threading.Thread(target=race, args=(a, "n1")), threading.Thread(target=race, args=(b, "n2"))]
+        try:
+            for t in ts:
+                t.start()
+            time.sleep(0.2)
+        finally:
+            os.kill(m1, signal.SIGCONT)
+            os.kill(m2, signal.SIGCONT)
+        for t in ts:
+            t.join(timeout=TIMEOUT)
+        assert sorted(type(v).__name__ for v in got.values()) == ["NoneType", "TakenError"], got
+        winners[name] = Pid("n1", a.pid) if got["n1"] is None else Pid("n2", b.pid)
+    # neither loses later: the same holders everywhere, still after more than a lease, both callers alive
+    for n in (n1, n2, n3):
+        wait_for(lambda: all(on(n).whereis_name("s", k) == v for k, v in winners.items()), timeout=TIMEOUT,
+                 what=f"the winners on {n.name}: {winners} != {[(k, on(n).whereis_name('s', k)) for k in winners]}, "
+                      f"{[x.proc.poll() for x in (a, b)]}")
+    time.sleep(3.5)
+    for n in (n1, n2, n3):
+        assert {k: on(n).whereis_name("s", k) for k in winners} == winners, n.name
+    assert a.proc.poll() is None and b.proc.poll() is None  # a loser that waited is not signalled
+    assert a.call("whereis_name", "s", "nothing") is None
+
+
+def test_register_with_confirm_without_etcd(make_node):
+    """A node without a cluster: confirm is the local register (that node is the whole truth);
+    under --peers (UDP) it is refused with a clear error, nothing registered."""
+    n = make_node("solo")
+    n.daemon()
+    w = n.worker()
+    w.call("add_node_to_scopes", ["s"])
+    assert w.call("register", "s", "x", confirm=1) is None
+    assert on(n).whereis_name("s", "x") == Pid("solo", w.pid)
+    with pytest.raises(syn_mp.TakenError):
+        n.worker().call("register", "s", "x", confirm=1)
+    with pytest.raises(RuntimeError, match="confirm must be a number"):  # ValueError, through the worker
+        w.call("register", "s", "y", confirm=0)
+    u = make_node("udp")
+    secret = os.path.join(u.rdir, "secret")
+    with open(secret, "wb") as f:
+        f.write(os.urandom(32))
+    os.chmod(secret, 0o600)
+    u.daemon("--peers", "127.0.0.1:1", "--secret-file", secret)
+    wu = u.worker()
+    wu.call("add_node_to_scopes", ["s"])
+    with pytest.raises(RuntimeError, match="needs a node on etcd"):
+        wu.call("register", "s", "z", confirm=1)
+    assert on(u).whereis_name("s", "z") is None
+    assert wu.call("claim_slot", "s", "slot", 3) == 0  # without confirm: as ever
