@@ -137,6 +137,7 @@ class EtcdTransport:
         self._tasks: list[asyncio.Task] = []
         self._up = asyncio.Event()         # published and watching
         self._detached = False
+        self._last_ok = 0.0                # the last time etcd renewed our lease
         self.relay_key = b""
         self.incarnation = 0
 
@@ -166,16 +167,21 @@ class EtcdTransport:
         c, self._client = self._client, None
         if c is not None:
             try:
-                await asyncio.wait_for(c.close(), 1)
+                await _bounded(c.close(), 1)
             except Exception:
                 pass
+
+    async def _with_client(self, fn: Any) -> Any:
+        # connecting is inside the caller's time bound: an endpoint in a black hole (a partition)
+        # never answers the connection either
+        return await fn(await self._c())
 
     async def _call(self, fn: Any) -> Any:
         """fn(client) until it succeeds, rotating endpoints on failure."""
         while True:
             gen = self._gen
             try:
-                return await asyncio.wait_for(fn(await self._c()), _CALL_TIMEOUT + 1)
+                return await _bounded(self._with_client(fn), _CALL_TIMEOUT + 1)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -223,7 +229,7 @@ class EtcdTransport:
             # a clean stop: revoke the lease (others see us down at once), bounded
             async def bye() -> None:
                 try:
-                    await asyncio.wait_for(c.revoke_lease(self.lease), 1)
+                    await _bounded(c.revoke_lease(self.lease), 1)
                 except Exception:
                     pass
             try:
@@ -237,7 +243,8 @@ class EtcdTransport:
             try:
                 await self._attach()
                 loop = asyncio.get_running_loop()
-                tasks = [loop.create_task(c) for c in (self._keepalive(), self._watch(), self._writer())]
+                tasks = [loop.create_task(c) for c in (self._keepalive(), self._lease_clock(), self._watch(),
+                                                         self._writer())]
                 try:
                     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
                 finally:
@@ -290,17 +297,28 @@ class EtcdTransport:
         value = msgpack.packb([self.host, self.port, ready, self._scopes])
         await self._call(lambda c: c.put(self._node_key(self.node), value, lease=self.lease))
 
+    async def _lease_clock(self) -> None:
+        """Cut off from etcd longer than our lease: the others have dropped us; we drop them and
+        attach again. A clock of its own: the keepalive's call may hang in a partition."""
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            if time.monotonic() - self._last_ok > self.ttl:
+                log.warning("etcd: unreachable for %ds: the other nodes are down for us", self.ttl)
+                for n in list(self.nodes_):
+                    self._node_down(n)
+                raise _Detached()
+
     async def _keepalive(self) -> None:
-        last_ok = time.monotonic()
+        last_ok = self._last_ok = time.monotonic()
         while True:
             await asyncio.sleep(self.ttl / 3)
             scopes = sorted(self.r.scopes())
             try:
-                reply = await asyncio.wait_for((await self._c()).refresh_lease(self.lease), _CALL_TIMEOUT)
+                reply = await _bounded(self._with_client(lambda c: c.refresh_lease(self.lease)), _CALL_TIMEOUT)
                 if reply is None or reply.TTL <= 0:
                     log.warning("etcd: our lease expired (the others saw this node down): publishing again")
                     raise _Detached()
-                last_ok = time.monotonic()
+                last_ok = self._last_ok = time.monotonic()
                 if scopes != self._scopes:  # a scope was added: its remote entries, and say we have it
                     new = [s for s in scopes if s not in self._scopes]
                     self._scopes = scopes
@@ -358,7 +376,7 @@ class EtcdTransport:
                 gen = self._gen
                 try:
                     c = await self._c()
-                    await asyncio.wait_for(c.transaction(compare=[], success=ops(c), failure=[]), _CALL_TIMEOUT)
+                    await _bounded(c.transaction(compare=[], success=ops(c), failure=[]), _CALL_TIMEOUT)
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
@@ -541,7 +559,7 @@ class EtcdTransport:
         while True:
             gen = self._gen
             try:
-                c = await self._c()
+                c = await _bounded(self._c(), _CALL_TIMEOUT)
                 w = await c.watch(self.p, range_end=end, start_revision=self.rev + 1)
                 async for ev in w:
                     self.stats["watch_events"] += 1
@@ -713,6 +731,23 @@ class EtcdTransport:
                 "endpoint": self.o.endpoints[self._ep % len(self.o.endpoints)], "lease": self.lease,
                 "revision": self.rev, "attached": self._up.is_set(), "incarnation": self.incarnation,
                 "pending": len(self.pending), **self.stats}
+
+
+async def _bounded(coro: Any, timeout: float) -> Any:
+    """coro's result, or asyncio.TimeoutError after `timeout` s. Unlike asyncio.wait_for, the time
+    out does not wait for the call to finish cancelling: a gRPC call to an endpoint in a black hole
+    (a partition) may take that long too, and the keepalive must notice the lease is lost."""
+    task = asyncio.ensure_future(coro)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
+        raise asyncio.TimeoutError()
+    return task.result()
 
 
 class _Detached(Exception):

@@ -12,6 +12,7 @@ import syn_mp
 from syn_mp import Pid, _client
 
 from conftest import wait_for
+from tcpcut import CutLink
 
 TIMEOUT = 20  # generous: a loaded 2-core CI machine
 NODE_TIMEOUT_MS = "1000"
@@ -26,12 +27,15 @@ def table_of(node, scope: str = "s") -> list:
     return sorted(on(node).registry_entries(scope), key=repr)
 
 
-def start(e, make_node, k: int, *extra: str, prefix: str = "/t/", timeout_ms: str = NODE_TIMEOUT_MS):
-    """k nodes n1..nk on the etcd cluster `e`, scope "s" added on each through a worker."""
+def start(e, make_node, k: int, *extra: str, prefix: str = "/t/", timeout_ms: str = NODE_TIMEOUT_MS,
+          via: dict | None = None):
+    """k nodes n1..nk on the etcd cluster `e`, scope "s" added on each through a worker; `via`: a
+    node's own etcd endpoints by name (a CutLink's, tests/tcpcut.py)."""
     nodes, workers = [], []
     for i in range(1, k + 1):
         n = make_node(f"n{i}")
-        n.daemon("--etcd", e.endpoints, "--etcd-prefix", prefix, "--node-timeout-ms", timeout_ms, *extra)
+        eps = (via or {}).get(n.name, e.endpoints)
+        n.daemon("--etcd", eps, "--etcd-prefix", prefix, "--node-timeout-ms", timeout_ms, *extra)
         w = n.worker()
         w.call("add_node_to_scopes", ["s"])
         nodes.append(n)
@@ -283,3 +287,58 @@ def test_register_with_confirm_without_etcd(make_node):
         wu.call("register", "s", "z", confirm=1)
     assert on(u).whereis_name("s", "z") is None
     assert wu.call("claim_slot", "s", "slot", 3) == 0  # without confirm: as ever
+
+
+@pytest.fixture
+def cut_link():
+    made: list[CutLink] = []
+
+    def make(endpoints: str) -> CutLink:
+        made.append(CutLink(endpoints.split(",")))
+        return made[-1]
+    yield make
+    for c in made:
+        c.close()
+
+
+def test_a_node_cut_off_from_etcd_goes_down_elsewhere_keeps_serving_and_comes_back(etcd, make_node, cut_link):
+    """Only n1 loses etcd (its connections to every member go into a black hole): the others drop it
+    when its lease ends, reason remote_node_down; n1 keeps serving (and writing) its own tables and
+    drops the others; reconnected, it comes back with its living entries, reason remote_node_up."""
+    e = etcd()
+    link = cut_link(e.endpoints)
+    (n1, n2, n3), (w1, w2, w3) = start(e, make_node, 3, via={"n1": link.endpoints})
+    w1.call("register", "s", "a")
+    w1.call("join", "s", "g")
+    w2.call("register", "s", "b")
+    both = sorted([("a", Pid("n1", w1.pid), None), ("b", Pid("n2", w2.pid), None)], key=repr)
+    for n in (n1, n2, n3):
+        wait_for(lambda: table_of(n) == both and len(on(n).members("s", "g")) == 1, timeout=TIMEOUT,
+                 what=f"before the cut on {n.name}")
+    ev = on(n3).events("s", timeout=TIMEOUT)
+    t0 = time.monotonic()
+    link.cut("blackhole")
+    for n in (n2, n3):
+        wait_for(lambda: table_of(n) == [("b", Pid("n2", w2.pid), None)] and on(n).members("s", "g") == [],
+                 timeout=TIMEOUT, what=f"n1 down on {n.name}: {table_of(n)}")
+    took = time.monotonic() - t0
+    got = sorted((x.kind, x.reason) for x in [next(ev), next(ev)])
+    assert got == [("left", ("remote_node_down", "n1")), ("unregistered", ("remote_node_down", "n1"))]
+    assert took < 8, f"n1 down after {took:.1f}s with a 1 s lease"
+    assert n1.manager_pid() is not None  # cut off, not dead
+    # n1 serves its own tables, writes locally without waiting on etcd, and drops the others
+    assert on(n1).lookup("s", "a") == (Pid("n1", w1.pid), None)
+    w1.call("register", "s", "during-cut")
+    assert on(n1).whereis_name("s", "during-cut") == Pid("n1", w1.pid)
+    wait_for(lambda: on(n1).whereis_name("s", "b") is None, timeout=TIMEOUT, what="n1 drops the others")
+    assert on(n1).subcluster_nodes("s") == []
+    assert on(n2).whereis_name("s", "during-cut") is None
+    link.heal()
+    want = sorted(both + [("during-cut", Pid("n1", w1.pid), None)], key=repr)
+    for n in (n1, n2, n3):
+        wait_for(lambda: table_of(n) == want and len(on(n).members("s", "g")) == 1, timeout=TIMEOUT,
+                 what=f"n1 back on {n.name}: {table_of(n)}")
+    back = sorted((x.kind, x.key, x.reason) for x in [next(ev), next(ev), next(ev)])
+    assert back == [("joined", "g", ("remote_node_up", "n1")), ("registered", "a", ("remote_node_up", "n1")),
+                    ("registered", "during-cut", ("remote_node_up", "n1"))], back
+    assert sorted(on(n2).subcluster_nodes("s")) == ["n1", "n3"]
