@@ -342,3 +342,48 @@ def test_a_node_cut_off_from_etcd_goes_down_elsewhere_keeps_serving_and_comes_ba
     assert back == [("joined", "g", ("remote_node_up", "n1")), ("registered", "a", ("remote_node_up", "n1")),
                     ("registered", "during-cut", ("remote_node_up", "n1"))], back
     assert sorted(on(n2).subcluster_nodes("s")) == ["n1", "n3"]
+
+
+def _status(n) -> dict:
+    import json
+    out = n.cli("--json", "status")
+    return json.loads(out.stdout)["cluster"]
+
+
+def test_a_watch_resumed_below_a_compaction_reads_everything_again(etcd, make_node, cut_link):
+    """n2's links to etcd are cut (refused) for less than its lease, so it stays up and keeps its
+    lease; meanwhile n1 adds and removes entries and etcd is compacted past them: n2's watch cannot
+    resume where it stopped and must read the prefix again (the compacted counter, not a new lease),
+    and it ends with n1's entries as they are."""
+    import msgpack
+    from syn_mp.codec import encode_name
+    e = etcd()
+    link = cut_link(e.endpoints)
+    (n1, n2), (w1, w2) = start(e, make_node, 2, timeout_ms="4000", via={"n2": link.endpoints})
+    w1.call("register", "s", "old")
+    w1.call("register", "s", "kept")
+    wait_for(lambda: len(table_of(n2)) == 2, timeout=TIMEOUT, what="before the cut")
+    before = _status(n2)
+    ev = on(n2).events("s", timeout=TIMEOUT)
+
+    def key(name):
+        return f"/t/e/s/r/{encode_name(name).hex()}/{b'n1'.hex()}/{w1.pid}"
+    t0 = time.monotonic()
+    link.cut("refuse")
+    w1.call("register", "s", "new")
+    w1.call("unregister", "s", "old")
+    def removed(v):  # a tombstone [reason], or already deleted
+        return v is None or len(msgpack.unpackb(v)) == 1
+    wait_for(lambda: e.get(key("new")) is not None and removed(e.get(key("old"))), timeout=TIMEOUT,
+             what="n1's changes in etcd")
+    e.compact()
+    assert time.monotonic() - t0 < 2.5, "the cut lasted longer than n2's lease: not the path under test"
+    link.heal()
+    want = sorted([("kept", Pid("n1", w1.pid), None), ("new", Pid("n1", w1.pid), None)], key=repr)
+    wait_for(lambda: table_of(n2) == want, timeout=TIMEOUT, what=f"n2 after the compaction: {table_of(n2)}")
+    after = _status(n2)
+    assert after["compacted"] == before["compacted"] + 1, (before, after)
+    assert after["leases"] == before["leases"], "n2 took a new lease: it was dropped, not resumed"
+    assert on(n2).subcluster_nodes("s") == ["n1"]
+    got = sorted((x.kind, x.key) for x in [next(ev), next(ev)])
+    assert got == [("registered", "new"), ("unregistered", "old")], got
