@@ -38,7 +38,7 @@ import msgpack
 
 from . import _tcp
 from ._replication import Change, Entry, Replica
-from ._table import F_MATCH_PID, PG, R_CONFLICT, R_NORMAL, REG
+from ._table import PG, R_CONFLICT, R_NORMAL, REG
 from ._types import Pid
 
 log = logging.getLogger("syn_mp.etcd")
@@ -455,9 +455,8 @@ class EtcdTransport:
         """Our tables hold the name for a local process whose claim etcd has not shown us yet: a
         remote holder must not be put in beside it (the table would decide by its own rule, by time,
         and signal ours); once our claim is back from etcd, _sync_name decides by etcd's order."""
-        t = self.r.tables.get(scope)
-        held = None if t is None else t.get(REG, key)
-        return held is not None and held.node == 0 and (self.node, held.pid) not in self.claims.get((scope, key), {})
+        held = self.r.local_holder(scope, key)
+        return held is not None and (self.node, held[0]) not in self.claims.get((scope, key), {})
 
     def _winner(self, scope: str, key: bytes) -> tuple[str, int] | None:
         """Who holds the name, decided by etcd's order alike on every node: the live registration
@@ -467,8 +466,8 @@ class EtcdTransport:
             return None
         order = sorted(claims.items(), key=lambda kv: kv[1][0])
         win: tuple[str, int] | None = order[0][0]
-        cb = self.r._callbacks
-        if cb is None or getattr(cb.handler, "resolve_registry_conflict", None) is None or len(order) == 1:
+        resolver = self.r.custom_resolver()
+        if resolver is None or len(order) == 1:
             return win
         from .codec import decode, decode_name
         for (node, pid), (_, e) in order[1:]:
@@ -477,8 +476,7 @@ class EtcdTransport:
             a = (Pid(win[0], win[1]), decode(we.meta), we.time_ns)
             b = (Pid(node, pid), decode(e.meta), e.time_ns)
             first, second = sorted([a, b], key=lambda c: c[0])
-            got = cb.call_sync("resolve_registry_conflict", scope, decode_name(key), first, second,
-                               default=a[0], timeout=1.0)
+            got = resolver(scope, decode_name(key), first, second, a[0])
             win = (node, pid) if got == b[0] else win if got == a[0] else None
             if win is None:
                 return None
@@ -486,30 +484,23 @@ class EtcdTransport:
 
     def _decide_local(self, scope: str, key: bytes) -> None:
         """A local registration of the name that is not the winner gives way."""
-        t = self.r.tables.get(scope)
-        if t is None:
+        held = self.r.local_holder(scope, key)
+        if held is None:
             return
-        held = t.get(REG, key)
-        if held is None or held.node != 0:
-            return
+        pid, start = held
         claims = self.claims.get((scope, key), {})
-        if (self.node, held.pid) not in claims or len(claims) < 2:
+        if (self.node, pid) not in claims or len(claims) < 2:
             return  # not published yet: etcd has not ordered it
         win = self._winner(scope, key)
-        if win == (self.node, held.pid):
+        if win == (self.node, pid):
             return
         self.stats["conflicts"] += 1
-        fut = self.waiting.get((scope, key, held.pid))  # left for confirm() to collect
-        if fut is None:
-            cb = self.r._callbacks
-            if cb is None or getattr(cb.handler, "resolve_registry_conflict", None) is None:
-                self.r._signal_loser(held.pid, held.start)
-        elif not fut.done():
+        fut = self.waiting.get((scope, key, pid))  # left for confirm() to collect
+        if fut is not None and not fut.done():
             fut.set_result(False)
-        if win is not None and win[0] != self.node:
-            self.r._conflict_won[(scope, key, win[0], win[1])] = time.monotonic()
-        t.delete(REG, key, 0, held.pid, flags=F_MATCH_PID, reason=R_CONFLICT)  # journaled: tombstoned
-        self.r.flush_local()
+        # a caller that waits for the decision is told, not signalled; nor is anyone under a custom resolver
+        signal_it = fut is None and self.r.custom_resolver() is None
+        self.r.remove_local_loser(scope, key, pid, start, win, signal_it)  # journaled: tombstoned
 
     def _sync_name(self, scope: str, key: bytes) -> None:
         """The name's holder in our tables follows the winner."""
@@ -676,9 +667,8 @@ class EtcdTransport:
             self.r.flush_local()  # our write is journaled: published by the writer
             if fut.done():
                 return bool(fut.result())
-            t = self.r.tables.get(scope)
-            held = None if t is None else t.get(REG, key)
-            if held is None or held.node != 0 or held.pid != pid:
+            held = self.r.local_holder(scope, key)
+            if held is None or held[0] != pid:
                 return False  # removed meanwhile (a conflict, an unregister)
             if (self.node, pid) in self.claims.get((scope, key), {}):
                 self._sync_name(scope, key)  # etcd already shows it: decide now
