@@ -1,12 +1,15 @@
-"""Cluster figures: propagation latency, convergence after a partition heals, a snapshot's sync time.
+"""Cluster figures: propagation latency, node-down detection, convergence after a partition heals, a
+snapshot's sync time.
 
-By default two nodes on loopback addresses (127.0.0.2 and 127.0.0.3, unicast --peers), each with
-its own runtime dir. With --nodes N (N >= 3; root), N nodes in network namespaces on one bridge
-(tests/netns.py, multicast): propagation from one node to all the others, the time to converge
-after a partition of the nodes into two halves heals, and a snapshot to a node that joins (in the last host's namespace, whose manager is stopped first).
+By default two nodes on loopback addresses (127.0.0.2 and 127.0.0.3), each with its own runtime dir,
+for each transport: unicast --peers, or --etcd against a 3-member etcd cluster on loopback
+(tests/etcd.py, Debian's etcd-server). With --nodes N (N >= 3; root), N nodes in network namespaces
+on one bridge (tests/netns.py, multicast): propagation from one node to all the others, the time to
+converge after a partition of the nodes into two halves heals, and a snapshot to a node that joins
+(in the last host's namespace, whose manager is stopped first).
 Everything started here is stopped by pid and its segments unlinked at the end.
 
-    python -m bench.cluster [--samples N] [--entries N]
+    python -m bench.cluster [--samples N] [--entries N] [--transport udp|etcd|both]
     python -m bench.cluster --nodes 8 [--samples N] [--entries N] [--split-writes N]
 """
 from __future__ import annotations
@@ -29,8 +32,8 @@ PORT = 47950
 
 
 class _Node:
-    def __init__(self, name: str, addr: str, secret: str) -> None:
-        self.name, self.addr, self.secret = name, addr, secret
+    def __init__(self, name: str, addr: str, cluster: list[str]) -> None:
+        self.name, self.addr, self.cluster = name, addr, cluster
         self.rdir = tempfile.mkdtemp(prefix=f"synmp-bench-{name}-")
         self.proc: subprocess.Popen | None = None
 
@@ -38,8 +41,7 @@ class _Node:
         log = open(os.path.join(self.rdir, "daemon.log"), "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "syn_mp", "--runtime-dir", self.rdir, "daemon", "--node", self.name,
-             "--interface", self.addr, "--peers", f"127.0.0.2:{PORT},127.0.0.3:{PORT}", "--secret-file",
-             self.secret, "--heartbeat-ms", "50", "--node-timeout-ms", "1000"], cwd=ROOT, stdout=log, stderr=log)
+             "--interface", self.addr, "--node-timeout-ms", "1000", *self.cluster], cwd=ROOT, stdout=log, stderr=log)
         deadline = time.monotonic() + 10
         while not os.path.exists(os.path.join(self.rdir, "ctl.sock")):
             if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -72,13 +74,40 @@ def _use(node: _Node) -> Any:
     return syn_mp
 
 
-def run(samples: int = 200, entries: int = 20_000) -> dict[str, float]:
+def _cluster_args(transport: str, tmp: str) -> tuple[list[str], Any]:
+    """The daemon's cluster flags for `transport`, and what to close at the end (an etcd cluster)."""
+    if transport == "udp":
+        secret = os.path.join(tmp, "secret")
+        with open(secret, "w") as f:
+            f.write(os.urandom(32).hex())
+        return ["--peers", f"127.0.0.2:{PORT},127.0.0.3:{PORT}", "--secret-file", secret, "--heartbeat-ms", "50"], None
+    if transport == "etcd":
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        from etcd import EtcdCluster  # type: ignore[import-not-found]  # tests/etcd.py: 3 members, loopback
+        e = EtcdCluster(3)
+        try:
+            e.start_all()
+        except BaseException:
+            e.close()
+            raise
+        return ["--etcd", e.endpoints, "--etcd-prefix", "/bench/"], e
+    raise ValueError(f"transport must be udp or etcd, not {transport!r}")
+
+
+def _wait(pred: Any, timeout: float, what: str) -> None:
+    deadline = time.perf_counter() + timeout
+    while not pred():
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"{what} within {timeout} s")
+        time.sleep(0.0005)
+
+
+def run(samples: int = 200, entries: int = 20_000, transport: str = "udp") -> dict[str, Any]:
     from syn_mp._table import REG
     from syn_mp.codec import encode_name
-    secret = os.path.join(tempfile.mkdtemp(prefix="synmp-bench-"), "secret")
-    with open(secret, "w") as f:
-        f.write(os.urandom(32).hex())
-    a, b = _Node("a", "127.0.0.2", secret), _Node("b", "127.0.0.3", secret)
+    tmp = tempfile.mkdtemp(prefix="synmp-bench-")
+    cluster, closer = _cluster_args(transport, tmp)
+    a, b = _Node("a", "127.0.0.2", cluster), _Node("b", "127.0.0.3", cluster)
     try:
         a.start()
         b.start()
@@ -86,9 +115,9 @@ def run(samples: int = 200, entries: int = 20_000) -> dict[str, float]:
         syn = _use(a)
         syn.add_node_to_scopes(["bench"])
         tb = b.table("bench")
-        deadline = time.monotonic() + 10
-        while syn.subcluster_nodes("bench") != ["b"] and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait(lambda: _use(a).subcluster_nodes("bench") == ["b"] and _use(b).subcluster_nodes("bench") == ["a"], 20,
+              "the two nodes did not see each other")
+        syn = _use(a)
         lat = []
         for i in range(samples):
             key = encode_name(("p", i))
@@ -101,12 +130,21 @@ def run(samples: int = 200, entries: int = 20_000) -> dict[str, float]:
             time.sleep(0.002)  # one at a time: latency, not throughput
         for i in range(samples):
             syn.unregister("bench", ("p", i))
-        # snapshot: `entries` names on a, then b's manager restarts and must fetch them all
+        # node down: b's daemon SIGKILLed; how long until a drops b's entry (node timeout 1000 ms)
+        marker = encode_name("on-b")
+        _use(b).register("bench", "on-b")
+        ta = a.table("bench")
+        _wait(lambda: ta.get(REG, marker) is not None, 5, "b's entry did not reach a")
+        assert b.proc is not None
+        t0 = time.perf_counter()
+        b.proc.send_signal(signal.SIGKILL)
+        _wait(lambda: ta.get(REG, marker) is None, 30, "a did not see b down")
+        down = time.perf_counter() - t0
+        b.proc.wait()
+        # snapshot: `entries` names on a, then b's manager starts again and must fetch them all
+        syn = _use(a)
         for i in range(entries):
             syn.register("bench", ("s", i), meta=i)
-        assert b.proc is not None
-        b.proc.send_signal(signal.SIGKILL)
-        b.proc.wait()
         b.table("bench").purge_node(b.table("bench").node_id("a"), 0)  # b starts from nothing of a's
         t0 = time.perf_counter()
         b.start()
@@ -120,13 +158,17 @@ def run(samples: int = 200, entries: int = 20_000) -> dict[str, float]:
                 raise RuntimeError("the snapshot did not arrive within 60 s")
             time.sleep(0.001)
         snap = time.perf_counter() - t0
-        return {"propagation_median_ms": statistics.median(lat) * 1e3,
-                "propagation_p90_ms": sorted(lat)[int(len(lat) * 0.9)] * 1e3,
-                "snapshot_s": snap, "snapshot_entries": entries, "samples": samples}
+        lat.sort()
+        return {"transport": transport, "propagation_median_ms": statistics.median(lat) * 1e3,
+                "propagation_p90_ms": lat[int(len(lat) * 0.9)] * 1e3,
+                "propagation_p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3,
+                "node_down_s": down, "snapshot_s": snap, "snapshot_entries": entries, "samples": samples}
     finally:
         a.close()
         b.close()
-        shutil.rmtree(os.path.dirname(secret), ignore_errors=True)
+        if closer is not None:
+            closer.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -241,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--entries", type=int, default=None, help="20,000 (2 nodes) or 100,000 (namespaces)")
     p.add_argument("--split-writes", type=int, default=1000, help="names written on each side of the partition")
+    p.add_argument("--transport", choices=("udp", "etcd", "both"), default="both", help="with 2 nodes")
     args = p.parse_args(argv)
     if args.nodes > 2:
         r = run_namespaces(args.nodes, args.samples, args.entries or 100_000, args.split_writes)
@@ -252,11 +295,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  snapshot of {r['snapshot_entries']:,} entries (one node's) to a node that joins the scope: "
               f"{r['snapshot_s']:.3f} s")
         return 0
-    r = run(args.samples, args.entries or 20_000)
-    print(f"propagation to another node: median {r['propagation_median_ms']:.3f} ms, "
-          f"p90 {r['propagation_p90_ms']:.3f} ms ({r['samples']} registrations, loopback, unicast peers)")
-    print(f"snapshot of {r['snapshot_entries']:,} entries on a node whose manager starts: {r['snapshot_s']:.3f} s "
-          f"from its manager's start")
+    entries = args.entries or 20_000
+    rows = [run(args.samples, entries, t) for t in (("udp", "etcd") if args.transport == "both" else (args.transport,))]
+    label = {"udp": "UDP (unicast peers)", "etcd": "etcd (3 members)"}
+    print(f"{'':44}" + "".join(f"{label[r['transport']]:>22}" for r in rows))
+    for name, key, fmt in (("propagation to another node, p50 (ms)", "propagation_median_ms", "{:.3f}"),
+                           ("propagation to another node, p99 (ms)", "propagation_p99_ms", "{:.3f}"),
+                           ("node down detected (s, node timeout 1 s)", "node_down_s", "{:.2f}"),
+                           (f"snapshot of {entries:,} entries to a new node (s)", "snapshot_s", "{:.3f}")):
+        print(f"{name:44}" + "".join(f"{fmt.format(r[key]):>22}" for r in rows))
+    print(f"({args.samples} registrations one at a time, two nodes on loopback)")
     return 0
 
 

@@ -19,7 +19,7 @@ Conflicts are decided once, by etcd's order: of the live registrations of a name
 created first (lowest create_revision) holds it, on every node alike (a custom
 resolve_registry_conflict folds over them in that order). A losing local entry is removed
 (reason conflict_resolution) and its process signalled, unless its caller waits for etcd's
-decision (`register(..., wait=True)`), which then raises TakenError instead.
+decision (`register(..., confirm=seconds)`), which then raises TakenError instead.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ import msgpack
 
 from . import _tcp
 from ._replication import Change, Entry, Replica
-from ._table import F_MATCH_PID, PG, R_CONFLICT, R_NORMAL, REG
+from ._table import PG, R_CONFLICT, R_NORMAL, REG
 from ._types import Pid
 
 log = logging.getLogger("syn_mp.etcd")
@@ -131,12 +131,13 @@ class EtcdTransport:
         self.holder: dict[tuple[str, bytes], tuple[str, int]] = {}  # remote holder put into our tables
         self.pending: dict[bytes, tuple[bytes, bool]] = {}    # our writes: etcd key -> (value, tombstone?)
         self.to_delete: set[bytes] = set()                   # tombstones written: delete next
-        self.waiting: dict[tuple[str, bytes, int], asyncio.Future] = {}  # register(wait=True) callers
+        self.waiting: dict[tuple[str, bytes, int], asyncio.Future] = {}  # register(confirm=...) callers
         self._kick = asyncio.Event()
         self._scopes: list[str] = []
         self._tasks: list[asyncio.Task] = []
         self._up = asyncio.Event()         # published and watching
         self._detached = False
+        self._last_ok = 0.0                # the last time etcd renewed our lease
         self.relay_key = b""
         self.incarnation = 0
 
@@ -166,16 +167,21 @@ class EtcdTransport:
         c, self._client = self._client, None
         if c is not None:
             try:
-                await asyncio.wait_for(c.close(), 1)
+                await _bounded(c.close(), 1)
             except Exception:
                 pass
+
+    async def _with_client(self, fn: Any) -> Any:
+        # connecting is inside the caller's time bound: an endpoint in a black hole (a partition)
+        # never answers the connection either
+        return await fn(await self._c())
 
     async def _call(self, fn: Any) -> Any:
         """fn(client) until it succeeds, rotating endpoints on failure."""
         while True:
             gen = self._gen
             try:
-                return await asyncio.wait_for(fn(await self._c()), _CALL_TIMEOUT + 1)
+                return await _bounded(self._with_client(fn), _CALL_TIMEOUT + 1)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -223,7 +229,7 @@ class EtcdTransport:
             # a clean stop: revoke the lease (others see us down at once), bounded
             async def bye() -> None:
                 try:
-                    await asyncio.wait_for(c.revoke_lease(self.lease), 1)
+                    await _bounded(c.revoke_lease(self.lease), 1)
                 except Exception:
                     pass
             try:
@@ -237,7 +243,8 @@ class EtcdTransport:
             try:
                 await self._attach()
                 loop = asyncio.get_running_loop()
-                tasks = [loop.create_task(c) for c in (self._keepalive(), self._watch(), self._writer())]
+                tasks = [loop.create_task(c) for c in (self._keepalive(), self._lease_clock(), self._watch(),
+                                                         self._writer())]
                 try:
                     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
                 finally:
@@ -290,17 +297,28 @@ class EtcdTransport:
         value = msgpack.packb([self.host, self.port, ready, self._scopes])
         await self._call(lambda c: c.put(self._node_key(self.node), value, lease=self.lease))
 
+    async def _lease_clock(self) -> None:
+        """Cut off from etcd longer than our lease: the others have dropped us; we drop them and
+        attach again. A clock of its own: the keepalive's call may hang in a partition."""
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            if time.monotonic() - self._last_ok > self.ttl:
+                log.warning("etcd: unreachable for %ds: the other nodes are down for us", self.ttl)
+                for n in list(self.nodes_):
+                    self._node_down(n)
+                raise _Detached()
+
     async def _keepalive(self) -> None:
-        last_ok = time.monotonic()
+        last_ok = self._last_ok = time.monotonic()
         while True:
             await asyncio.sleep(self.ttl / 3)
             scopes = sorted(self.r.scopes())
             try:
-                reply = await asyncio.wait_for((await self._c()).refresh_lease(self.lease), _CALL_TIMEOUT)
+                reply = await _bounded(self._with_client(lambda c: c.refresh_lease(self.lease)), _CALL_TIMEOUT)
                 if reply is None or reply.TTL <= 0:
                     log.warning("etcd: our lease expired (the others saw this node down): publishing again")
                     raise _Detached()
-                last_ok = time.monotonic()
+                last_ok = self._last_ok = time.monotonic()
                 if scopes != self._scopes:  # a scope was added: its remote entries, and say we have it
                     new = [s for s in scopes if s not in self._scopes]
                     self._scopes = scopes
@@ -358,7 +376,7 @@ class EtcdTransport:
                 gen = self._gen
                 try:
                     c = await self._c()
-                    await asyncio.wait_for(c.transaction(compare=[], success=ops(c), failure=[]), _CALL_TIMEOUT)
+                    await _bounded(c.transaction(compare=[], success=ops(c), failure=[]), _CALL_TIMEOUT)
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
@@ -431,7 +449,14 @@ class EtcdTransport:
                     self.holder[(scope, e.key)] = (node, e.pid)
 
     def _kept(self, scope: str, node: str, e: Entry) -> bool:
-        return e.type != REG or self._winner(scope, e.key) == (node, e.pid)
+        return e.type != REG or (self._winner(scope, e.key) == (node, e.pid) and not self._unordered_local(scope, e.key))
+
+    def _unordered_local(self, scope: str, key: bytes) -> bool:
+        """Our tables hold the name for a local process whose claim etcd has not shown us yet: a
+        remote holder must not be put in beside it (the table would decide by its own rule, by time,
+        and signal ours); once our claim is back from etcd, _sync_name decides by etcd's order."""
+        held = self.r.local_holder(scope, key)
+        return held is not None and (self.node, held[0]) not in self.claims.get((scope, key), {})
 
     def _winner(self, scope: str, key: bytes) -> tuple[str, int] | None:
         """Who holds the name, decided by etcd's order alike on every node: the live registration
@@ -441,8 +466,8 @@ class EtcdTransport:
             return None
         order = sorted(claims.items(), key=lambda kv: kv[1][0])
         win: tuple[str, int] | None = order[0][0]
-        cb = self.r._callbacks
-        if cb is None or getattr(cb.handler, "resolve_registry_conflict", None) is None or len(order) == 1:
+        resolver = self.r.custom_resolver()
+        if resolver is None or len(order) == 1:
             return win
         from .codec import decode, decode_name
         for (node, pid), (_, e) in order[1:]:
@@ -451,8 +476,7 @@ class EtcdTransport:
             a = (Pid(win[0], win[1]), decode(we.meta), we.time_ns)
             b = (Pid(node, pid), decode(e.meta), e.time_ns)
             first, second = sorted([a, b], key=lambda c: c[0])
-            got = cb.call_sync("resolve_registry_conflict", scope, decode_name(key), first, second,
-                               default=a[0], timeout=1.0)
+            got = resolver(scope, decode_name(key), first, second, a[0])
             win = (node, pid) if got == b[0] else win if got == a[0] else None
             if win is None:
                 return None
@@ -460,30 +484,23 @@ class EtcdTransport:
 
     def _decide_local(self, scope: str, key: bytes) -> None:
         """A local registration of the name that is not the winner gives way."""
-        t = self.r.tables.get(scope)
-        if t is None:
+        held = self.r.local_holder(scope, key)
+        if held is None:
             return
-        held = t.get(REG, key)
-        if held is None or held.node != 0:
-            return
+        pid, start = held
         claims = self.claims.get((scope, key), {})
-        if (self.node, held.pid) not in claims or len(claims) < 2:
+        if (self.node, pid) not in claims or len(claims) < 2:
             return  # not published yet: etcd has not ordered it
         win = self._winner(scope, key)
-        if win == (self.node, held.pid):
+        if win == (self.node, pid):
             return
         self.stats["conflicts"] += 1
-        fut = self.waiting.pop((scope, key, held.pid), None)
-        if fut is None:
-            cb = self.r._callbacks
-            if cb is None or getattr(cb.handler, "resolve_registry_conflict", None) is None:
-                self.r._signal_loser(held.pid, held.start)
-        elif not fut.done():
+        fut = self.waiting.get((scope, key, pid))  # left for confirm() to collect
+        if fut is not None and not fut.done():
             fut.set_result(False)
-        if win is not None and win[0] != self.node:
-            self.r._conflict_won[(scope, key, win[0], win[1])] = time.monotonic()
-        t.delete(REG, key, 0, held.pid, flags=F_MATCH_PID, reason=R_CONFLICT)  # journaled: tombstoned
-        self.r.flush_local()
+        # a caller that waits for the decision is told, not signalled; nor is anyone under a custom resolver
+        signal_it = fut is None and self.r.custom_resolver() is None
+        self.r.remove_local_loser(scope, key, pid, start, win, signal_it)  # journaled: tombstoned
 
     def _sync_name(self, scope: str, key: bytes) -> None:
         """The name's holder in our tables follows the winner."""
@@ -500,12 +517,13 @@ class EtcdTransport:
             if old[0] in self.nodes_:
                 e = c[1] if c else Entry(REG, key, old[1], 0, 0, b"")
                 self.r.apply(scope, old[0], Change(False, e, R_CONFLICT if c else R_NORMAL))
-        if win is not None and win[0] != self.node and self.nodes_.get(win[0], _Node()).ready:
+        if win is not None and win[0] != self.node and self.nodes_.get(win[0], _Node()).ready \
+                and not self._unordered_local(scope, key):
             self.holder[(scope, key)] = win
             self.r.apply(scope, win[0], Change(True, self.claims[(scope, key)][win][1]))
         if win is None or win[0] != self.node:
             return
-        fut = self.waiting.pop((scope, key, win[1]), None)
+        fut = self.waiting.get((scope, key, win[1]))
         if fut is not None and not fut.done():
             fut.set_result(True)
 
@@ -532,7 +550,7 @@ class EtcdTransport:
         while True:
             gen = self._gen
             try:
-                c = await self._c()
+                c = await _bounded(self._c(), _CALL_TIMEOUT)
                 w = await c.watch(self.p, range_end=end, start_revision=self.rev + 1)
                 async for ev in w:
                     self.stats["watch_events"] += 1
@@ -627,28 +645,42 @@ class EtcdTransport:
 
     # ------------------------------------------------------------ waiting for etcd's decision
 
+    def expect(self, scope: str, key: bytes, pid: int, timeout: float) -> None:
+        """A caller is about to register `key` for `pid` and will wait for etcd's decision: should it
+        lose, its registration is removed without signalling the process (confirm() says so)."""
+        k = (scope, key, pid)
+        fut = self.waiting.get(k)
+        if fut is None or fut.done():
+            fut = self.waiting[k] = asyncio.get_running_loop().create_future()
+        # a caller that never comes to confirm() (it died): forgotten after its own deadline
+        asyncio.get_running_loop().call_later(timeout + 5, lambda: self.waiting.pop(k, None)
+                                              if self.waiting.get(k) is fut else None)
+
     async def confirm(self, scope: str, key: bytes, pid: int, timeout: float) -> bool | None:
         """Wait until etcd has ordered our registration of `key` by `pid`: True (it holds the name),
         False (an earlier one does: ours was removed, unsignalled), None (no answer in time)."""
-        self.r.flush_local()
-        t = self.r.tables.get(scope)
-        held = None if t is None else t.get(REG, key)
-        if held is None or held.node != 0 or held.pid != pid:
-            return False
-        fut = asyncio.get_running_loop().create_future()
-        self.waiting[(scope, key, pid)] = fut
-        claims = self.claims.get((scope, key), {})
-        if (self.node, pid) in claims:
-            self._sync_name(scope, key)
-            if not fut.done():
-                win = self._winner(scope, key)
-                self.waiting.pop((scope, key, pid), None)
-                return win == (self.node, pid)
+        k = (scope, key, pid)
+        fut = self.waiting.get(k)
+        if fut is None:
+            fut = self.waiting[k] = asyncio.get_running_loop().create_future()
         try:
-            return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            self.waiting.pop((scope, key, pid), None)
-            return None
+            self.r.flush_local()  # our write is journaled: published by the writer
+            if fut.done():
+                return bool(fut.result())
+            held = self.r.local_holder(scope, key)
+            if held is None or held[0] != pid:
+                return False  # removed meanwhile (a conflict, an unregister)
+            if (self.node, pid) in self.claims.get((scope, key), {}):
+                self._sync_name(scope, key)  # etcd already shows it: decide now
+                if not fut.done():
+                    return self._winner(scope, key) == (self.node, pid)
+            try:
+                return bool(await asyncio.wait_for(asyncio.shield(fut), timeout))
+            except asyncio.TimeoutError:
+                return None
+        finally:
+            if self.waiting.get(k) is fut:
+                del self.waiting[k]
 
     # ------------------------------------------------------------ messages
 
@@ -689,6 +721,23 @@ class EtcdTransport:
                 "endpoint": self.o.endpoints[self._ep % len(self.o.endpoints)], "lease": self.lease,
                 "revision": self.rev, "attached": self._up.is_set(), "incarnation": self.incarnation,
                 "pending": len(self.pending), **self.stats}
+
+
+async def _bounded(coro: Any, timeout: float) -> Any:
+    """coro's result, or asyncio.TimeoutError after `timeout` s. Unlike asyncio.wait_for, the time
+    out does not wait for the call to finish cancelling: a gRPC call to an endpoint in a black hole
+    (a partition) may take that long too, and the keepalive must notice the lease is lost."""
+    task = asyncio.ensure_future(coro)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
+        raise asyncio.TimeoutError()
+    return task.result()
 
 
 class _Detached(Exception):

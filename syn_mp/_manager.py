@@ -516,7 +516,7 @@ class Manager:
             try:
                 line = await reader.readline()  # ValueError: a line over the reader's limit
                 req = json.loads(line)
-                reply = self._handle(req)
+                reply = await self._confirm(req) if req.get("op") in ("expect", "confirm") else self._handle(req)
             except (ValueError, TypeError, KeyError, RecursionError) as e:  # RecursionError: JSON nested too deep
                 reply = {"ok": False, "error": f"bad request: {e}"}
             except TableError as e:
@@ -565,6 +565,24 @@ class Manager:
             return {"ok": True, "pid": os.getpid()}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
+
+    async def _confirm(self, req: dict[str, Any]) -> dict[str, Any]:
+        """register(..., confirm=T): `expect` before the local write (so a lost race is not signalled),
+        `confirm` after it waits for the cluster's decision. Only a transport that orders writes
+        (etcd) decides at once; a node without a cluster is its own decision."""
+        scope = _config.check_scope(req["scope"])
+        key, pid = bytes.fromhex(req["key"]), int(req["pid"])
+        c = self.cluster
+        if c is None:
+            return {"ok": True, "mode": "local", "result": "held"}
+        expect, confirm = getattr(c, "expect", None), getattr(c, "confirm", None)  # etcd's only
+        if expect is None or confirm is None:
+            return {"ok": True, "mode": "unsupported"}
+        if req["op"] == "expect":
+            expect(scope, key, pid, float(req["wait"]))
+            return {"ok": True, "mode": "etcd"}
+        got = await confirm(scope, key, pid, float(req["wait"]))
+        return {"ok": True, "mode": "etcd", "result": {True: "held", False: "lost", None: "timeout"}[got]}
 
     def _metrics_status(self) -> dict[str, Any]:
         return {**self._handle({"op": "status"}), "started": self.started}

@@ -381,6 +381,52 @@ class Replica:
             self.transport.notify_conflict(scope, key, t.node_name(h_node), t.node_name(i_node) if i_node else self.node,
                                            Entry(REG, key, i_pid, i_start, i_time, i_meta))
 
+    # ------------------------------------------------------------ for a transport that decides itself
+    # (etcd orders the registrations: it decides who holds a name, then carries it out with these)
+
+    def custom_resolver(self) -> Callable[[str, Any, tuple, tuple, Pid], Any] | None:
+        """The event handler's resolve_registry_conflict, as resolver(scope, name, first, second,
+        default) -> the winner's Pid (default if it fails or hangs past RESOLVER_TIMEOUT); None
+        without one (then the transport's own rule decides, and losers are signalled)."""
+        if not self._custom():
+            return None
+        cb = self._callbacks
+
+        def resolver(scope: str, name: Any, first: tuple, second: tuple, default: Pid) -> Any:
+            return cb.call_sync("resolve_registry_conflict", scope, name, first, second,
+                                default=default, timeout=RESOLVER_TIMEOUT)
+        return resolver
+
+    def local_holder(self, scope: str, key: bytes) -> tuple[int, int] | None:
+        """(pid, start) of the local process that holds the name in our tables, else None (a remote
+        holder, or nobody)."""
+        t = self.tables.get(scope)
+        held = None if t is None else t.get(REG, key)
+        return None if held is None or held.node != 0 else (held.pid, held.start)
+
+    def remove_local_loser(self, scope: str, key: bytes, pid: int, start: int, winner: tuple[str, int] | None,
+                           signal_it: bool) -> bool:
+        """A local registration lost the name: removed (reason conflict_resolution, journaled, so the
+        transport carries the removal out), its process sent the conflict signal if `signal_it`, and
+        `winner` (node, pid), when another node's, arrives here as the winner of a conflict. False if
+        that process no longer holds the name."""
+        t = self.tables.get(scope)
+        if t is None or self.local_holder(scope, key) != (pid, start):
+            return False
+        if signal_it:
+            self.signal_loser(pid, start)
+        if winner is not None and winner[0] != self.node:
+            self._conflict_won[(scope, key, winner[0], winner[1])] = time.monotonic()
+            while len(self._conflict_won) > GONE_KEPT:
+                del self._conflict_won[next(iter(self._conflict_won))]
+        t.delete(REG, key, 0, pid, flags=F_MATCH_PID, reason=R_CONFLICT)
+        self.flush_local()
+        return True
+
+    def signal_loser(self, pid: int, start: int) -> None:
+        """Send the conflict signal to a local process that lost a name (never to a reused pid)."""
+        self._signal_loser(pid, start)
+
     def conflict_notice(self, scope: str, rival_node: str, rival: Entry) -> bool:
         """Another node met a conflict between one of our entries and `rival`: decide alike, drop
         ours if it loses. True when ours gave way (the winner's own copy is then to be fetched in

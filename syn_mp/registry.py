@@ -31,8 +31,14 @@ def _purge_if_dead(t: Table, node: int, pid: int, start: int) -> bool:
     return True
 
 
-def register(scope: str, name: Any, pid: _pids.PidArg = None, meta: Any = None) -> None:
-    """Register `name` to a process (the caller by default); the same name and pid again updates meta."""
+def register(scope: str, name: Any, pid: _pids.PidArg = None, meta: Any = None, *,
+             confirm: float | None = None) -> None:
+    """Register `name` to a process (the caller by default); the same name and pid again updates meta.
+
+    confirm=seconds (a node on etcd): also wait for etcd's decision, raising TakenError if another
+    node's registration came first (ours is withdrawn, the process not signalled)."""
+    if confirm is not None:
+        return _register_confirmed(scope, name, pid, meta, confirm)
     try:
         t = _TABLES[scope]
     except (KeyError, TypeError):
@@ -61,6 +67,45 @@ def register(scope: str, name: Any, pid: _pids.PidArg = None, meta: Any = None) 
         if rc == ERETIRED and t.renew():
             continue  # the segment was replaced: t now maps the new one
         raise RuntimeError(f"register: table error {rc}")
+
+
+def _register_confirmed(scope: str, name: Any, pid: _pids.PidArg, meta: Any, confirm: float) -> None:
+    """register(..., confirm=T): tell the manager first (a lost race then removes the entry without
+    a signal), write locally as usual, then wait up to T seconds for the cluster's decision."""
+    if isinstance(confirm, bool) or not isinstance(confirm, (int, float)) or not 0 < confirm <= 3600:
+        raise ValueError(f"confirm must be a number of seconds in (0, 3600], not {confirm!r}")
+    from ._client import node as _node
+    t = _table(scope)
+    key = encode_name(name)
+    p = _procinfo.self_identity()[0] if pid is None else _pids.for_write(t, pid)[0]
+    args = {"scope": scope, "key": key.hex(), "pid": p, "wait": float(confirm)}
+    n = _node()
+    mode = n.request("expect", **args)["mode"]
+    if mode == "unsupported":
+        raise ValueError("register(..., confirm=...) needs a node on etcd (syn-mp daemon --etcd): under "
+                         "--cluster/--peers a name held on both sides of a partition is decided at the heal")
+    register(scope, name, pid, meta)  # TakenError at once if this node already shows a holder
+    if mode == "local":
+        return  # no cluster: this node's table is the whole truth, decided already
+    got = n.request("confirm", timeout=confirm + 10, **args)["result"]
+    if got == "held":
+        return
+    if got == "lost":
+        t.own_reg.pop(key, None)  # the manager removed it (reason conflict_resolution)
+        e = t.get(REG, key)
+        holder = f" registered to {Pid(t.node_name(e.node), e.pid)}" if e is not None else ""
+        raise TakenError(f"{name!r} is{holder or ' taken'}: etcd ordered another node's registration first")
+    # no decision in time (etcd unreachable): withdrawn, so that it cannot be lost later
+    while True:
+        rc = _delete_local(t.ptr, REG, key, len(key), p, F_MATCH_PID)
+        if rc == ERETIRED and t.renew():
+            continue
+        break
+    t.own_reg.pop(key, None)
+    if rc >= 0 and rc & WAKE:
+        _wake()
+    raise TimeoutError(f"register({scope!r}, {name!r}): etcd did not decide within {confirm}s; "
+                       "the registration was withdrawn")
 
 
 _new_pid = tuple.__new__  # Pid without NamedTuple's Python-level __new__ (hot path)
@@ -238,10 +283,12 @@ def names_of(scope: str, pid: _pids.PidArg = None) -> list[Any]:
     return [decode_name(i.key) for i in t.collect(BY_PID, REG, node=nid, pid=p, flags=WITH_KEY)]
 
 
-def claim_slot(scope: str, prefix: str, limit: int, pid: _pids.PidArg = None, meta: Any = None) -> int:
+def claim_slot(scope: str, prefix: str, limit: int, pid: _pids.PidArg = None, meta: Any = None, *,
+               confirm: float | None = None) -> int:
     """Register `(prefix, i)` for the lowest free i in range(limit) and return i.
 
-    A process that already holds a slot of this prefix gets that slot back.
+    A process that already holds a slot of this prefix gets that slot back. confirm=seconds: each
+    slot taken waits for etcd's decision (as in register); a slot lost to another node is skipped.
     """
     if not isinstance(prefix, str):
         raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
@@ -260,7 +307,7 @@ def claim_slot(scope: str, prefix: str, limit: int, pid: _pids.PidArg = None, me
         if e is not None and not _purge_if_dead(t, e.node, e.pid, e.start):
             continue  # lock-free peek first: a busy pool costs no lock per taken slot
         try:
-            register(scope, (prefix, i), pid, meta)
+            register(scope, (prefix, i), pid, meta, confirm=confirm)
             return i
         except TakenError:
             continue

@@ -12,6 +12,7 @@ import syn_mp
 from syn_mp import Pid, _client
 
 from conftest import wait_for
+from tcpcut import CutLink
 
 TIMEOUT = 20  # generous: a loaded 2-core CI machine
 NODE_TIMEOUT_MS = "1000"
@@ -26,12 +27,15 @@ def table_of(node, scope: str = "s") -> list:
     return sorted(on(node).registry_entries(scope), key=repr)
 
 
-def start(e, make_node, k: int, *extra: str, prefix: str = "/t/", timeout_ms: str = NODE_TIMEOUT_MS):
-    """k nodes n1..nk on the etcd cluster `e`, scope "s" added on each through a worker."""
+def start(e, make_node, k: int, *extra: str, prefix: str = "/t/", timeout_ms: str = NODE_TIMEOUT_MS,
+          via: dict | None = None):
+    """k nodes n1..nk on the etcd cluster `e`, scope "s" added on each through a worker; `via`: a
+    node's own etcd endpoints by name (a CutLink's, tests/tcpcut.py)."""
     nodes, workers = [], []
     for i in range(1, k + 1):
         n = make_node(f"n{i}")
-        n.daemon("--etcd", e.endpoints, "--etcd-prefix", prefix, "--node-timeout-ms", timeout_ms, *extra)
+        eps = (via or {}).get(n.name, e.endpoints)
+        n.daemon("--etcd", eps, "--etcd-prefix", prefix, "--node-timeout-ms", timeout_ms, *extra)
         w = n.worker()
         w.call("add_node_to_scopes", ["s"])
         nodes.append(n)
@@ -67,7 +71,7 @@ def test_discovery_propagation_groups_and_process_death(etcd, make_node):
     w1.kill()
     for n in (n1, n2, n3):
         wait_for(lambda: table_of(n) == [] and len(on(n).members("s", "pool")) == 1, timeout=TIMEOUT,
-                 what=f"death propagated to {n.name}")
+                 what=f"death propagated to {n.name}: {table_of(n)} {on(n).members('s', 'pool')}")
     got = sorted((x.kind, x.reason) for x in [next(ev), next(ev)])
     assert got == [("left", "process_exit"), ("unregistered", "process_exit")]
     # the CLI shows the nodes and entries as in the UDP mode
@@ -210,3 +214,176 @@ def test_etcd_flags_refused_with_one_clear_line(make_node):
                       (["--etcd", "ftp://x:1"], "--etcd: expected http(s)://HOST:PORT")):
         r = n.cli("daemon", *args)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and msg in r.stderr, (args, r.stderr)
+
+
+def test_register_with_confirm_racing_on_two_nodes_exactly_one_wins_at_once(etcd, make_node):
+    """register(..., confirm=T) on two nodes for one name, both let go at once: one returns, the other
+    gets TakenError (not a signal later), and the winner keeps the name on every node."""
+    import threading
+    e = etcd()
+    (n1, n2, n3), _ = start(e, make_node, 3, timeout_ms="3000")
+    a, b = n1.worker(), n2.worker()
+    m1, m2 = n1.manager_pid(), n2.manager_pid()
+    winners = {}
+    for i in range(5):
+        name = ("confirmed", i)
+        got: dict = {}
+
+        def race(w, tag):
+            try:
+                got[tag] = w.call("register", "s", name, confirm=10)
+            except syn_mp.TakenError as ex:
+                got[tag] = ex
+        # both managers held still, both callers waiting on them: let go together, so that each
+        # node takes the name locally before it sees the other's claim in etcd
+        os.kill(m1, signal.SIGSTOP)
+        os.kill(m2, signal.SIGSTOP)
+        ts = [threading.Thread(target=race, args=(a, "n1")), threading.Thread(target=race, args=(b, "n2"))]
+        try:
+            for t in ts:
+                t.start()
+            time.sleep(0.2)
+        finally:
+            os.kill(m1, signal.SIGCONT)
+            os.kill(m2, signal.SIGCONT)
+        for t in ts:
+            t.join(timeout=TIMEOUT)
+        assert sorted(type(v).__name__ for v in got.values()) == ["NoneType", "TakenError"], got
+        winners[name] = Pid("n1", a.pid) if got["n1"] is None else Pid("n2", b.pid)
+    # neither loses later: the same holders everywhere, still after more than a lease, both callers alive
+    for n in (n1, n2, n3):
+        wait_for(lambda: all(on(n).whereis_name("s", k) == v for k, v in winners.items()), timeout=TIMEOUT,
+                 what=f"the winners on {n.name}: {winners} != {[(k, on(n).whereis_name('s', k)) for k in winners]}, "
+                      f"{[x.proc.poll() for x in (a, b)]}")
+    time.sleep(3.5)
+    for n in (n1, n2, n3):
+        assert {k: on(n).whereis_name("s", k) for k in winners} == winners, n.name
+    assert a.proc.poll() is None and b.proc.poll() is None  # a loser that waited is not signalled
+    assert a.call("whereis_name", "s", "nothing") is None
+
+
+def test_register_with_confirm_without_etcd(make_node):
+    """A node without a cluster: confirm is the local register (that node is the whole truth);
+    under --peers (UDP) it is refused with a clear error, nothing registered."""
+    n = make_node("solo")
+    n.daemon()
+    w = n.worker()
+    w.call("add_node_to_scopes", ["s"])
+    assert w.call("register", "s", "x", confirm=1) is None
+    assert on(n).whereis_name("s", "x") == Pid("solo", w.pid)
+    with pytest.raises(syn_mp.TakenError):
+        n.worker().call("register", "s", "x", confirm=1)
+    with pytest.raises(RuntimeError, match="confirm must be a number"):  # ValueError, through the worker
+        w.call("register", "s", "y", confirm=0)
+    u = make_node("udp")
+    secret = os.path.join(u.rdir, "secret")
+    with open(secret, "wb") as f:
+        f.write(os.urandom(32))
+    os.chmod(secret, 0o600)
+    u.daemon("--peers", "127.0.0.1:1", "--secret-file", secret)
+    wu = u.worker()
+    wu.call("add_node_to_scopes", ["s"])
+    with pytest.raises(RuntimeError, match="needs a node on etcd"):
+        wu.call("register", "s", "z", confirm=1)
+    assert on(u).whereis_name("s", "z") is None
+    assert wu.call("claim_slot", "s", "slot", 3) == 0  # without confirm: as ever
+
+
+@pytest.fixture
+def cut_link():
+    made: list[CutLink] = []
+
+    def make(endpoints: str) -> CutLink:
+        made.append(CutLink(endpoints.split(",")))
+        return made[-1]
+    yield make
+    for c in made:
+        c.close()
+
+
+def test_a_node_cut_off_from_etcd_goes_down_elsewhere_keeps_serving_and_comes_back(etcd, make_node, cut_link):
+    """Only n1 loses etcd (its connections to every member go into a black hole): the others drop it
+    when its lease ends, reason remote_node_down; n1 keeps serving (and writing) its own tables and
+    drops the others; reconnected, it comes back with its living entries, reason remote_node_up."""
+    e = etcd()
+    link = cut_link(e.endpoints)
+    (n1, n2, n3), (w1, w2, w3) = start(e, make_node, 3, via={"n1": link.endpoints})
+    w1.call("register", "s", "a")
+    w1.call("join", "s", "g")
+    w2.call("register", "s", "b")
+    both = sorted([("a", Pid("n1", w1.pid), None), ("b", Pid("n2", w2.pid), None)], key=repr)
+    for n in (n1, n2, n3):
+        wait_for(lambda: table_of(n) == both and len(on(n).members("s", "g")) == 1, timeout=TIMEOUT,
+                 what=f"before the cut on {n.name}")
+    ev = on(n3).events("s", timeout=TIMEOUT)
+    t0 = time.monotonic()
+    link.cut("blackhole")
+    for n in (n2, n3):
+        wait_for(lambda: table_of(n) == [("b", Pid("n2", w2.pid), None)] and on(n).members("s", "g") == [],
+                 timeout=TIMEOUT, what=f"n1 down on {n.name}: {table_of(n)}")
+    took = time.monotonic() - t0
+    got = sorted((x.kind, x.reason) for x in [next(ev), next(ev)])
+    assert got == [("left", ("remote_node_down", "n1")), ("unregistered", ("remote_node_down", "n1"))]
+    assert took < 8, f"n1 down after {took:.1f}s with a 1 s lease"
+    assert n1.manager_pid() is not None  # cut off, not dead
+    # n1 serves its own tables, writes locally without waiting on etcd, and drops the others
+    assert on(n1).lookup("s", "a") == (Pid("n1", w1.pid), None)
+    w1.call("register", "s", "during-cut")
+    assert on(n1).whereis_name("s", "during-cut") == Pid("n1", w1.pid)
+    wait_for(lambda: on(n1).whereis_name("s", "b") is None, timeout=TIMEOUT, what="n1 drops the others")
+    assert on(n1).subcluster_nodes("s") == []
+    assert on(n2).whereis_name("s", "during-cut") is None
+    link.heal()
+    want = sorted(both + [("during-cut", Pid("n1", w1.pid), None)], key=repr)
+    for n in (n1, n2, n3):
+        wait_for(lambda: table_of(n) == want and len(on(n).members("s", "g")) == 1, timeout=TIMEOUT,
+                 what=f"n1 back on {n.name}: {table_of(n)}")
+    back = sorted((x.kind, x.key, x.reason) for x in [next(ev), next(ev), next(ev)])
+    assert back == [("joined", "g", ("remote_node_up", "n1")), ("registered", "a", ("remote_node_up", "n1")),
+                    ("registered", "during-cut", ("remote_node_up", "n1"))], back
+    assert sorted(on(n2).subcluster_nodes("s")) == ["n1", "n3"]
+
+
+def _status(n) -> dict:
+    import json
+    out = n.cli("--json", "status")
+    return json.loads(out.stdout)["cluster"]
+
+
+def test_a_watch_resumed_below_a_compaction_reads_everything_again(etcd, make_node, cut_link):
+    """n2's links to etcd are cut (refused) for less than its lease, so it stays up and keeps its
+    lease; meanwhile n1 adds and removes entries and etcd is compacted past them: n2's watch cannot
+    resume where it stopped and must read the prefix again (the compacted counter, not a new lease),
+    and it ends with n1's entries as they are."""
+    import msgpack
+    from syn_mp.codec import encode_name
+    e = etcd()
+    link = cut_link(e.endpoints)
+    (n1, n2), (w1, w2) = start(e, make_node, 2, timeout_ms="4000", via={"n2": link.endpoints})
+    w1.call("register", "s", "old")
+    w1.call("register", "s", "kept")
+    wait_for(lambda: len(table_of(n2)) == 2, timeout=TIMEOUT, what="before the cut")
+    before = _status(n2)
+    ev = on(n2).events("s", timeout=TIMEOUT)
+
+    def key(name):
+        return f"/t/e/s/r/{encode_name(name).hex()}/{b'n1'.hex()}/{w1.pid}"
+    t0 = time.monotonic()
+    link.cut("refuse")
+    w1.call("register", "s", "new")
+    w1.call("unregister", "s", "old")
+    def removed(v):  # a tombstone [reason], or already deleted
+        return v is None or len(msgpack.unpackb(v)) == 1
+    wait_for(lambda: e.get(key("new")) is not None and removed(e.get(key("old"))), timeout=TIMEOUT,
+             what="n1's changes in etcd")
+    e.compact()
+    assert time.monotonic() - t0 < 2.5, "the cut lasted longer than n2's lease: not the path under test"
+    link.heal()
+    want = sorted([("kept", Pid("n1", w1.pid), None), ("new", Pid("n1", w1.pid), None)], key=repr)
+    wait_for(lambda: table_of(n2) == want, timeout=TIMEOUT, what=f"n2 after the compaction: {table_of(n2)}")
+    after = _status(n2)
+    assert after["compacted"] == before["compacted"] + 1, (before, after)
+    assert after["leases"] == before["leases"], "n2 took a new lease: it was dropped, not resumed"
+    assert on(n2).subcluster_nodes("s") == ["n1"]
+    got = sorted((x.kind, x.key) for x in [next(ev), next(ev)])
+    assert got == [("registered", "new"), ("unregistered", "old")], got
