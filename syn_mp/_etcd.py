@@ -251,7 +251,11 @@ class EtcdTransport:
                     for t in tasks:
                         t.cancel()
                 for t in done:
-                    t.result()  # raises what ended it
+                    if not t.cancelled():
+                        t.result()  # raises what ended it
+                # only cancelled ones: a gRPC call raises CancelledError in its caller when the
+                # channel it was on is closed (a failover does that); we were not cancelled: again
+                raise _Detached()
             except asyncio.CancelledError:
                 raise
             except _Detached:
