@@ -516,6 +516,8 @@ class Manager:
             try:
                 line = await reader.readline()  # ValueError: a line over the reader's limit
                 req = json.loads(line)
+                if not isinstance(req, dict):
+                    raise ValueError("a request is a JSON object")
                 reply = await self._confirm(req) if req.get("op") in ("expect", "confirm") else self._handle(req)
             except (ValueError, TypeError, KeyError, RecursionError) as e:  # RecursionError: JSON nested too deep
                 reply = {"ok": False, "error": f"bad request: {e}"}
