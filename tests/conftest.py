@@ -33,6 +33,26 @@ def wait_for(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0
         time.sleep(interval)
 
 
+NOBODY = 65534
+
+
+def create_as_nobody(path: str, mode: int) -> None:
+    """Create the file `path` (say a squatted /dev/shm segment) as the user nobody (needs root)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode))
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and os.stat(path).st_uid == NOBODY
+
+
 def pid_alive(pid: int) -> bool:
     from syn_mp._procinfo import start_time
     return start_time(pid) is not None

@@ -16,7 +16,7 @@ import pytest
 import syn_mp
 from syn_mp import _config
 
-from conftest import NodeHandle, Worker, wait_for
+from conftest import NodeHandle, Worker, create_as_nobody, wait_for
 
 VERSION_OFFSET = 8  # the header: magic (u64) at 0, layout version (u64) at 8
 
@@ -186,17 +186,7 @@ def test_a_scope_squatted_by_another_user_is_refused_alone() -> None:
         n.kill_manager()
         path = shm_path(n, "lost")
         os.unlink(path)
-        pid = os.fork()
-        if pid == 0:  # as nobody: the name, first
-            try:
-                os.setgroups([])
-                os.setgid(65534)
-                os.setuid(65534)
-                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o666))
-            finally:
-                os._exit(0)
-        os.waitpid(pid, 0)
-        assert os.stat(path).st_uid == 65534
+        create_as_nobody(path, 0o666)  # the name, first
         n.daemon()
         fresh = n.worker()
         fresh.call("add_node_to_scopes", ["good"])

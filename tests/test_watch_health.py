@@ -20,7 +20,7 @@ import syn_mp
 from syn_mp import _config
 from syn_mp._watch import CANT_TELL
 
-from conftest import ROOT, wait_for
+from conftest import ROOT, create_as_nobody, wait_for
 
 LIMIT = 64  # the manager's soft fd limit: its budget of pidfds is LIMIT - 32 (see _watch.fd_budget)
 
@@ -186,16 +186,7 @@ def test_a_scope_that_cannot_be_opened_is_reported_and_the_others_are_watched(ma
     with open(n.paths.state, "w") as f:
         json.dump({"scopes": ["s", "bad"]}, f)
     path = "/dev/shm/" + _config.segment_name(n.rdir, "bad").lstrip("/")
-    pid = os.fork()
-    if pid == 0:  # the name taken by nobody
-        try:
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
-        finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
+    create_as_nobody(path, 0o600)  # the name taken by nobody
     try:
         n.use()
         _daemon(n)
