@@ -12,7 +12,7 @@
  *   A3 A chunk freed in an operation is not allocated again in the same operation (writers
  *      allocate before they free), so bytes reachable before the operation keep their contents
  *      until it commits: what the readers' overlay (view.h) relies on.
- *   A4 Every chunk that is not a head has word 1 == 0 and type 0; a head's ver is fresh from
+ *   A4 Every chunk that is not a head has type 0 and vers[] 0; a head's ver is fresh from
  *      next_ver, which never goes back, so a (chunk, ver) pair names one entry for ever (I9).
  */
 #ifndef SYN_MP_ALLOC_H
@@ -43,9 +43,7 @@ static uint64_t chunk_alloc(synt_t *t, uint64_t k, uint32_t type) {
     }
     /* carved chunks are past top: unreachable, plain stores */
     for (uint64_t i = 1; i <= c; i++) {
-        uint64_t *w = CW0(t, top + i);
-        w[0] = MK_W0(i < c ? top + i + 1 : 0, 0);
-        w[1] = 0;
+        *CW0(t, top + i) = MK_W0(i < c ? top + i + 1 : 0, 0);  /* (vers[] of a fresh chunk is 0) */
     }
     if (m) {
         W(t, CW0(t, last), MK_W0(c ? top + 1 : 0, 0));
@@ -56,7 +54,7 @@ static uint64_t chunk_alloc(synt_t *t, uint64_t k, uint32_t type) {
     uint64_t head = m ? first : top + 1;
     uint64_t *hw = CW0(t, head);
     W(t, hw, MK_W0(W0_NEXT(*hw), type));
-    W(t, &hw[1], h->next_ver);
+    W(t, VERW(t, head), h->next_ver);
     ST(h->next_ver, h->next_ver + 1); /* not logged: a rolled-back ver is never handed out again */
     return head;
 }
@@ -70,7 +68,7 @@ static int chunk_free(synt_t *t, uint64_t head, uint64_t k) {
         if (!chunk_ok(t, tail)) return -1;
     }
     uint64_t *hw = CW0(t, head);
-    W(t, &hw[1], 0);                               /* I9: a cached (chunk, ver) stops matching */
+    W(t, VERW(t, head), 0);                        /* I9: a cached (chunk, ver) stops matching */
     if (tail == head) {
         W(t, hw, MK_W0(h->free_head, 0));
     } else {

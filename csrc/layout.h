@@ -4,6 +4,9 @@
  *                  counters, node table, journal and announce-ring cursors, undo log
  *   buckets        3 arrays of nbuckets uint32 chunk indices (0 = empty):
  *                  IX_KEY by (type, key), IX_PID by (node, pid), IX_KP by (type, key, node, pid)
+ *   vers           nchunks + 1 uint64 words: vers[i] is chunk i's ver when it is a head, else 0.
+ *                  Dense, so that the one word a cached lookup checks (see I9) stays in the CPU's
+ *                  caches, where a word in each entry's own chunk would be a miss at random
  *   journal        a byte ring of journal_size bytes (a power of two)
  *   announce ring  lives in the header (WRING records of 16 bytes)
  *   heap           nchunks chunks of SYNT_CHUNK bytes; chunk i (1-based: 0 is "none") is at
@@ -12,8 +15,8 @@
  * A chunk is a head (an entry's fields, then its first INLINE bytes of key + meta), a data chunk
  * (the next DATA_BYTES of them) or free. Word 0 of every chunk: the low 32 bits link the next
  * chunk of its chain (the entry's data chunks, or the free list), the high 32 bits hold the type
- * (REG or PG on a head; 0 on data and free chunks). Word 1 is a head's ver, 0 on every other chunk,
- * so a stale (offset, ver) can never match data bytes (I9).
+ * (REG or PG on a head; 0 on data and free chunks). A chunk's ver lives in vers[], never among
+ * data bytes, so a stale (word, ver) can't match what a user wrote (I9).
  *
  * Every field is distrusted by readers: an index is checked against the local geometry
  * (synt_t, filled by synt_open) before it is followed, a length against its maximum, a chain
@@ -29,7 +32,8 @@
 #include "table.h"
 
 #define MAGIC 0x3142545053594e53ULL /* "SNYSPTB1" little-endian */
-#define VERSION 4u  /* 2: ver zeroed on free; 3: the announce ring; 4: chunks, u32 links, overlay reads */
+#define VERSION 5u  /* 2: ver zeroed on free; 3: the announce ring; 4: chunks, u32 links, overlay
+                       * reads; 5: vers[] apart from the chunks */
 #define UNDO_MAX 512u
 #define NIDX 4
 enum { IX_KEY = 0, IX_PID = 1, IX_KP = 2, IX_NODE = 3 };
@@ -94,7 +98,8 @@ typedef struct {
     uint64_t heap_off;
     uint64_t nchunks;
     uint64_t flags;
-    uint64_t _geom_pad[3];
+    uint64_t vers_off;
+    uint64_t _geom_pad[2];
 
     pthread_mutex_t mutex;
     char _pad0[128];
@@ -140,7 +145,6 @@ typedef struct {
 /* a head chunk */
 typedef struct {
     uint64_t w0;                 /* lo32: next chunk of the chain; hi32: type */
-    uint64_t ver;
     uint64_t link[NIDX];         /* lo32: next, hi32: prev (chunk indices) */
     uint64_t hkey;               /* hash of (type, key) */
     int64_t pid;
@@ -151,10 +155,10 @@ typedef struct {
 } head_t;
 
 #define INLINE (SYNT_CHUNK - sizeof(head_t))
-#define DATA_HDR 16u             /* a data chunk: word 0, word 1 (0), then its bytes */
+#define DATA_HDR 8u              /* a data chunk: word 0, then its bytes */
 #define DATA_BYTES (SYNT_CHUNK - DATA_HDR)
 
-_Static_assert(sizeof(head_t) == 88, "head layout");
+_Static_assert(sizeof(head_t) == 80, "head layout");
 _Static_assert(SYNT_MAX_META < 65536 && SYNT_MAX_KEY < 65536, "lens packs 16-bit lengths");
 
 #define H(t) ((hdr_t *)(t)->base)
@@ -176,6 +180,9 @@ static inline uint64_t chunk_off(const synt_t *t, uint64_t idx) {
 static inline int chunk_ok(const synt_t *t, uint64_t idx) { return idx >= 1 && idx <= t->nchunks; }
 static inline head_t *HD(const synt_t *t, uint64_t idx) { return (head_t *)(t->base + chunk_off(t, idx)); }
 static inline uint64_t *CW0(const synt_t *t, uint64_t idx) { return (uint64_t *)(t->base + chunk_off(t, idx)); }
+/* chunk idx's ver word (I9), in the dense vers[] */
+static inline uint64_t ver_off(const synt_t *t, uint64_t idx) { return t->vers_off + 8 * idx; }
+static inline uint64_t *VERW(const synt_t *t, uint64_t idx) { return (uint64_t *)(t->base + ver_off(t, idx)); }
 
 /* chunks an entry of these lengths takes */
 static inline uint64_t chunks_for(uint64_t datalen) {

@@ -48,6 +48,7 @@
  * was announced before the reset and so held an entry the scan finds, or was filtered as
  * announced after the reset. On an overrun it resets and scans again.
  */
+#define _GNU_SOURCE /* pthread_mutex_clocklock (glibc >= 2.30) */
 #include "table.h"
 
 #include <stdio.h>
@@ -96,10 +97,18 @@ static uint64_t pow2_at_least(uint64_t x) {
 static uint64_t nbuckets_for(uint64_t capacity) { return pow2_at_least(capacity < 16 ? 16 : capacity); }
 static uint64_t journal_for(uint64_t journal) { return pow2_at_least(journal < 65536 ? 65536 : journal); }
 
+/* the heap's chunks for a heap of heap_size bytes (whole pages of whole chunks) */
+static uint64_t nchunks_for(uint64_t heap_size) {
+    uint64_t n = PAGE_UP((heap_size + SYNT_CHUNK - 1) / SYNT_CHUNK * SYNT_CHUNK) / SYNT_CHUNK;
+    return n > 0xfffffffeULL ? 0xfffffffeULL : n;
+}
+
+static uint64_t vers_bytes(uint64_t nchunks) { return PAGE_UP(8 * (nchunks + 1)); }
+
 uint64_t synt_layout_size(uint64_t capacity, uint64_t heap_size, uint64_t journal_size) {
-    uint64_t nb = nbuckets_for(capacity);
-    return PAGE_UP(sizeof(hdr_t)) + PAGE_UP(3 * nb * 4) + journal_for(journal_size) +
-           PAGE_UP((heap_size + SYNT_CHUNK - 1) / SYNT_CHUNK * SYNT_CHUNK);
+    uint64_t nb = nbuckets_for(capacity), nch = nchunks_for(heap_size);
+    return PAGE_UP(sizeof(hdr_t)) + PAGE_UP(3 * nb * 4) + vers_bytes(nch) + journal_for(journal_size) +
+           nch * SYNT_CHUNK;
 }
 
 int synt_init(uint8_t *base, uint64_t size, uint64_t capacity, uint64_t heap_size,
@@ -116,12 +125,13 @@ int synt_init(uint8_t *base, uint64_t size, uint64_t capacity, uint64_t heap_siz
     h->total_size = size;
     h->capacity = capacity;
     h->nbuckets = nb;
+    uint64_t nch = nchunks_for(heap_size);
     h->buckets_off = PAGE_UP(sizeof(hdr_t));
-    h->journal_off = h->buckets_off + PAGE_UP(3 * nb * 4);
+    h->vers_off = h->buckets_off + PAGE_UP(3 * nb * 4);
+    h->journal_off = h->vers_off + vers_bytes(nch);
     h->journal_size = journal_for(journal_size);
     h->heap_off = h->journal_off + h->journal_size;
-    uint64_t nch = (size - h->heap_off) / SYNT_CHUNK;
-    h->nchunks = nch > 0xfffffffeULL ? 0xfffffffeULL : nch;
+    h->nchunks = nch;
     h->flags = flags;
     h->next_ver = 1;
     memcpy(h->nodes[0].name, node, nodelen);
@@ -146,22 +156,23 @@ int synt_open(synt_t *t, uint8_t *base, uint64_t size) {
     hdr_t *h = (hdr_t *)base;
     if (size < PAGE_UP(sizeof(hdr_t))) return SYNT_EBADLAYOUT;
     uint64_t nb = LD(h->nbuckets), joff = LD(h->journal_off), jsz = LD(h->journal_size);
-    uint64_t hoff = LD(h->heap_off), nch = LD(h->nchunks), cap = LD(h->capacity);
+    uint64_t hoff = LD(h->heap_off), nch = LD(h->nchunks), cap = LD(h->capacity), voff = LD(h->vers_off);
     if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != MAGIC || LD(h->version) != VERSION ||
         LD(h->hdr_size) != sizeof(hdr_t) || LD(h->mutex_size) != sizeof(pthread_mutex_t) ||
         LD(h->total_size) != size)
         return SYNT_EBADLAYOUT;
     if (nb < 16 || nb > MAX_BUCKETS || (nb & (nb - 1)) || cap == 0 || cap > nb ||
-        LD(h->buckets_off) != PAGE_UP(sizeof(hdr_t)) ||
-        joff != PAGE_UP(sizeof(hdr_t)) + PAGE_UP(3 * nb * 4) || joff > size ||
+        nch == 0 || nch > 0xfffffffeULL || LD(h->buckets_off) != PAGE_UP(sizeof(hdr_t)) ||
+        voff != PAGE_UP(sizeof(hdr_t)) + PAGE_UP(3 * nb * 4) || joff != voff + vers_bytes(nch) || joff > size ||
         jsz < 65536 || (jsz & (jsz - 1)) || jsz > size - joff || hoff != joff + jsz ||
-        nch == 0 || nch > 0xfffffffeULL || nch > (size - hoff) / SYNT_CHUNK)
+        nch > (size - hoff) / SYNT_CHUNK)
         return SYNT_EBADLAYOUT;
     t->base = base;
     t->size = size;
     t->capacity = cap;
     t->nbuckets = nb;
     t->buckets_off = PAGE_UP(sizeof(hdr_t));
+    t->vers_off = voff;
     t->journal_off = joff;
     t->journal_size = jsz;
     t->heap_off = hoff;
@@ -785,7 +796,7 @@ static int64_t get_fn(const view_t *v, void *a_) {
     int r = find(v, a->type, a->key, a->keylen, a->hk, a->node, a->pid, &e);
     if (r != 1) return r;
     fill_info(&e, a->out);
-    a->ver_off = chunk_off(v->t, e.idx) + offsetof(head_t, ver);
+    a->ver_off = ver_off(v->t, e.idx);
     if (e.metalen <= a->cap && !rd_data(v, &e, e.keylen, e.metalen, a->meta)) return -1;
     return 1;
 }
@@ -1030,6 +1041,7 @@ int64_t synt_field_offset(const char *name) {
         {"buckets_off", offsetof(hdr_t, buckets_off)}, {"journal_off", offsetof(hdr_t, journal_off)},
         {"journal_size", offsetof(hdr_t, journal_size)}, {"heap_off", offsetof(hdr_t, heap_off)},
         {"nchunks", offsetof(hdr_t, nchunks)}, {"flags", offsetof(hdr_t, flags)},
+        {"vers_off", offsetof(hdr_t, vers_off)},
         {"seq", offsetof(hdr_t, seq)}, {"holder_pid", offsetof(hdr_t, holder_pid)},
         {"top", offsetof(hdr_t, top)}, {"free_head", offsetof(hdr_t, free_head)},
         {"free_count", offsetof(hdr_t, free_count)}, {"count", offsetof(hdr_t, count)},
@@ -1105,6 +1117,7 @@ int synt_check(synt_t *t, char *err, uint32_t cap) {
     /* I1 */
     if (h->magic != MAGIC || h->version != VERSION) FAIL("I1 bad magic/version");
     if (h->nbuckets != t->nbuckets || h->capacity != t->capacity || h->heap_off != t->heap_off ||
+        h->vers_off != t->vers_off ||
         h->nchunks != t->nchunks || h->journal_off != t->journal_off || h->journal_size != t->journal_size)
         FAIL("I1 geometry changed since the segment was opened");
     if (h->seq & 1) FAIL("I1 seq odd while unlocked");
@@ -1120,7 +1133,7 @@ int synt_check(synt_t *t, char *err, uint32_t cap) {
     for (uint64_t o = h->free_head; o; o = W0_NEXT(*CW0(t, o))) {
         if (!chunk_ok(t, o) || o > h->top) FAIL("I2 free list has bad chunk %llu", U(o));
         if (mark[o]) FAIL("I2 free list has chunk %llu twice (a cycle)", U(o));
-        if (W0_TYPE(*CW0(t, o)) != 0 || CW0(t, o)[1] != 0) FAIL("I3 free chunk %llu type/ver not 0", U(o));
+        if (W0_TYPE(*CW0(t, o)) != 0 || *VERW(t, o) != 0) FAIL("I3 free chunk %llu type/ver not 0", U(o));
         mark[o] = 1;
         nfree++;
     }
@@ -1140,7 +1153,7 @@ int synt_check(synt_t *t, char *err, uint32_t cap) {
         for (uint64_t i = 1; i < k; i++, c = W0_NEXT(*CW0(t, c))) {
             if (!chunk_ok(t, c) || c > h->top) FAIL("I4 entry %llu chain has bad chunk %llu", U(o), U(c));
             if (mark[c]) FAIL("I2 chunk %llu of entry %llu is also elsewhere", U(c), U(o));
-            if (W0_TYPE(*CW0(t, c)) != 0 || CW0(t, c)[1] != 0) FAIL("I3 data chunk %llu type/ver not 0", U(c));
+            if (W0_TYPE(*CW0(t, c)) != 0 || *VERW(t, c) != 0) FAIL("I3 data chunk %llu type/ver not 0", U(c));
             mark[c] = 3;
         }
         if (c != 0) FAIL("I4 entry %llu chain longer than %llu chunks", U(o), U(k));

@@ -88,6 +88,7 @@ typedef struct {
     uint64_t capacity;
     uint64_t nbuckets;
     uint64_t buckets_off;
+    uint64_t vers_off;
     uint64_t journal_off;
     uint64_t journal_size;
     uint64_t heap_off;

@@ -73,7 +73,7 @@ static inline int rd_ent(const view_t *v, uint64_t idx, ent_t *e) {
     e->w0 = vw(v, o);
     e->type = W0_TYPE(e->w0);
     if (e->type != SYNT_REG && e->type != SYNT_PG) return 0;
-    e->ver = vw(v, o + offsetof(head_t, ver));
+    e->ver = vw(v, ver_off(t, idx));
     for (int i = 0; i < NIDX; i++) e->link[i] = vw(v, o + offsetof(head_t, link) + 8 * (uint64_t)i);
     e->hkey = vw(v, o + offsetof(head_t, hkey));
     e->pid = (int64_t)vw(v, o + offsetof(head_t, pid));

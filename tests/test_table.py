@@ -796,19 +796,20 @@ class Layout:
         self.t = t
         f = {n: lib.synt_field_offset(n.encode()) for n in (
             "seq", "top", "free_head", "free_count", "count", "reg_count", "pg_count", "nbuckets",
-            "buckets_off", "heap_off", "next_ver")}
+            "buckets_off", "heap_off", "next_ver", "vers_off")}
         assert -1 not in f.values()
         for n, off in f.items():
             setattr(self, n, off)
-        self.nbuckets, self.buckets_off, self.heap_off = (
-            self.u64(f["nbuckets"]), self.u64(f["buckets_off"]), self.u64(f["heap_off"]))
+        self.nbuckets, self.buckets_off, self.heap_off, self.vers_off = (
+            self.u64(f["nbuckets"]), self.u64(f["buckets_off"]), self.u64(f["heap_off"]), self.u64(f["vers_off"]))
         assert self.u64(self.seq) == raw_seq(t)
         st = t.stats()
         assert (self.u64(self.top) - self.u64(self.free_count)) * CHUNK == st["heap_used"]
         assert self.u64(self.count) == st["count"]
 
-    # head_t: w0 (next | type << 32), ver, link[4] (next | prev << 32), hkey, pid, start, time, lens
-    E_W0, E_VER, E_LINK, E_PID = 0, 8, 16, 56
+    # head_t: w0 (next | type << 32), link[4] (next | prev << 32), hkey, pid, start, time, lens;
+    # the ver words are apart, in vers[] (ver())
+    E_W0, E_LINK, E_PID = 0, 8, 48
     IX_KEY, IX_PID, IX_KP, IX_NODE = 0, 1, 2, 3
 
     def u64(self, off: int) -> int:
@@ -825,6 +826,10 @@ class Layout:
 
     def idx(self, off: int) -> int:
         return (off - self.heap_off) // CHUNK + 1
+
+    def ver(self, entry: int) -> int:
+        """offset of the ver word of the chunk at `entry`"""
+        return self.vers_off + 8 * self.idx(entry)
 
     def link(self, entry: int, ix: int, prev: bool = False) -> int:
         """offset of the uint32 next (or prev) link of the entry at `entry` on list ix"""
@@ -975,17 +980,17 @@ def test_checker_catches_a_free_blob_that_keeps_its_ver(three_entries):
     """I9: a freed entry's ver is 0, or a lookup cache holding (offset, ver) would trust it."""
     t, lay, ents = three_entries
     e2 = ents[1][0]
-    ver = lay.u64(e2 + lay.E_VER)
+    ver = lay.u64(lay.ver(e2))
     t.delete(REG, b"name2")
     sound(t)
-    assert ver != 0 and lay.u64(e2 + lay.E_VER) == 0
-    lay.put64(e2 + lay.E_VER, ver)
+    assert ver != 0 and lay.u64(lay.ver(e2)) == 0
+    lay.put64(lay.ver(e2), ver)
     assert "I3" in (check_in_child(t) or "")
 
 
 def test_checker_catches_a_live_entry_without_a_ver(three_entries):
     t, lay, ents = three_entries
-    lay.put64(ents[0][0] + lay.E_VER, 0)
+    lay.put64(lay.ver(ents[0][0]), 0)
     assert "I9" in (check_in_child(t) or "")
 
 
@@ -995,7 +1000,7 @@ def test_a_read_names_the_ver_word_that_an_update_or_a_delete_clears(three_entri
     t, lay, ents = three_entries
     found, node, pid, meta, word, ver = t.read_reg(b"name1")
     assert (found, node, pid, meta) == (1, 0, 1, b"m")
-    assert word * 8 == ents[0][0] + lay.E_VER and t.words[word] == ver != 0
+    assert word * 8 == lay.ver(ents[0][0]) and t.words[word] == ver != 0
     t.put(REG, b"other", 0, 9, 1, 1, b"x")
     t.delete(REG, b"name3")
     assert t.words[word] == ver  # unrelated writes: still valid

@@ -193,6 +193,7 @@ def test_an_announce_reader_exactly_one_ring_behind_never_takes_the_slot_being_o
 @pytest.mark.parametrize("name,value", [
     ("nbuckets", 1 << 40), ("nbuckets", 3), ("buckets_off", 1 << 62), ("journal_off", 8),
     ("journal_size", 1 << 63), ("heap_off", 1 << 63), ("nchunks", 1 << 40), ("capacity", 0),
+    ("vers_off", 1 << 62),
 ])
 def test_a_segment_with_impossible_geometry_is_refused_at_attach(segments, name, value):
     t = segments.create()
@@ -208,7 +209,8 @@ def test_geometry_rewritten_after_attach_is_never_followed(segments):
     for i in range(20):
         t.put(REG, b"n%d" % i, 0, i, 1, 1, b"m%d" % i)
         t.put(PG, b"g", 0, i, 1, 1, b"")
-    for name in ("nbuckets", "buckets_off", "journal_off", "journal_size", "heap_off", "nchunks", "capacity"):
+    for name in ("nbuckets", "buckets_off", "vers_off", "journal_off", "journal_size", "heap_off", "nchunks",
+                 "capacity"):
         put64(t, name, (1 << 63) - 8)
 
     def reads() -> None:
