@@ -272,10 +272,10 @@ def test_a_name_freed_by_conflict_resolution_says_so_on_a_third_node(make_node, 
 
 
 HANGS = '''
-import time
+import threading
 class Hangs:
     def resolve_registry_conflict(self, scope, name, one, two):
-        time.sleep(3600)
+        threading.Event().wait()  # a resolver that never returns
 '''
 
 
