@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple, Optional
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import syn_mp
 from syn_mp import _config
@@ -104,6 +104,23 @@ class Claim(NamedTuple):
 
 
 _claim: Optional[Claim] = None
+
+
+def slots_from_env_or_command(server: str, argv: Sequence[str]) -> Optional[int]:
+    """A web server's worker count from SYN_MP_SLOTS or WEB_CONCURRENCY; None when neither is set
+    and the process was started by `server`'s command (its caller reads that command line then).
+    SettingsError when a variable is not a positive integer, or the command is another one."""
+    for var in ("SYN_MP_SLOTS", "WEB_CONCURRENCY"):
+        raw = os.environ.get(var, "").strip()
+        if raw:
+            if not raw.isdigit() or int(raw) <= 0:
+                raise SettingsError(f"{var}={raw!r} is not a positive integer")
+            return int(raw)
+    prog = os.path.basename(argv[0]) if argv else ""
+    if not (prog.startswith(server) or argv[0:1] and argv[0].endswith(os.path.join(server, "__main__.py"))):
+        raise SettingsError(f"can't tell how many workers {server} runs (not started by the {server} command): "
+                            "set SYN_MP_SLOTS or pass wrap(app, slots=N)")
+    return None
 
 
 def claim_worker_id(settings: Settings, meta: Optional[Mapping[str, Any]] = None) -> int:

@@ -19,11 +19,10 @@ all (hypercorn's own choice), and the ids go with them.
 """
 from __future__ import annotations
 
-import os
 import sys
 from typing import Optional, Sequence
 
-from syn_mp.contrib import SettingsError, worker_id
+from syn_mp.contrib import SettingsError, slots_from_env_or_command, worker_id
 from syn_mp.contrib.uvicorn import ASGIApp, SynMpLifespan
 
 __all__ = ["wrap", "HypercornLifespan", "worker_id", "slots_from_environment"]
@@ -31,17 +30,10 @@ __all__ = ["wrap", "HypercornLifespan", "worker_id", "slots_from_environment"]
 
 def slots_from_environment(argv: Optional[Sequence[str]] = None) -> int:
     """The number of hypercorn workers, from SYN_MP_SLOTS, WEB_CONCURRENCY or hypercorn's command line."""
-    for var in ("SYN_MP_SLOTS", "WEB_CONCURRENCY"):
-        raw = os.environ.get(var, "").strip()
-        if raw:
-            if not raw.isdigit() or int(raw) <= 0:
-                raise SettingsError(f"{var}={raw!r} is not a positive integer")
-            return int(raw)
     args = list(sys.argv if argv is None else argv)
-    prog = os.path.basename(args[0]) if args else ""
-    if not (prog.startswith("hypercorn") or args[0:1] and args[0].endswith(os.path.join("hypercorn", "__main__.py"))):
-        raise SettingsError("can't tell how many workers hypercorn runs (not started by the hypercorn command): "
-                            "set SYN_MP_SLOTS or pass wrap(app, slots=N)")
+    n = slots_from_env_or_command("hypercorn", args)
+    if n is not None:
+        return n
     value = None
     for k, a in enumerate(args[1:], 1):  # the last one given wins, as argparse does
         if a in ("-w", "--workers") and k + 1 < len(args):

@@ -24,11 +24,11 @@ moment: set ``SYN_MP_SLOTS`` to N+1 if you use it, or the new worker waits for a
 """
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any, Awaitable, Callable, MutableMapping, Optional, Sequence
 
-from syn_mp.contrib import Settings, SettingsError, claim_worker_id, release_worker_id, worker_id
+from syn_mp.contrib import (Settings, SettingsError, claim_worker_id, release_worker_id, slots_from_env_or_command,
+                            worker_id)
 
 __all__ = ["wrap", "SynMpLifespan", "worker_id", "slots_from_environment"]
 
@@ -42,17 +42,10 @@ ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
 
 def slots_from_environment(argv: Optional[Sequence[str]] = None) -> int:
     """The number of uvicorn workers, from SYN_MP_SLOTS, WEB_CONCURRENCY or uvicorn's command line."""
-    for var in ("SYN_MP_SLOTS", "WEB_CONCURRENCY"):
-        raw = os.environ.get(var, "").strip()
-        if raw:
-            if not raw.isdigit() or int(raw) <= 0:
-                raise SettingsError(f"{var}={raw!r} is not a positive integer")
-            return int(raw)
     args = list(sys.argv if argv is None else argv)  # a spawned worker has its parent's argv
-    prog = os.path.basename(args[0]) if args else ""
-    if not (prog.startswith("uvicorn") or args[0:1] and args[0].endswith(os.path.join("uvicorn", "__main__.py"))):
-        raise SettingsError("can't tell how many workers uvicorn runs (not started by the uvicorn command): "
-                            "set SYN_MP_SLOTS or pass wrap(app, slots=N)")
+    n = slots_from_env_or_command("uvicorn", args)
+    if n is not None:
+        return n
     for k, a in enumerate(args):
         value = args[k + 1] if a == "--workers" and k + 1 < len(args) else (
             a.split("=", 1)[1] if a.startswith("--workers=") else None)
