@@ -1,9 +1,11 @@
-"""Helpers shared by the tests that run real servers (gunicorn, uvicorn, celery)."""
+"""Helpers shared by the tests that run real servers (gunicorn, uvicorn, hypercorn, celery)."""
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
 import urllib.request
 
 import pytest
@@ -40,3 +42,18 @@ def ids_when(scope: str, want: list[int]) -> dict[int, int] | None:
     got = ids(scope)
     members = sorted(m["id"] for _, m in syn_mp.members(scope, "workers"))
     return got if sorted(got) == want and members == want else None
+
+
+def stop(proc: subprocess.Popen, pids: set[int], grace: float = 15) -> None:
+    """SIGTERM the server's master (a graceful stop), then SIGKILL whatever of ours is left, by pid."""
+    from conftest import pid_alive
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    for pid in pids:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)

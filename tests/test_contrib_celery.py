@@ -15,7 +15,7 @@ import pytest
 import syn_mp
 
 from conftest import pid_alive, wait_for
-from servers import require, free_port, ids, ids_when
+from servers import require, free_port, ids, ids_when, stop
 
 
 def ci() -> bool:
@@ -119,16 +119,7 @@ def test_celery_prefork_children_get_stable_ids_and_a_replacement_reclaims_the_d
         assert answers[0]["id"] == 1 and answers[0]["env"] == "1"
     finally:
         client.close()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # warm shutdown: the children leave cleanly
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        for pid in seen:
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        stop(proc, seen, grace=20)  # warm shutdown: the children leave cleanly
         log.close()
     wait_for(lambda: not ids("celery") and not syn_mp.members("celery", "workers"), what="ids freed")
     assert not any(pid_alive(p) for p in seen)

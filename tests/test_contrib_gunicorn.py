@@ -13,7 +13,7 @@ import psutil
 import syn_mp
 
 from conftest import pid_alive, wait_for
-from servers import require, free_port, get, ids, ids_when
+from servers import require, free_port, get, ids, ids_when, stop
 
 
 APP = '''
@@ -42,20 +42,6 @@ def spread(port: int, n: int) -> list[dict]:
     """n slow requests at once: each busy worker leaves the next request to another."""
     with ThreadPoolExecutor(n) as ex:
         return list(ex.map(lambda _: get(port, "slow"), range(n)))
-
-
-def stop(proc: subprocess.Popen, pids: set[int]) -> None:
-    """SIGTERM the master (a graceful stop), then SIGKILL whatever of ours is left, by pid."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-    for pid in pids:
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
 
 
 def test_gunicorn_workers_get_stable_ids_and_a_replacement_reclaims_the_dead_ones(make_node, tmp_path):

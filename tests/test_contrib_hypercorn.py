@@ -14,7 +14,7 @@ import syn_mp
 from syn_mp.contrib import SettingsError
 
 from conftest import pid_alive, wait_for
-from servers import require, free_port, get, ids, ids_when
+from servers import require, free_port, get, ids, ids_when, stop
 
 APP = '''
 import json, os
@@ -48,19 +48,6 @@ def _hypercorn(n, tmp_path, port: int, *args: str) -> tuple[subprocess.Popen, ob
     return proc, log
 
 
-def _stop(proc: subprocess.Popen, seen: set[int]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-    for pid in seen:
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-
-
 def test_hypercorn_workers_get_stable_ids_given_back_at_shutdown(make_node, tmp_path):
     require("hypercorn")
     n = make_node().use()
@@ -81,7 +68,7 @@ def test_hypercorn_workers_get_stable_ids_given_back_at_shutdown(make_node, tmp_
         proc.send_signal(signal.SIGTERM)  # a clean stop: the lifespan shutdown gives the ids back
         proc.wait(timeout=30)
     finally:
-        _stop(proc, seen)
+        stop(proc, seen)
         log.close()  # type: ignore[attr-defined]
     assert not ids("web") and not syn_mp.members("web", "workers")  # given back, not purged
     assert not any(pid_alive(p) for p in seen)
@@ -104,7 +91,7 @@ def test_a_killed_worker_stops_hypercorn_and_every_id_goes(make_node, tmp_path):
         proc.wait(timeout=30)
         wait_for(lambda: not ids("web") and not syn_mp.members("web", "workers"), what="every id gone")
     finally:
-        _stop(proc, seen)
+        stop(proc, seen)
         log.close()  # type: ignore[attr-defined]
 
 
