@@ -12,7 +12,7 @@
  *   heap           nchunks chunks of SYNT_CHUNK bytes; chunk i (1-based: 0 is "none") is at
  *                  heap_off + (i - 1) * SYNT_CHUNK
  *
- * A chunk is a head (an entry's fields, then its first INLINE bytes of key + meta), a data chunk
+ * A chunk is a head (an entry's 64 bytes of fields, then its first INLINE bytes of key + meta), a data chunk
  * (the next DATA_BYTES of them) or free. Word 0 of every chunk: the low 32 bits link the next
  * chunk of its chain (the entry's data chunks, or the free list), the high 32 bits hold the type
  * (REG or PG on a head; 0 on data and free chunks). A chunk's ver lives in vers[], never among
@@ -32,8 +32,8 @@
 #include "table.h"
 
 #define MAGIC 0x3142545053594e53ULL /* "SNYSPTB1" little-endian */
-#define VERSION 5u  /* 2: ver zeroed on free; 3: the announce ring; 4: chunks, u32 links, overlay
-                       * reads; 5: vers[] apart from the chunks */
+#define VERSION 6u  /* 2: ver zeroed on free; 3: the announce ring; 4: chunks, u32 links, overlay
+                       * reads; 5: vers[] apart from the chunks; 6: 64-byte heads, 112-byte chunks */
 #define UNDO_MAX 512u
 #define NIDX 4
 enum { IX_KEY = 0, IX_PID = 1, IX_KP = 2, IX_NODE = 3 };
@@ -142,12 +142,17 @@ typedef struct {
     pidpair_t w_seen[WSEEN];
 } hdr_t;
 
-/* a head chunk */
+/* a head chunk: 64 bytes. The bucket chains (IX_KEY, IX_KP) are singly linked: they are a few
+ * entries long, so an unlink walks its chain for the predecessor. The per-process (IX_PID) and
+ * per-node (IX_NODE) lists can be long and are doubly linked. */
 typedef struct {
     uint64_t w0;                 /* lo32: next chunk of the chain; hi32: type */
-    uint64_t link[NIDX];         /* lo32: next, hi32: prev (chunk indices) */
-    uint64_t hkey;               /* hash of (type, key) */
-    int64_t pid;
+    uint32_t next_key;           /* IX_KEY: next */
+    uint32_t next_kp;            /* IX_KP: next */
+    uint64_t link_pid;           /* IX_PID: lo32 next, hi32 prev */
+    uint64_t link_node;          /* IX_NODE: lo32 next, hi32 prev */
+    uint32_t hkey;               /* hash of (type, key) */
+    int32_t pid;                 /* an OS pid (pid_max <= 2^22); puts refuse one outside int32 */
     uint64_t start;
     int64_t time_ns;
     uint64_t lens;               /* node | keylen << 32 | metalen << 48 */
@@ -158,7 +163,9 @@ typedef struct {
 #define DATA_HDR 8u              /* a data chunk: word 0, then its bytes */
 #define DATA_BYTES (SYNT_CHUNK - DATA_HDR)
 
-_Static_assert(sizeof(head_t) == 80, "head layout");
+_Static_assert(sizeof(head_t) == 64, "head layout");
+_Static_assert(offsetof(head_t, next_kp) == offsetof(head_t, next_key) + 4, "the bucket links share a word");
+_Static_assert(offsetof(head_t, pid) == offsetof(head_t, hkey) + 4, "hkey and pid share a word");
 _Static_assert(SYNT_MAX_META < 65536 && SYNT_MAX_KEY < 65536, "lens packs 16-bit lengths");
 
 #define H(t) ((hdr_t *)(t)->base)

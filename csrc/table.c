@@ -7,8 +7,9 @@
  *   view.h     the read protocol: readers never wait for a writer
  *
  * An entry is a chain of chunks: a head (its fields, the first bytes of key and meta) and data
- * chunks. Its head is on four doubly linked lists (chunk indices): its IX_KEY bucket chain, its
- * IX_PID chain, its IX_KP chain (groups; registry entries leave it unlinked) and its node's list.
+ * chunks. Its head is on four lists (chunk indices): its IX_KEY bucket chain and its IX_KP chain
+ * (groups; registry entries leave it unlinked), both singly linked and short, and its IX_PID
+ * chain and its node's list, doubly linked since one process or node may hold many entries.
  *
  * INVARIANTS (synt_check verifies all of them, under the mutex, after repair)
  *   I1 hdr magic/version/geometry are what synt_init wrote; seq is even, undo_n == 0 and no ring
@@ -18,8 +19,8 @@
  *      list's length.
  *   I3 a chunk is free or data iff its type is 0, and then its word 1 is 0 (A4).
  *   I4 a live entry (type REG or PG) is on exactly the lists named above, in the bucket its
- *      stored hash selects, and every link is mutual (n->prev == e); its chain is exactly
- *      chunks_for(keylen + metalen) long.
+ *      stored hash selects, and every link of a doubly linked list is mutual (n->prev == e); its
+ *      chain is exactly chunks_for(keylen + metalen) long.
  *   I5 keylen <= MAX_KEY, metalen <= MAX_META.
  *   I6 at most one REG entry per key; at most one PG entry per (key, node, pid).
  *   I7 count, reg_count, pg_count and the per-node counters equal what the lists hold;
@@ -69,10 +70,11 @@ static inline uint64_t mix64(uint64_t x) {
     return x ^ (x >> 31);
 }
 
+/* 32 bits, as a head stores it (buckets are at most 2^31) */
 static uint64_t hash_key(uint32_t type, const uint8_t *k, uint32_t n) {
     uint64_t h = 0xcbf29ce484222325ULL ^ type;
     for (uint32_t i = 0; i < n; i++) { h ^= k[i]; h *= 0x100000001b3ULL; }
-    return mix64(h);
+    return (uint32_t)mix64(h);
 }
 
 static inline uint64_t hash_pid(uint64_t node, int64_t pid) {
@@ -188,8 +190,23 @@ static inline uint32_t nnodes_of(synt_t *t) {
 
 /* ------------------------------------------------------------------ lists */
 
+/* the bucket chains are singly linked (a uint32 next); the pid and node lists doubly (a word:
+ * next | prev << 32) */
+static inline int doubly(int ix) { return ix == IX_PID || ix == IX_NODE; }
+
 static inline uint64_t link_off(synt_t *t, uint64_t idx, int ix) {
-    return chunk_off(t, idx) + offsetof(head_t, link) + 8 * (uint64_t)ix;
+    uint64_t o = chunk_off(t, idx);
+    switch (ix) {
+    case IX_KEY: return o + offsetof(head_t, next_key);
+    case IX_KP: return o + offsetof(head_t, next_kp);
+    case IX_PID: return o + offsetof(head_t, link_pid);
+    default: return o + offsetof(head_t, link_node);
+    }
+}
+
+/* the next link of chunk idx on list ix, as stored (the writer's, or the checker's, view) */
+static inline uint32_t link_next(synt_t *t, uint64_t idx, int ix) {
+    return doubly(ix) ? L_NEXT(*(uint64_t *)(t->base + link_off(t, idx, ix))) : R32(t, link_off(t, idx, ix));
 }
 
 /* offset of the uint32 head of list ix for an entry with these fields */
@@ -205,6 +222,11 @@ static uint64_t list_head_off(synt_t *t, int ix, uint64_t hkey, uint32_t node, i
 /* push a new (unreachable) entry at the head of a list */
 static void list_push(synt_t *t, int ix, uint64_t hoff, uint64_t idx) {
     uint32_t old = R32(t, hoff);
+    if (!doubly(ix)) {
+        *(uint32_t *)(t->base + link_off(t, idx, ix)) = old; /* unreachable: plain */
+        W32(t, hoff, (uint32_t)idx);
+        return;
+    }
     *(uint64_t *)(t->base + link_off(t, idx, ix)) = MK_L(old, 0); /* unreachable: plain */
     if (old) {
         uint64_t *ol = (uint64_t *)(t->base + link_off(t, old, ix));
@@ -214,6 +236,22 @@ static void list_push(synt_t *t, int ix, uint64_t hoff, uint64_t idx) {
 }
 
 static void list_unlink(synt_t *t, int ix, uint64_t hoff, uint64_t idx) {
+    if (!doubly(ix)) {
+        /* a bucket chain: find the link that points at idx (the head's, or a predecessor's);
+         * bounded, and only through indices in range (I2 holds under the mutex, but a walk
+         * never trusts the segment) */
+        uint64_t at = hoff;
+        for (uint64_t o = R32(t, hoff), steps = 0; o && steps <= t->nchunks; steps++) {
+            if (!chunk_ok(t, o)) return;
+            if (o == idx) {
+                W32(t, at, link_next(t, idx, ix));
+                return;
+            }
+            at = link_off(t, o, ix);
+            o = R32(t, at);
+        }
+        return;
+    }
     uint64_t l = *(uint64_t *)(t->base + link_off(t, idx, ix));
     uint32_t nx = L_NEXT(l), pv = L_PREV(l);
     if (pv) {
@@ -447,7 +485,7 @@ static void link_entry(synt_t *t, const ent_t *e) {
     list_push(t, IX_KEY, list_head_off(t, IX_KEY, e->hkey, e->node, e->pid), e->idx);
     list_push(t, IX_PID, list_head_off(t, IX_PID, e->hkey, e->node, e->pid), e->idx);
     if (e->type == SYNT_PG) list_push(t, IX_KP, list_head_off(t, IX_KP, e->hkey, e->node, e->pid), e->idx);
-    else *(uint64_t *)(t->base + link_off(t, e->idx, IX_KP)) = 0;
+    else *(uint32_t *)(t->base + link_off(t, e->idx, IX_KP)) = 0; /* unreachable: plain */
     list_push(t, IX_NODE, list_head_off(t, IX_NODE, e->hkey, e->node, e->pid), e->idx);
     W(t, &h->count, h->count + 1);
     if (e->type == SYNT_REG) {
@@ -484,8 +522,8 @@ static int make_entry(synt_t *t, uint32_t type, const uint8_t *key, uint32_t key
     if (!idx) return 0;
     head_t *hd = HD(t, idx);
     /* unreachable until linked: plain stores (word 0 and ver were set by the allocator) */
-    hd->hkey = hk;
-    hd->pid = pid;
+    hd->hkey = (uint32_t)hk;
+    hd->pid = (int32_t)pid; /* in range: checked by every put */
     hd->start = start;
     hd->time_ns = time_ns;
     hd->lens = MK_LENS(node, keylen, metalen);
@@ -593,6 +631,7 @@ int synt_put(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, uint
              uint32_t flags, uint64_t expect_ver, uint32_t reason, uint32_t reason_node,
              synt_info_t *out) {
     if (!args_ok(t, type, keylen, node, metalen)) return SYNT_ETOOBIG;
+    if (pid < INT32_MIN || pid > INT32_MAX) return SYNT_EBADPID; /* a head stores an int32 */
     hdr_t *h = H(t);
     uint64_t hk = hash_key(type, key, keylen);
     int lr = lock(t);
@@ -1069,16 +1108,15 @@ void synt_test_sigstop_after(int64_t n) { test_stop_after = n; }
 #define U(x) ((unsigned long long)(x))
 
 /* Is idx on the list starting at head (following link ix), within `limit` steps, with every
- * prev link mutual? 1 yes, 0 no, -1 a prev link is wrong, -2 a bad index. */
+ * prev link mutual (doubly linked lists)? 1 yes, 0 no, -1 a prev link is wrong, -2 a bad index. */
 static int on_list(synt_t *t, int ix, uint64_t head, uint64_t idx, uint64_t limit) {
     uint64_t prev = 0;
     for (uint64_t o = head, s = 0; o && s <= limit; s++) {
         if (!chunk_ok(t, o)) return -2;
-        uint64_t l = *(uint64_t *)(t->base + link_off(t, o, ix));
-        if (L_PREV(l) != prev) return -1;
+        if (doubly(ix) && L_PREV(*(uint64_t *)(t->base + link_off(t, o, ix))) != prev) return -1;
         if (o == idx) return 1;
         prev = o;
-        o = L_NEXT(l);
+        o = link_next(t, o, ix);
     }
     return 0;
 }
@@ -1187,7 +1225,7 @@ int synt_check(synt_t *t, char *err, uint32_t cap) {
         if (h->nodes[n].reg_count != nreg[n] || h->nodes[n].pg_count != npg[n]) FAIL("I7 node %llu counters", U(n));
         uint64_t s = 0;
         for (uint64_t o = R32(t, list_head_off(t, IX_NODE, 0, (uint32_t)n, 0)); o;
-             o = L_NEXT(*(uint64_t *)(t->base + link_off(t, o, IX_NODE)))) {
+             o = link_next(t, o, IX_NODE)) {
             ent_t e;
             if (++s > limit || !rd_ent(&v, o, &e) || e.node != n) FAIL("I4 node %llu list holds a stranger", U(n));
         }
@@ -1198,7 +1236,7 @@ int synt_check(synt_t *t, char *err, uint32_t cap) {
         uint64_t total = 0;
         for (uint64_t b = 0; b < t->nbuckets; b++) {
             uint64_t boff = t->buckets_off + ((uint64_t)ix * t->nbuckets + b) * 4;
-            for (uint64_t o = R32(t, boff); o; o = L_NEXT(*(uint64_t *)(t->base + link_off(t, o, ix)))) {
+            for (uint64_t o = R32(t, boff); o; o = link_next(t, o, ix)) {
                 if (!chunk_ok(t, o) || o > h->top || mark[o] != 2) FAIL("I4 index %d bucket %llu holds a free or bad chunk", ix, U(b));
                 if (++total > limit) FAIL("I4 index %d has a cycle", ix);
             }

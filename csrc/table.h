@@ -42,6 +42,7 @@
 #define SYNT_EOVERRUN (-10)  /* journal reader fell behind the ring; resync    */
 #define SYNT_EBADLAYOUT (-11) /* not a table of this version                   */
 #define SYNT_ERETIRED (-12)  /* the segment was replaced by a new one: attach again */
+#define SYNT_EBADPID (-13)   /* a pid outside what an entry stores (int32)     */
 
 /* put() flags */
 #define SYNT_F_FORCE 1        /* registry: replace another holder (conflict resolution) */
@@ -77,7 +78,7 @@
 
 /* the heap's unit: an entry is a head chunk (its fields and the first bytes of key and meta)
  * and as many data chunks as the rest takes */
-#define SYNT_CHUNK 128
+#define SYNT_CHUNK 112  /* a 64-byte head and 48 bytes of key + meta: most entries take one */
 
 typedef struct {
     uint8_t *base;

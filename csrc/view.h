@@ -56,7 +56,7 @@ typedef struct {
     uint64_t idx;
     uint64_t w0;
     uint64_t ver;
-    uint64_t link[NIDX];
+    uint64_t link[NIDX];         /* next | prev << 32 (prev 0 on the singly linked bucket chains) */
     uint64_t hkey;
     int64_t pid;
     uint64_t start;
@@ -74,9 +74,14 @@ static inline int rd_ent(const view_t *v, uint64_t idx, ent_t *e) {
     e->type = W0_TYPE(e->w0);
     if (e->type != SYNT_REG && e->type != SYNT_PG) return 0;
     e->ver = vw(v, ver_off(t, idx));
-    for (int i = 0; i < NIDX; i++) e->link[i] = vw(v, o + offsetof(head_t, link) + 8 * (uint64_t)i);
-    e->hkey = vw(v, o + offsetof(head_t, hkey));
-    e->pid = (int64_t)vw(v, o + offsetof(head_t, pid));
+    uint64_t kk = vw(v, o + offsetof(head_t, next_key)); /* next_key | next_kp << 32 */
+    e->link[IX_KEY] = (uint32_t)kk;
+    e->link[IX_KP] = kk >> 32;
+    e->link[IX_PID] = vw(v, o + offsetof(head_t, link_pid));
+    e->link[IX_NODE] = vw(v, o + offsetof(head_t, link_node));
+    uint64_t hp = vw(v, o + offsetof(head_t, hkey)); /* hkey | pid << 32 */
+    e->hkey = (uint32_t)hp;
+    e->pid = (int32_t)(uint32_t)(hp >> 32);
     e->start = vw(v, o + offsetof(head_t, start));
     e->time_ns = (int64_t)vw(v, o + offsetof(head_t, time_ns));
     uint64_t lens = vw(v, o + offsetof(head_t, lens));

@@ -12,7 +12,11 @@ _SCOPE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 # Table geometry for scopes a manager creates; overridable per manager (tests shrink it).
 DEFAULT_CAPACITY = 262_144
 DEFAULT_HEAP_PER_ENTRY = 1024
-DEFAULT_JOURNAL = 8 << 20
+# The journal ring (SYN_MP_JOURNAL_BYTES): about 25,000 records of a small entry. A follower (the
+# manager's event handlers and cluster deltas, events()) that falls further behind than the ring
+# rescans the table or resyncs, which is correct and slower; the ring's pages are memory for good
+# once written (2 MiB: 21 B an entry at 100,000 names).
+DEFAULT_JOURNAL = 2 << 20
 
 
 def runtime_dir(explicit: str | None = None) -> str:

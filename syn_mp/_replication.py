@@ -53,7 +53,7 @@ import signal
 import time
 from typing import Any, Callable, Mapping, NamedTuple, Protocol
 
-from ._table import (BY_NODE, EFULL, ETAKEN, F_FORCE, F_MATCH_PID, R_CONFLICT, R_MANAGER_RESTART, R_NODE_DOWN,
+from ._table import (BY_NODE, EBADPID, EFULL, ETAKEN, F_FORCE, F_MATCH_PID, R_CONFLICT, R_MANAGER_RESTART, R_NODE_DOWN,
                      R_NODE_UP, R_NORMAL, R_PROCESS_EXIT, PG, REG, WITH_KEY, WITH_META, Table, TableError)
 from ._types import Pid
 from .codec import decode, decode_name
@@ -304,6 +304,9 @@ class Replica:
         if rc != ETAKEN:
             if rc == EFULL:
                 log.error("scope %r is full: an entry of node %s was not stored", scope, t.node_name(nid))
+            elif rc == EBADPID:
+                log.warning("scope %r: node %s sent pid %d, which no OS process has: not stored",
+                            scope, t.node_name(nid), e.pid)
             return
         if info.node == nid:  # the authority moved its own name to another of its processes
             t.put(e.type, e.key, nid, e.pid, e.start, e.time_ns, e.meta, flags=F_FORCE, reason=reason,

@@ -28,6 +28,7 @@ FLAG_STRICT = lib.SYNT_FLAG_STRICT
 # A table replaced by a new segment (its name removed, or it was rebuilt): put and delete return
 # ERETIRED, and its users attach the new one (_segments).
 FLAG_RETIRED, ERETIRED = lib.SYNT_FLAG_RETIRED, lib.SYNT_ERETIRED
+EBADPID = lib.SYNT_EBADPID  # a pid outside int32, which an entry's head stores (OS pids are < 2^22)
 CHUNK = lib.SYNT_CHUNK
 chunks_for = lib.synt_chunks_for  # chunks an entry with key + meta of n bytes takes
 MAX_META = lib.SYNT_MAX_META

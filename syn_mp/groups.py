@@ -16,7 +16,8 @@ from ._client import table_of as _table
 from ._client import wake_if_asleep as _after_write
 from ._client import wake_manager as _wake
 from .mailbox import open_mailbox
-from .registry import _IMMUTABLE, _META_NONE, _copier, _frozen
+from ._readonly import freeze
+from .registry import _META_NONE, _copier
 
 
 def join(scope: str, group: Any, pid: _pids.PidArg = None, meta: Any = None) -> None:
@@ -86,12 +87,15 @@ def _members(t: Table, key: bytes, node: int) -> list[tuple[Pid, Any]]:
     cache = t.members_cache
     if len(cache) >= _CACHE_MAX:
         cache.clear()
-    for _, m in pairs:
-        if type(m) not in _IMMUTABLE and not _frozen(m):
+    shared = []
+    for pid, m in pairs:
+        ok, fm = freeze(m)
+        if not ok:
             break
-    else:  # all immutable: the cache shares them
-        cache[ck] = (s0, tuple(pairs), None)
-        return pairs
+        shared.append((pid, fm))
+    else:  # all immutable (dict metas made read-only, _readonly): every caller shares them
+        cache[ck] = (s0, tuple(shared), None)
+        return shared
     fresh = [(pid, _copier(m)) for pid, m in pairs]
     if not all(f for _, f in fresh):
         return pairs  # a nested mutable meta: a copy would cost a decode, so the next call reads again

@@ -16,6 +16,7 @@ from ._table import (BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, ERETIRED, ETA
                      Entry, Table)
 from ._table import delete_local as _delete_local
 from ._table import put_local as _put_local
+from ._readonly import freeze
 from ._types import Pid
 from .codec import decode, decode_name, encode_meta, encode_name
 from .errors import CapacityError, RemotePidError, TakenError, UndefinedError
@@ -109,24 +110,20 @@ def _register_confirmed(scope: str, name: Any, pid: _pids.PidArg, meta: Any, con
 
 
 _new_pid = tuple.__new__  # Pid without NamedTuple's Python-level __new__ (hot path)
-_IMMUTABLE = frozenset({type(None), bool, int, float, str, bytes})
+_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
 # Bound on a process's lookup cache (names it looked up): 131,072 entries of ~250 B at most.
 _CACHE_MAX = 1 << 17
 
 
-def _frozen(v: Any) -> bool:
+def _immutable(v: Any) -> bool:
     t = type(v)
-    return t in _IMMUTABLE or (t is tuple and all(_frozen(x) for x in v))
+    return t in _SCALARS or (t is tuple and all(_immutable(x) for x in v))
 
 
 def _copier(meta: Any) -> Callable[[], Any] | None:
-    """How a cache hit can hand out its own copy of a mutable meta without decoding it again: a
-    shallow copy, when nothing inside can be mutated; None otherwise."""
-    tm = type(meta)
-    if tm is dict or tm is list:
-        for v in (meta.values() if tm is dict else meta):
-            if type(v) not in _IMMUTABLE and not _frozen(v):
-                return None
+    """How a cache hit hands out its own copy of a meta that can't be frozen (_readonly) without
+    decoding it again: a shallow copy of a list of immutables; None otherwise (decode)."""
+    if type(meta) is list and all(_immutable(v) for v in meta):
         return meta.copy
     return None
 
@@ -185,10 +182,12 @@ def _read(t: Table, k: Any, name: Any) -> tuple[Pid, Any] | None:
         return None
     meta = decode(raw)
     pid = _new_pid(Pid, (t.node_name(node), p))
-    if _frozen(meta):
-        result = (pid, meta)
+    shareable, frozen = freeze(meta)
+    if shareable:  # every caller gets this one result (a dict meta read-only: _readonly)
+        result = (pid, frozen)
         cache[k] = (word, value, result, pid, None)
         return result
+    # a list inside: each caller gets its own copy
     fresh = _copier(meta) or functools.partial(decode, raw)
     cache[k] = (word, value, None, pid, fresh)  # `meta` stays the cache's own: callers get copies
     return pid, fresh()

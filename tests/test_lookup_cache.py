@@ -1,7 +1,9 @@
-"""lookup() and members() reuse what they read only while it is unchanged, and never share a mutable meta."""
+"""lookup() and members() reuse what they read only while it is unchanged, and never share a meta a caller could change."""
 from __future__ import annotations
 
 import os
+
+import pytest
 
 import syn_mp
 from syn_mp import Pid
@@ -84,20 +86,42 @@ def test_a_name_found_missing_is_seen_when_another_process_registers_it(node):
     assert syn_mp.lookup("s", "later") == (Pid("n1", w.pid), [1])
 
 
-def test_flat_and_nested_mutable_metas_are_copies(node):
-    syn_mp.register("s", "d", meta={"port": 80, "tags": ("a", "b")})
+def test_dict_metas_are_shared_read_only_and_list_metas_are_copies(node):
+    import copy
+    import json
+    import pickle
+    syn_mp.register("s", "d", meta={"port": 80, "tags": ("a", "b"), "sub": {"x": 1}})
     syn_mp.register("s", "l", meta=[1, "x"])
     syn_mp.register("s", "n", meta={"k": {"j": [1]}})
-    for name in ("d", "l", "n"):
+    d1, d2 = syn_mp.lookup("s", "d")[1], syn_mp.lookup("s", "d")[1]
+    assert d1 is d2 and isinstance(d1, dict) and d1 == {"port": 80, "tags": ("a", "b"), "sub": {"x": 1}}
+    for change in (lambda m: m.__setitem__("port", 0), lambda m: m.pop("port"), lambda m: m.update(a=1),
+                   lambda m: m.clear(), lambda m: m.setdefault("z", 1), lambda m: m.popitem(),
+                   lambda m: m.__delitem__("port"), lambda m: m["sub"].__setitem__("x", 2)):
+        with pytest.raises(TypeError, match="read-only"):
+            change(d1)
+    with pytest.raises(TypeError, match="read-only"):
+        d1 |= {"a": 1}
+    # what a caller does to get a meta it can change, and what it hands on, are plain dicts
+    for mutable in (dict(d1), d1.copy(), copy.copy(d1), copy.deepcopy(d1), pickle.loads(pickle.dumps(d1)), d1 | {}):
+        assert mutable == d1
+        mutable["port"] = 1
+    assert copy.deepcopy(d1)["sub"].__class__ is dict
+    assert json.loads(json.dumps(d1)) == {"port": 80, "tags": ["a", "b"], "sub": {"x": 1}}
+    syn_mp.register("s", "again", meta=d1)  # a looked-up meta registers as a dict
+    assert syn_mp.lookup("s", "again")[1] == d1
+    assert syn_mp.lookup("s", "d")[1] == {"port": 80, "tags": ("a", "b"), "sub": {"x": 1}}
+    # a list can't be frozen without changing its type: each caller gets its own
+    for name in ("l", "n"):
         a, b = syn_mp.lookup("s", name)[1], syn_mp.lookup("s", name)[1]
         assert a == b and a is not b
-    d = syn_mp.lookup("s", "d")[1]
-    d["port"] = 0
     syn_mp.lookup("s", "l")[1].append(2)
     syn_mp.lookup("s", "n")[1]["k"]["j"].append(2)
-    assert syn_mp.lookup("s", "d")[1] == {"port": 80, "tags": ("a", "b")}
     assert syn_mp.lookup("s", "l")[1] == [1, "x"]
     assert syn_mp.lookup("s", "n")[1] == {"k": {"j": [1]}}
+    # update_registry's function gets a meta it may change in place
+    syn_mp.update_registry("s", "d", lambda pid, m: (m.__setitem__("port", 81), m)[1])
+    assert syn_mp.lookup("s", "d")[1]["port"] == 81
 
 
 def test_a_full_cache_starts_over_and_stays_right(node, monkeypatch):
@@ -155,16 +179,17 @@ def test_lookups_never_go_back_in_time_while_a_writer_updates(node):
         p.wait()
 
 
-def test_members_are_cached_until_the_table_changes_and_never_share_a_mutable_meta(node):
+def test_members_are_cached_until_the_table_changes_and_never_share_what_a_caller_can_change(node):
     """members() answers from its cache while the seqlock word is unchanged; a join elsewhere (by
-    another process) is seen at once, and a caller that mutates its result changes nothing."""
+    another process) is seen at once, and a caller that changes its result changes nothing."""
     w = node.worker()
     me = os.getpid()
     syn_mp.join("s", "g", meta={"port": 1})
     first = syn_mp.members("s", "g")
     assert first == [(Pid("n1", me), {"port": 1})]
-    first[0][1]["port"] = 99
-    first.append("junk")
+    with pytest.raises(TypeError, match="read-only"):
+        first[0][1]["port"] = 99  # a dict meta is shared, read-only (as lookup's)
+    first.append("junk")  # the list is the caller's own
     assert syn_mp.members("s", "g") == [(Pid("n1", me), {"port": 1})]
     w.call("join", "s", "g", meta=("t", 2))
     assert syn_mp.members("s", "g") == sorted([(Pid("n1", me), {"port": 1}), (Pid("n1", w.pid), ("t", 2))])

@@ -420,6 +420,21 @@ def test_write_to_unknown_node_is_rejected(make_table):
     assert t.stats()["count"] == 0
 
 
+def test_a_pid_outside_int32_is_refused_and_matches_nothing(make_table):
+    """A head stores the pid in 32 bits (OS pids are below 2^22): a put of any other is refused
+    whole, and a read or purge by such a pid finds nothing rather than a truncated pid's entries."""
+    t = make_table()
+    for p in ((1 << 31) - 1, -(1 << 31), 7):
+        assert t.put(REG, b"n%d" % p, 0, p, 1, 1, b"")[0] == INSERTED
+        assert t.get(REG, b"n%d" % p).pid == p
+    for p in (1 << 31, -(1 << 31) - 1, (1 << 32) + 7, (1 << 63) - 1):
+        assert t.put(REG, b"big", 0, p, 1, 1, b"")[0] == lib.SYNT_EBADPID
+        assert t.put(PG, b"g", 0, p, 1, 1, b"")[0] == lib.SYNT_EBADPID
+        assert t.purge_pid(0, p, 1, 0) == 0
+    assert t.stats()["count"] == 3 and t.get(REG, b"n7").pid == 7
+    sound(t)
+
+
 # ------------------------------------------------------------------ limits
 
 
@@ -570,10 +585,10 @@ def test_collect_packed_is_one_msgpack_array_of_the_rows_collect_gives(make_tabl
     other = t.add_node("n2")
     t.put(PG, b"\xa1g", 0, 7, 1, 1, b"\x81\xa4port\x01")
     t.put(PG, b"\xa1g", other, -5, 1, 1, b"")
-    t.put(PG, b"\xa1g", 0, 1 << 40, 1, 1, b"\x93\x01\x02\x03")
+    t.put(PG, b"\xa1g", 0, (1 << 31) - 1, 1, 1, b"\x93\x01\x02\x03")
     t.put(REG, b"\xa1x", 0, 7, 1, 1, b"\xc3")
     rows = msgpack.unpackb(t.collect_packed(BY_KEY, PG, b"\xa1g"))
-    assert sorted(rows) == sorted([[0, 7, {"port": 1}], [other, -5, None], [0, 1 << 40, [1, 2, 3]]])
+    assert sorted(rows) == sorted([[0, 7, {"port": 1}], [other, -5, None], [0, (1 << 31) - 1, [1, 2, 3]]])
     items = t.collect(BY_KEY, PG, b"\xa1g", flags=WITH_META)
     assert sorted((i.node, i.pid) for i in items) == sorted((r[0], r[1]) for r in rows)
     rows = msgpack.unpackb(t.collect_packed(BY_PID, 0, node=0, pid=7, flags=WITH_KEY | WITH_META))
@@ -807,10 +822,11 @@ class Layout:
         assert (self.u64(self.top) - self.u64(self.free_count)) * CHUNK == st["heap_used"]
         assert self.u64(self.count) == st["count"]
 
-    # head_t: w0 (next | type << 32), link[4] (next | prev << 32), hkey, pid, start, time, lens;
-    # the ver words are apart, in vers[] (ver())
-    E_W0, E_LINK, E_PID = 0, 8, 48
+    # head_t: w0 (next | type << 32), next_key, next_kp (u32), link_pid, link_node (next |
+    # prev << 32), hkey (u32), pid (i32), start, time, lens; the ver words are apart, in vers[]
+    E_W0, E_PID = 0, 36
     IX_KEY, IX_PID, IX_KP, IX_NODE = 0, 1, 2, 3
+    E_LINK = {IX_KEY: 8, IX_KP: 12, IX_PID: 16, IX_NODE: 24}
 
     def u64(self, off: int) -> int:
         return struct.unpack_from("=Q", self.t._mm, off)[0]
@@ -832,8 +848,10 @@ class Layout:
         return self.vers_off + 8 * self.idx(entry)
 
     def link(self, entry: int, ix: int, prev: bool = False) -> int:
-        """offset of the uint32 next (or prev) link of the entry at `entry` on list ix"""
-        return entry + self.E_LINK + ix * 8 + (4 if prev else 0)
+        """offset of the uint32 next (or prev: the pid and node lists only) link of the entry at
+        `entry` on list ix"""
+        assert not prev or ix in (self.IX_PID, self.IX_NODE), "the bucket chains are singly linked"
+        return entry + self.E_LINK[ix] + (4 if prev else 0)
 
     def bucket(self, ix: int, b: int) -> int:
         return self.buckets_off + 4 * (self.nbuckets * ix + b)
@@ -844,7 +862,7 @@ class Layout:
         for i in range(1, self.u64(self.top) + 1):
             o = self.heap_off + (i - 1) * CHUNK
             if self.u64(o + self.E_W0) >> 32:
-                out.append((o, self.u64(o + self.E_PID)))
+                out.append((o, struct.unpack_from("=i", self.t._mm, o + self.E_PID)[0]))
         return out
 
 
