@@ -222,7 +222,6 @@ class Diagnose:
             lookup("d", k)
         hit = cache[keys[0]]
         words, word, value = t.words, hit[0], hit[1]
-        meta_obj = {"port": 7}
         d = {k: (("n", 1), {"port": 1}) for k in keys}
         tables = _client.TABLES
 
@@ -266,16 +265,17 @@ class Diagnose:
             ("  lookup_cache.get(name)", _med_ns(each(cache.get, keys), n, reps), "part"),
             ("  the entry's ver word, compared (t.words[i] == v)",
              _med_ns(each(lambda k: words[word] == value, keys), n, reps), "part"),
-            ("  dict.copy() of the cached meta (a mutable meta: every caller gets its own)",
-             _med_ns(each(lambda k: meta_obj.copy(), keys), n, reps), "part"),
+            ("  the cached result's refcount (the shared (Pid, read-only meta) handed out)",
+             _med_ns(each(lambda k: hit[2], keys), n, reps), "part"),
             ("  an empty loop turn with a lambda call (harness)", _med_ns(each(lambda k: None, ek), n, reps), "harness"),
         ]
         self.section("lookup, cached path (the lookup figures)", rows,
                      _profile(loop_lookup(keys)),
                      "A cached answer is checked against one word of the segment: the entry's own ver, which "
                      "the C side zeroes when the entry goes (an update is a new entry); writes to other names "
-                     "leave it alone. An immutable result is shared by every caller; a mutable meta is "
-                     "copied for each (dict.copy when nothing inside it is mutable, else decoded again).")
+                     "leave it alone. The result is shared by every caller, a dict meta read-only "
+                     "(syn_mp/_readonly.py); only a meta holding a list is copied for each (list.copy when "
+                     "nothing inside it is mutable, else decoded again).")
         unc = [
             ("syn_mp.lookup(scope, str), cache emptied before each call (uncached)",
              _med_ns(uncached, n, reps), "whole"),
@@ -378,7 +378,7 @@ class Diagnose:
         cache_big = t_big.lookup_cache
         hits = [cache_big[k] for k in big_keys]
         words = t_big.words
-        meta_objs = [h[4].__self__ for h in hits]  # the cached metas that dict.copy copies
+        results = [h[2] for h in hits]  # the shared results a hit hands out
 
         def each(fn: Callable[[Any], Any], xs: list) -> Callable[[], None]:
             def f() -> None:
@@ -392,7 +392,7 @@ class Diagnose:
             ("  lookup_cache.get(name) alone", _med_ns(each(cache_big.get, big_keys), n, reps), "part"),
             ("  the entries' ver words, compared, alone (random words of the segment)",
              _med_ns(each(lambda h: words[h[0]] == h[1], hits), n, reps), "part"),
-            ("  the metas' dict.copy() alone", _med_ns(each(lambda m: m.copy(), meta_objs), n, reps), "part"),
+            ("  the shared results, referenced alone", _med_ns(each(lambda r: r[0], results), n, reps), "part"),
             (f"lookup among {big:,} names, fresh name objects made in the order used", b_fresh, "whole"),
             ("dict.get among 1,000 keys (names from a pool)", da, "peer"),
             (f"dict.get among {big:,} keys (names from a pool)", db, "peer"),
@@ -407,8 +407,8 @@ class Diagnose:
                      f"the segment do not fit in the CPU's caches, and each lookup touches several of them at "
                      f"random; a plain dict with the same access pattern goes from {da:,.0f} to {db:,.0f} ns "
                      f"({db / da:.1f}x). A cached lookup reads, besides the name and its slot in a dict as "
-                     f"dict.get does, the cache entry, the entry's ver word in the segment and, for a mutable "
-                     f"meta, the meta it copies: the parts above, each alone. With fresh name objects (made "
+                     f"dict.get does, the cache entry, the entry's ver word in the segment and the shared "
+                     f"result it hands out: the parts above, each alone. With fresh name objects (made "
                      f"where they are used, as callers usually do) the {big:,}-name lookup is {b_fresh / a:.2f}x "
                      f"the 1,000-name one.")
 
