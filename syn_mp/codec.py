@@ -123,6 +123,18 @@ def _check_name_size(data: bytes) -> bytes:
     return data
 
 
+# Encodings of recent names (exact str, flat tuples of exact str/int): a register and its
+# unregister encode the same name; a dict hit costs a fifth of packing it again.
+_NAMES: dict[Any, bytes] = {}
+_NAMES_MAX = 1 << 16
+
+
+def _remember(value: Any, data: bytes) -> None:
+    if len(_NAMES) >= _NAMES_MAX:
+        _NAMES.clear()
+    _NAMES[value] = data
+
+
 def encode_name(value: Any) -> bytes:
     """Encode a registry name or group name canonically.
 
@@ -131,9 +143,20 @@ def encode_name(value: Any) -> bytes:
     """
     t = type(value)
     try:
-        # Hot path (every lookup): exact str/int/bytes pack directly, and a flat
-        # tuple of str/int needs no normalising, only its ext header.
-        if t is str or t is int or t is bytes:
+        # Hot path (every write): exact str/int/bytes pack directly, and a flat
+        # tuple of str/int needs no normalising, only its ext header. Exact str
+        # names and flat tuples are remembered: only values of these exact types
+        # are looked up, so 1, 1.0 and True (equal as dict keys) never meet there.
+        if t is str:
+            data = _NAMES.get(value)
+            if data is not None:
+                return data
+            data = _pack(value)
+            if len(data) <= MAX_NAME:
+                _remember(value, data)
+                return data
+            return _check_name_size(data)  # raises
+        if t is int or t is bytes:
             data = _pack(value)
             if len(data) <= MAX_NAME:
                 return data
@@ -144,9 +167,14 @@ def encode_name(value: Any) -> bytes:
                 if tx is not str and tx is not int:
                     break
             else:
+                data = _NAMES.get(value)
+                if data is not None:
+                    return data
                 inner = _pack(list(value))
                 if len(inner) <= _FAST_TUPLE_MAX:
-                    return _TUPLE_HEADERS[len(inner)] + inner
+                    data = _TUPLE_HEADERS[len(inner)] + inner
+                    _remember(value, data)
+                    return data
         return _check_name_size(_pack(_name_item(value, 0)))
     except OverflowError:
         raise EncodingError(
