@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import select
+import signal
 import socket
 import subprocess
+import sys
 import time
 
 import msgpack
@@ -16,7 +19,9 @@ import msgpack
 from syn_mp import Pid, _procinfo, _tcp, _wire, codec, mailbox
 from syn_mp._etcd import EtcdOptions, _refusal
 
-from conftest import wait_for
+from conftest import ROOT, wait_for
+from etcd import _free_ports, require_etcd, require_openssl, require_tool
+from test_contrib_docs import _processes_of
 from test_etcd_cluster import MEMBER, TIMEOUT, start, table_of
 
 PREFIX = "/t/"
@@ -193,3 +198,30 @@ def test_what_is_a_refusal_and_what_is_not():
     gone = _refusal(FileNotFoundError(2, "No such file or directory", "/ca.pem"), o, o.endpoints[0])
     assert gone == "etcd at https://127.0.0.1:1: [Errno 2] No such file or directory: '/ca.pem'"
 
+
+def test_the_tls_walk_through_of_operations_md_runs_as_written(make_node, tmp_path):
+    """docs/operations.md's one-machine etcd with TLS, client certificates and a user, as written:
+    openssl, etcd, etcdctl, two daemons, a name registered on one seen on the other."""
+    require_etcd()
+    require_openssl()
+    require_tool("etcdctl", "etcd-client")
+    with open(os.path.join(ROOT, "docs", "operations.md"), encoding="utf-8") as f:
+        doc = f.read()
+    script = doc.split("<!-- run by tests/test_etcd_security.py -->", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    a, b = make_node("a"), make_node("b")  # their runtime dirs stand in for /tmp/node-a and /tmp/node-b
+    client, peer = _free_ports(2)
+    script = (script.replace("/tmp/etcd-tls", str(tmp_path)).replace("/tmp/node-a", a.rdir)
+              .replace("/tmp/node-b", b.rdir).replace(":2379", f":{client}").replace(":2380", f":{peer}"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYN_MP_", "ETCDCTL_"))}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")  # syn-mp and python3
+    out = tmp_path / "out"
+    try:
+        with open(out, "w") as f:  # a file, not a pipe: whatever the script leaves running can't hold it
+            r = subprocess.run(["bash", "-e", "-c", script], env=env, stdout=f, stderr=subprocess.STDOUT, timeout=60)
+    finally:
+        for p in _processes_of(str(tmp_path), a.rdir, b.rdir):  # a failed run's etcd, daemons, sleeper: by pid
+            p.send_signal(signal.SIGKILL)
+    text = out.read_text()
+    assert r.returncode == 0, text
+    assert re.search(r"^hello\s+a\s+\d+", text, re.M), text
+    wait_for(lambda: a.manager_pid() is None and b.manager_pid() is None, what="both managers stopped")
