@@ -843,6 +843,9 @@ class EtcdTransport:
     # ------------------------------------------------------------ messages
 
     def relay(self, dest: str, target: list, data: bytes) -> None:
+        # over the relay's TCP exchange only, whose MAC covers a nonce the receiver picks per
+        # connection: a recorded message is refused, by the receiver's next life too. The UDP mode
+        # names the receiver's incarnation in a relayed datagram because a datagram has no such nonce.
         info = self.nodes_.get(dest)
         if info is None or not info.ready:
             return  # unknown or down: like a send to a dead process
