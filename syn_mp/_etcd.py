@@ -27,6 +27,7 @@ import asyncio
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import time
@@ -46,6 +47,7 @@ log = logging.getLogger("syn_mp.etcd")
 _BATCH = 64            # operations per etcd transaction (etcd allows 128)
 _CALL_TIMEOUT = 3      # seconds for one etcd call
 _RETRY = 0.2           # seconds between two tries while etcd is unreachable
+_RETRY_REFUSED = 2.0   # ... while it refuses us (each try is a TLS handshake, and a login: a raft write)
 
 
 @dataclass
@@ -71,26 +73,63 @@ def _hostport(url: str) -> tuple[str, int, bool]:
     return u.hostname or "127.0.0.1", u.port or 2379, u.scheme == "https"
 
 
+_CLIENT: Any = None
+
+
 def _client_class() -> Any:
-    """aetcd's Client, connecting with TLS when asked (aetcd itself only makes plain channels)."""
+    """aetcd's Client over a gRPC channel of ours: TLS when given credentials. aetcd 1.0 builds only
+    plain channels, inside connect(); connect() is redone here the same but for the channel (swapping
+    the module's insecure_channel for the call instead would reach any other client connecting
+    meanwhile, across connect()'s await)."""
+    global _CLIENT
+    if _CLIENT is not None:
+        return _CLIENT
     import aetcd
     import grpc
+    from aetcd import exceptions, rpc, watcher
 
     class Client(aetcd.Client):
-        def __init__(self, *a: Any, tls: tuple | None = None, **kw: Any) -> None:
+        def __init__(self, *a: Any, credentials: Any = None, **kw: Any) -> None:
             super().__init__(*a, **kw)
-            self._tls = tls
+            self._credentials = credentials
+            self._closed = False
 
         async def connect(self) -> None:
-            if self._tls is None:
-                return await super().connect()
-            real = aetcd.rpc.insecure_channel
-            creds = grpc.ssl_channel_credentials(*self._tls)
-            aetcd.rpc.insecure_channel = lambda target, options=(): grpc.aio.secure_channel(target, creds, options)
+            if self._connected.is_set():
+                return
+            if self._closed:  # a task still holding a client we dropped: it fails, it does not reconnect
+                raise exceptions.ConnectionFailedError("client closed")
+            target = f"{self._host}:{self._port}"
+            options = list(self._options.items())
+            channel = (grpc.aio.secure_channel(target, self._credentials, options) if self._credentials is not None
+                       else grpc.aio.insecure_channel(target, options))
+            metadata = None
             try:
-                return await super().connect()
-            finally:
-                aetcd.rpc.insecure_channel = real
+                if self._username is not None:
+                    resp = await rpc.AuthStub(channel).Authenticate(
+                        rpc.AuthenticateRequest(name=self._username, password=self._password), timeout=self._timeout)
+                    metadata = (("token", resp.token),)
+            except rpc.AioRpcError as e:
+                # etcd with its authentication off: go on without a token, as etcd's own Go client does
+                if not (e.code() == grpc.StatusCode.FAILED_PRECONDITION and "not enabled" in (e.details() or "")):
+                    await channel.close()
+                    raise exceptions.ClientError(e.details()) from e
+            except BaseException:
+                await channel.close()
+                raise
+            self.channel, self.metadata = channel, metadata
+            self.auth_stub = rpc.AuthStub(channel)
+            self.kvstub = rpc.KVStub(channel)
+            self.clusterstub = rpc.ClusterStub(channel)
+            self.leasestub = rpc.LeaseStub(channel)
+            self.maintenancestub = rpc.MaintenanceStub(channel)
+            self._watcher = watcher.Watcher(rpc.WatchStub(channel), timeout=self._timeout, metadata=metadata)
+            self._connected.set()
+
+        async def close(self) -> None:
+            self._closed = True
+            await super().close()
+    _CLIENT = Client
     return Client
 
 
@@ -99,6 +138,49 @@ def _read(path: str | None) -> bytes | None:
         return None
     with open(path, "rb") as f:
         return f.read()
+
+
+class EtcdRefused(Exception):
+    """etcd turns this node away for a reason a retry will not mend (TLS, the user, its role): at the
+    start, the daemon says so in one line and exits (cli); later, it is an error in the log."""
+
+
+def _status_code(e: BaseException) -> str:
+    """The gRPC status code's name of a failed call ("" if it is not one); aetcd's errors wrap gRPC's."""
+    rpc_error = e.__cause__ if e.__cause__ is not None else e
+    code_of = getattr(rpc_error, "code", None)
+    return getattr(code_of(), "name", "") if callable(code_of) else ""
+
+
+def _token_expired(e: BaseException) -> bool:
+    return _status_code(e) == "UNAUTHENTICATED"
+
+
+def _refusal(e: BaseException, o: EtcdOptions, endpoint: str) -> str | None:
+    """etcd's refusal in one line for the operator; None for a failure a retry may mend (unreachable)."""
+    where = f"etcd at {endpoint}"
+    if isinstance(e, OSError) and e.filename is not None:  # --etcd-ca/-cert/-key, read at each connection
+        return f"{where}: {e}"
+    code = _status_code(e)
+    text = str(e)
+    if code == "PERMISSION_DENIED":
+        who = (f"the user {o.user!r}" if o.user else
+               "this client (without --etcd-user, etcd takes the client certificate's CommonName for the user)")
+        return (f"{where}: permission denied: {who} needs read and write on the prefix {o.prefix} "
+                f"(etcdctl role grant-permission ROLE readwrite {o.prefix} --prefix)")
+    if code == "INVALID_ARGUMENT" and "authentication failed" in text:
+        return f"{where}: authentication failed: wrong user {o.user!r} or password (--etcd-user, --etcd-password-file)"
+    if code == "INVALID_ARGUMENT" and "user name is empty" in text:
+        return f"{where}: etcd's authentication is on: give --etcd-user and --etcd-password-file"
+    if code == "UNAVAILABLE" and (_hostport(endpoint)[2] or o.ca or o.cert):
+        if "handshake" in text.lower():
+            why = re.search(r"OPENSSL_internal:([^:]+(?::[^:]+)?)", text)
+            return (f"{where}: TLS handshake failed ({why.group(1).strip() if why else text}): is etcd's "
+                    f"certificate signed by --etcd-ca, and does it name the host of the URL?")
+        if "TSI_DATA_CORRUPTED" in text:  # the server's alert after the handshake: our certificate
+            return (f"{where}: etcd closed the TLS connection: it wants a client certificate signed by a CA "
+                    f"of its --trusted-ca-file (--etcd-cert, --etcd-key)")
+    return None
 
 
 @dataclass
@@ -117,8 +199,8 @@ class EtcdTransport:
         self.node = replica.node
         self.p = opts.prefix.encode()
         self.ttl = max(1, math.ceil(opts.node_timeout_ms / 1000))
-        self.stats = {"puts": 0, "txns": 0, "etcd_errors": 0, "resyncs": 0, "compacted": 0, "leases": 0,
-                      "conflicts": 0, "relayed": 0, "watch_events": 0}
+        self.stats = {"puts": 0, "txns": 0, "etcd_errors": 0, "etcd_refused": 0, "logins": 0, "resyncs": 0,
+                      "compacted": 0, "leases": 0, "conflicts": 0, "relayed": 0, "watch_events": 0}
         self._ep = 0
         self._gen = 0
         self._client: Any = None
@@ -140,36 +222,63 @@ class EtcdTransport:
         self._last_ok = 0.0                # the last time etcd renewed our lease
         self.relay_key = b""
         self.incarnation = 0
+        self._connecting = asyncio.Lock()
+        self._refused: str | None = None   # etcd's last refusal, logged once
 
     # ------------------------------------------------------------ connection
 
-    async def _c(self) -> Any:
-        if self._client is None:
-            host, port, https = _hostport(self.o.endpoints[self._ep % len(self.o.endpoints)])
-            tls = None
-            if https or self.o.ca or self.o.cert:
-                tls = (_read(self.o.ca), _read(self.o.key), _read(self.o.cert))
-            c = _client_class()(host=host, port=port, username=self.o.user, password=self.o.password,
-                                timeout=_CALL_TIMEOUT, tls=tls)
-            await c.connect()
-            self._client = c
-        return self._client
+    def _endpoint(self) -> str:
+        return self.o.endpoints[self._ep % len(self.o.endpoints)]
 
-    async def _failed(self, gen: int, e: BaseException) -> None:
-        """An etcd call failed: the next one goes to the next endpoint (once per failure)."""
+    def _new_client(self, endpoint: str) -> Any:
+        import grpc
+        host, port, https = _hostport(endpoint)
+        creds = None
+        if https or self.o.ca or self.o.cert:
+            # read at every connection: certificates renewed on disk are taken without a restart
+            creds = grpc.ssl_channel_credentials(_read(self.o.ca), _read(self.o.key), _read(self.o.cert))
+        return _client_class()(host=host, port=port, username=self.o.user, password=self.o.password,
+                               timeout=_CALL_TIMEOUT, credentials=creds)
+
+    async def _c(self) -> Any:
+        # one connection at a time: the tasks that find none wait for the one being made (with a
+        # user, each connection is a login, a write in etcd's raft log)
+        async with self._connecting:
+            if self._client is None:
+                c = self._new_client(self._endpoint())
+                await c.connect()  # closes what it opened when it fails
+                self._client = c
+                if self.o.user is not None:
+                    self.stats["logins"] += 1
+            return self._client
+
+    async def _failed(self, gen: int, e: BaseException) -> float:
+        """An etcd call failed: the next one goes to the next endpoint (once per failure), or, when
+        our login token expired, to the same one with a new login. Returns the pause before the next
+        try: longer when etcd refused us than when it did not answer."""
         self.stats["etcd_errors"] += 1
+        refusal = _refusal(e, self.o, self._endpoint())
+        if refusal is not None:
+            self.stats["etcd_refused"] += 1
+        pause = _RETRY if refusal is None else _RETRY_REFUSED
         if gen != self._gen:
-            return
+            return pause
         self._gen += 1
-        log.info("etcd: %s unreachable (%s: %s); trying the next endpoint",
-                 self.o.endpoints[self._ep % len(self.o.endpoints)], type(e).__name__, e)
-        self._ep += 1
+        if _token_expired(e):
+            # a JWT past its TTL, or a simple token etcd forgot (it keeps them in memory only)
+            log.info("etcd: %s: our login token is no longer valid; logging in again", self._endpoint())
+        else:
+            if refusal is None:
+                log.info("etcd: %s unreachable (%s: %s); trying the next endpoint", self._endpoint(),
+                         type(e).__name__, e)
+            elif refusal != self._refused:  # said once, not at every try
+                log.error("%s; retrying every %gs", refusal, _RETRY_REFUSED)
+                self._refused = refusal
+            self._ep += 1
         c, self._client = self._client, None
         if c is not None:
-            try:
-                await _bounded(c.close(), 1)
-            except Exception:
-                pass
+            await _close(c)
+        return pause
 
     async def _with_client(self, fn: Any) -> Any:
         # connecting is inside the caller's time bound: an endpoint in a black hole (a partition)
@@ -187,8 +296,7 @@ class EtcdTransport:
             except Exception as e:
                 if _is_compacted(e):
                     raise
-                await self._failed(gen, e)
-                await asyncio.sleep(_RETRY)
+                await asyncio.sleep(await self._failed(gen, e))
 
     # ------------------------------------------------------------ keys
 
@@ -210,6 +318,7 @@ class EtcdTransport:
     # ------------------------------------------------------------ start / stop
 
     async def start(self) -> None:
+        await self._probe()
         self.relay_server = _tcp.Server(b"", self._on_request, self.stats)
         host = self.o.interface or _reaching_address(self.o.endpoints[0])
         self.host = host
@@ -219,6 +328,56 @@ class EtcdTransport:
         self._tasks = [loop.create_task(self._run())]
         log.info("etcd cluster: node %r, endpoints %s, prefix %s, lease TTL %ds, relay on %s:%d",
                  self.node, ",".join(self.o.endpoints), self.o.prefix, self.ttl, host, self.port)
+
+    async def _probe(self) -> None:
+        """Before the node serves: does etcd take us at all? Every endpoint is tried at once with what
+        the node will do first (log in, create or read the relay key under the prefix), within one
+        call's time. None accepting and one refusing (TLS, the user, its role): EtcdRefused, the start
+        fails in one line. None answering: the node starts alone and keeps trying (etcd may come later)."""
+        async def one(i: int) -> int:
+            c = self._new_client(self.o.endpoints[i])
+            try:
+                await c.connect()
+                await self._relay_key(c)
+            finally:
+                await _close(c)
+            return i
+        loop = asyncio.get_running_loop()
+        tasks = {loop.create_task(_bounded(one(i), _CALL_TIMEOUT)): i for i in range(len(self.o.endpoints))}
+        refusals: list[str] = []
+        failures: list[str] = []
+        try:
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    ep = self.o.endpoints[tasks[t]]
+                    e = t.exception()
+                    if e is None:
+                        self._ep = t.result()  # the first to accept us: attach there
+                        return
+                    why = _refusal(e, self.o, ep)
+                    if why is not None:
+                        refusals.append(why)
+                    else:
+                        plain = not (_hostport(ep)[2] or self.o.ca or self.o.cert)
+                        hint = " (closed at once: does etcd want TLS, https:// URLs?)" \
+                            if plain and "Socket closed" in str(e) else ""
+                        failures.append(f"{ep}: {type(e).__name__} {e}{hint}")
+        finally:
+            for t in tasks:
+                t.cancel()
+        if refusals:
+            raise EtcdRefused(refusals[0])
+        log.warning("etcd: no endpoint answered (%s): this node serves its own tables and keeps trying",
+                    "; ".join(failures))
+
+    async def _relay_key(self, c: Any) -> bytes:
+        """The key authenticating node-to-node messages: made by the first node, read by the others."""
+        key = self.p + b"relay-key"
+        await c.transaction(compare=[c.transactions.create(key) == 0],
+                            success=[c.transactions.put(key, os.urandom(32))], failure=[])
+        return (await c.get(key)).value
 
     def close(self) -> None:
         for t in self._tasks:
@@ -270,13 +429,7 @@ class EtcdTransport:
         lease = await self._call(lambda c: c.lease(self.ttl))
         self.lease = lease.id
         self.incarnation = lease.id
-        key = self.p + b"relay-key"
-
-        async def relay_key(c: Any) -> bytes:
-            await c.transaction(compare=[c.transactions.create(key) == 0],
-                                success=[c.transactions.put(key, os.urandom(32))], failure=[])
-            return (await c.get(key)).value
-        self.relay_key = await self._call(relay_key)
+        self.relay_key = await self._call(self._relay_key)
         self.relay_server.secret = self.relay_key
         self._scopes = sorted(self.r.scopes())
         await self._put_node(False)
@@ -293,6 +446,9 @@ class EtcdTransport:
                 compare=[], success=[c.transactions.put(k, v, lease=self.lease) for k, v in chunk], failure=[]))
         await self._full_read(first=True)
         await self._put_node(True)
+        if self._refused is not None:
+            log.warning("etcd: %s accepts this node again", self._endpoint())
+            self._refused = None
         self._up.set()
         self._detached = False
         self._kick.set()
@@ -384,8 +540,7 @@ class EtcdTransport:
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
-                    await self._failed(gen, e)
-                    await asyncio.sleep(_RETRY)
+                    await asyncio.sleep(await self._failed(gen, e))
                     continue
                 self.stats["txns"] += 1
                 self.stats["puts"] += len(batch)
@@ -567,8 +722,7 @@ class EtcdTransport:
                     self.stats["compacted"] += 1
                     await self._full_read()
                     continue
-                await self._failed(gen, e)
-                await asyncio.sleep(_RETRY)
+                await asyncio.sleep(await self._failed(gen, e))
 
     def _on_event(self, ev: Any) -> None:
         kv = ev.kv
@@ -689,6 +843,9 @@ class EtcdTransport:
     # ------------------------------------------------------------ messages
 
     def relay(self, dest: str, target: list, data: bytes) -> None:
+        # over the relay's TCP exchange only, whose MAC covers a nonce the receiver picks per
+        # connection: a recorded message is refused, by the receiver's next life too. The UDP mode
+        # names the receiver's incarnation in a relayed datagram because a datagram has no such nonce.
         info = self.nodes_.get(dest)
         if info is None or not info.ready:
             return  # unknown or down: like a send to a dead process
@@ -742,6 +899,14 @@ async def _bounded(coro: Any, timeout: float) -> Any:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
         raise asyncio.TimeoutError()
     return task.result()
+
+
+async def _close(c: Any) -> None:
+    """Close a client, bounded, whatever it says (it may be half-open, or its endpoint gone)."""
+    try:
+        await _bounded(c.close(), 1)
+    except Exception:
+        pass
 
 
 class _Detached(Exception):

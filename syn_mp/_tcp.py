@@ -88,7 +88,8 @@ class Server:
         self.incidents = incidents or Incidents(log)
         self._sock: socket.socket | None = None
         self._resume: asyncio.TimerHandle | None = None
-        for k in ("tcp_refused", "tcp_timeouts", "tcp_accept_paused"):
+        # "forged" too: the etcd transport's counters had none, and a refused connection raised KeyError
+        for k in ("forged", "tcp_refused", "tcp_timeouts", "tcp_accept_paused"):
             stats.setdefault(k, 0)
 
     # ------------------------------------------------------------------ accepting

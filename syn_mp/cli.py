@@ -159,6 +159,7 @@ def _key(args: argparse.Namespace, raw: str) -> Any:
 
 def _cmd_daemon(args: argparse.Namespace) -> int:
     from . import _manager
+    from ._etcd import EtcdRefused
     from ._metrics import MetricsError
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
@@ -194,7 +195,7 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
         os.setsid()
     try:
         _manager.serve(opts)
-    except (_manager.AlreadyRunning, PermissionError, MetricsError) as e:
+    except (_manager.AlreadyRunning, PermissionError, MetricsError, EtcdRefused) as e:
         print(f"syn-mp: {e}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
@@ -280,6 +281,9 @@ def _etcd_options(args: argparse.Namespace) -> Any:
         raise UsageError("--etcd excludes --cluster and --peers: the cluster runs on etcd or on UDP, not both")
     if args.secret_file:
         raise UsageError("--secret-file is for --cluster/--peers: an etcd cluster uses etcd's TLS and auth")
+    # gRPC's C core writes lines of its own on stderr (a failed TLS handshake: three); the daemon says
+    # what failed itself, in one line. GRPC_VERBOSITY=ERROR in the environment shows them again.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         import aetcd  # noqa: F401
     except ImportError:
@@ -315,7 +319,9 @@ def _etcd_options(args: argparse.Namespace) -> Any:
             _socket.inet_aton(args.interface)
         except OSError:
             raise UsageError(f"--interface: {args.interface!r} is not an IPv4 address") from None
-    return EtcdOptions(endpoints=endpoints, prefix=prefix, ca=args.etcd_ca, cert=args.etcd_cert, key=args.etcd_key,
+    # absolute: the files are read again at every connection to etcd (renewed certificates are taken)
+    ca, cert, key = (os.path.abspath(p) if p else None for p in (args.etcd_ca, args.etcd_cert, args.etcd_key))
+    return EtcdOptions(endpoints=endpoints, prefix=prefix, ca=ca, cert=cert, key=key,
                        user=args.etcd_user, password=password, interface=args.interface,
                        node_timeout_ms=args.node_timeout_ms, conflict_signal=_signal_of(args.conflict_signal))
 
