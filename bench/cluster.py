@@ -6,7 +6,8 @@ for each transport: unicast --peers, or --etcd against a 3-member etcd cluster o
 (tests/etcd.py, Debian's etcd-server). With --nodes N (N >= 3; root), N nodes in network namespaces
 on one bridge (tests/netns.py, multicast): propagation from one node to all the others, the time to
 converge after a partition of the nodes into two halves heals, and a snapshot to a node that joins
-(in the last host's namespace, whose manager is stopped first).
+(in the last host's namespace, whose manager is stopped first) once every node holds the entries,
+with the node down events the daemons logged meanwhile (flaps: there must be none).
 Everything started here is stopped by pid and its segments unlinked at the end.
 
     python -m bench.cluster [--samples N] [--entries N] [--transport udp|etcd|both]
@@ -171,6 +172,11 @@ def run(samples: int = 200, entries: int = 20_000, transport: str = "udp") -> di
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _downs(log: str) -> int:
+    """Node down events in a daemon's log."""
+    return sum(1 for ln in log.splitlines() if "cluster: node" in ln and " down " in ln)
+
+
 def _pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(len(xs) * q))]
@@ -247,11 +253,16 @@ def run_namespaces(nodes: int = 8, samples: int = 200, entries: int = 100_000,
         wait(lambda: all(count(t, w) == split_writes for t in tables for w in writers
                          if t is not tables[names.index(w)]), "convergence after the heal")
         heal = time.perf_counter() - t0
-        # a snapshot: `entries` names on h1, then a node that joins (a new runtime dir in h<nodes>)
+        # a snapshot: `entries` names on h1; once every node holds them (the burst's own figure), a node
+        # joins (a new runtime dir in h<nodes>)
         _client.use_runtime_dir(c.hosts[0].node.rdir)
+        t0 = time.perf_counter()
         for i in range(entries):
             syn_mp.register("bench", ("s", i))
+        written = time.perf_counter() - t0
         want = entries + split_writes
+        burst = wait(lambda: all(count(t, names[0]) == want for t in tables[1:]), "the burst on every node")
+        downs_before = sum(_downs(h.node.log()) for h in c.hosts[:-1])
         h = c.hosts[-1]
         h.stop()  # the joiner takes the last host's place (its address and port), as a new pod would
         new = HostNode("joiner", h.ns, rdir=os.path.join(c.tmpdir, "joiner"))
@@ -267,12 +278,16 @@ def run_namespaces(nodes: int = 8, samples: int = 200, entries: int = 100_000,
             except RuntimeError as e:
                 raise RuntimeError(f"{e}: {count(tn, names[0])} of {want}\n{new.log()[-3000:]}") from None
             t_done = time.perf_counter()
+            time.sleep(2)  # a flap shows within a node timeout or two
+            # h<nodes> itself went down once (stopped for the joiner): every other down is a flap
+            flapped = (sum(_downs(h.node.log()) for h in c.hosts[:-1]) - downs_before - (nodes - 1)
+                       + _downs(new.log()))
         finally:
             new.close()
         return {"nodes": nodes, "samples": samples,
                 "propagation_p50_ms": _pct(lat, 0.5) * 1e3, "propagation_p99_ms": _pct(lat, 0.99) * 1e3,
-                "heal_writes": split_writes, "heal_s": heal,
-                "snapshot_entries": want, "snapshot_s": t_done - t_join}
+                "heal_writes": split_writes, "heal_s": heal, "burst_written_s": written, "burst_s": burst,
+                "snapshot_entries": want, "snapshot_s": t_done - t_join, "snapshot_flaps": flapped}
     finally:
         c.close()
 
@@ -292,8 +307,10 @@ def main(argv: list[str] | None = None) -> int:
               f"p99 {r['propagation_p99_ms']:.3f} ms ({r['samples']} registrations x {r['nodes'] - 1} nodes)")
         print(f"  convergence after a partition into two halves heals ({r['heal_writes']:,} names written on "
               f"each side meanwhile): {r['heal_s']:.3f} s")
+        print(f"  {r['snapshot_entries'] - r['heal_writes']:,} names written on one node in {r['burst_written_s']:.2f} s "
+              f"are on every node {r['burst_s']:.3f} s later")
         print(f"  snapshot of {r['snapshot_entries']:,} entries (one node's) to a node that joins the scope: "
-              f"{r['snapshot_s']:.3f} s")
+              f"{r['snapshot_s']:.3f} s; node down events meanwhile (flaps): {r['snapshot_flaps']}")
         return 0
     entries = args.entries or 20_000
     rows = [run(args.samples, entries, t) for t in (("udp", "etcd") if args.transport == "both" else (args.transport,))]

@@ -25,7 +25,7 @@ from ._replication import Replica, Transport, TransportOptions
 from ._health import Incidents, Supervised
 from .events import to_event
 from ._segment_build import SEGMENT_CHECK, build_segment
-from ._table import (BY_NODE, R_MANAGER_RESTART, R_PROCESS_EXIT, FLAG_STRICT, AnnounceReader, SegmentLayoutError,
+from ._table import (ALL_NODES, BY_NODE, R_MANAGER_RESTART, R_PROCESS_EXIT, FLAG_STRICT, AnnounceReader, SegmentLayoutError,
                      SegmentOwnerError, Table, TableError, JournalReader)
 from ._watch import make_watcher
 
@@ -36,7 +36,7 @@ PURGE_LOCK_WAIT = 0.05  # seconds a purge waits for a table's lock before it is 
 SWEEP_EVERY = 30  # safety ticks between sweeps of dead processes' mailbox files
 STAY_AWAKE = 0.05  # seconds of quiet before the manager sleeps (and writes must wake it)
 POLL_AWAKE = 0.001  # while awake, how often the journals are looked at
-DRAIN_BUDGET = 20000  # journal records handled before the loop lets other work run
+DRAIN_BUDGET = 4096  # journal records handled before the loop lets other work run (heartbeats: a few ms)
 _WATCHED_KINDS = {"registered", "registry_updated", "joined", "group_updated"}
 
 
@@ -240,7 +240,10 @@ class Manager:
         if self._lean:
             self.readers[scope] = t.announced()  # from now: older processes are found by the scan
         else:
-            self.readers[scope] = t.journal()  # from now: older changes are covered by the scan
+            # from now: older changes are covered by the scan. Without event handlers only our own
+            # node's records matter (the peers' changes applied here are passed over in C: a
+            # snapshot of 100,000 entries writes as many records)
+            self.readers[scope] = t.journal(node=ALL_NODES if self.callbacks else 0)
         self._scan(scope, reason)
 
     def _build(self, scope: str, old: Table | None) -> Table:

@@ -22,6 +22,10 @@ processes'). A transport has two jobs:
    - `Replica.replace(scope, N, entries, gone, first)`: N's complete entries of the scope (a
      snapshot, authoritative: what it lacks is removed, with the reason in `gone` when N
      told one). `first` for the first copy of N after N came up (reason node_up).
+     `Replica.replace_rows(...)` is the same for a copy made by N's `local_rows()` (all its
+     entries in one byte string), done a slice at a time: a generator the transport iterates,
+     serving its loop between slices, and drops when N goes down (100,000 entries would hold
+     the loop for most of a second in one go, past a node timeout).
    - `Replica.apply(scope, N, change)`: one change of N, applied in N's order and never older
      than a `replace` already applied (the transport orders them: buffered, sequenced, ...).
    - `Replica.node_down(N)`: N is gone (timeout, restart under a new incarnation): its
@@ -43,7 +47,8 @@ Messages to processes of other nodes: `Transport.relay(dest, target, data)` carr
 at most once; the receiving transport calls `Replica.deliver(target, data)`.
 
 Everything runs on the manager's asyncio loop; no method blocks (a custom resolver is bounded
-by RESOLVER_TIMEOUT).
+by RESOLVER_TIMEOUT), and none takes long: what grows with a scope's size is either one C call
+(local_rows) or sliced (replace_rows).
 """
 from __future__ import annotations
 
@@ -51,10 +56,11 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Callable, Mapping, NamedTuple, Protocol
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Protocol
 
 from ._table import (BY_NODE, EFULL, ETAKEN, F_FORCE, F_MATCH_PID, R_CONFLICT, R_MANAGER_RESTART, R_NODE_DOWN,
-                     R_NODE_UP, R_NORMAL, R_PROCESS_EXIT, PG, REG, WITH_KEY, WITH_META, Table, TableError)
+                     R_NODE_UP, R_NORMAL, R_PROCESS_EXIT, PG, REG, WITH_KEY, WITH_META, Table, TableError,
+                     parse_row, parse_rows, rows_check, rows_missing)
 from ._types import Pid
 from .codec import decode, decode_name
 
@@ -62,6 +68,7 @@ log = logging.getLogger("syn_mp.replication")
 
 RESOLVER_TIMEOUT = 1.0  # seconds a custom resolve_registry_conflict may take (then: the default rule)
 GONE_KEPT = 4096        # per scope: recent local removals whose reason a snapshot still tells
+SLICE_ROWS = 4096       # rows of a snapshot applied per slice (a few ms: see replace_rows)
 # the reasons an owner's removal travels with (the others are each node's own: node up/down)
 OWNER_REASONS = frozenset({R_NORMAL, R_PROCESS_EXIT, R_MANAGER_RESTART, R_CONFLICT})
 PUT_KINDS = frozenset({"registered", "registry_updated", "joined", "group_updated"})
@@ -203,8 +210,19 @@ class Replica:
             return [], []
         entries = [Entry(i.type, i.key, i.pid, i.start, i.time_ns, i.meta)
                    for i in t.collect(BY_NODE, 0, node=0, flags=WITH_KEY | WITH_META)]
-        gone = [(*k, r) for k, r in self._gone.get(scope, {}).items() if r != R_NORMAL]
-        return entries, gone
+        return entries, self._gone_list(scope)
+
+    def local_rows(self, scope: str) -> tuple[bytes, list[tuple[int, bytes, int, int]]]:
+        """local_entries() with the entries as rows (_table.rows_check: one byte string, copied out
+        of the table in one C call, no Python object per entry): what replace_rows() takes."""
+        t = self.tables.get(scope)
+        if t is None:
+            return b"", []
+        rows, _ = t.collect_rows(BY_NODE, 0, node=0, flags=WITH_KEY | WITH_META)
+        return rows, self._gone_list(scope)
+
+    def _gone_list(self, scope: str) -> list[tuple[int, bytes, int, int]]:
+        return [(*k, r) for k, r in self._gone.get(scope, {}).items() if r != R_NORMAL]
 
     # ------------------------------------------------------------ bring in
 
@@ -232,6 +250,11 @@ class Replica:
     def replace(self, scope: str, node: str, entries: list[Entry], gone: list, first: bool) -> None:
         """`node`'s complete entries of the scope: what it lacks is removed (for the reason `gone`
         gives, else normal); `first`: the first copy since it came up (reason node_up)."""
+        for _ in self._replace_steps(scope, node, entries, gone, first):
+            pass
+
+    def _replace_steps(self, scope: str, node: str, entries: list[Entry], gone: list, first: bool) -> Iterator[None]:
+        """replace(), yielding every SLICE_ROWS entries (see replace_rows)."""
         t = self.tables.get(scope)
         if t is None or node == self.node:
             return
@@ -245,8 +268,62 @@ class Replica:
                 t.delete(item.type, item.key, nid, item.pid, flags=F_MATCH_PID, reason=why.get(k, R_NORMAL),
                          reason_node=nid)
         reason = R_NODE_UP if first else R_NORMAL
-        for e in entries:
+        for i, e in enumerate(entries, 1):
             self._apply_put(t, scope, nid, Entry(*e), reason)
+            if i % SLICE_ROWS == 0:
+                yield
+                t = self.tables.get(scope)  # rebuilt meanwhile: the new segment holds what was applied
+                if t is None:
+                    return
+                nid = self._node_id(t, node)
+
+    def replace_rows(self, scope: str, node: str, rows: bytes, gone: list, first: bool) -> Iterator[None]:
+        """replace() for `node`'s local_rows(), a slice at a time: yields after each slice (at most
+        SLICE_ROWS rows, one C call), so the caller's loop serves heartbeats and other peers in
+        between. The caller iterates to the end, or stops when `node` went down (node_down()
+        purges what was applied). ReplicationError before anything is applied when a row is
+        malformed; the other node's changes must wait (be buffered) until the end, as for replace().
+        The local journal is followed after each slice (flush_local): a snapshot's records would
+        otherwise pile up until the manager's next tick, and overrun its ring."""
+        rows_check(rows)
+        t = self.tables.get(scope)
+        if t is None or node == self.node:
+            return
+        self._live.add(node)
+        nid = self._node_id(t, node)
+        if any(k[0] == scope and k[2] == node for k in self._conflict_won):
+            # an entry of the node won a conflict against ours: it must arrive with that reason
+            # (_apply_put), so these rows go one by one (rare: just after such a conflict)
+            entries = [Entry(i.type, i.key, i.pid, i.start, i.time_ns, i.meta) for i in parse_rows(rows)]
+            for _ in self._replace_steps(scope, node, entries, gone, first):
+                self._flush()
+                yield
+            self._flush()
+            return
+        if t.count(BY_NODE, REG, node=nid) + t.count(BY_NODE, PG, node=nid):
+            have, _ = t.collect_rows(BY_NODE, 0, node=nid, flags=WITH_KEY)
+            why = {(g[0], g[1], g[2]): g[3] for g in gone if g[3] in OWNER_REASONS}
+            for i, item in enumerate(rows_missing(have, rows), 1):
+                k = (item.type, item.key, item.pid)
+                t.delete(item.type, item.key, nid, item.pid, flags=F_MATCH_PID, reason=why.get(k, R_NORMAL),
+                         reason_node=nid)
+                if i % SLICE_ROWS == 0:
+                    self._flush()
+                    yield
+        reason = R_NODE_UP if first else R_NORMAL
+        pos = 0
+        while pos < len(rows):
+            t = self.tables.get(scope)  # rebuilt meanwhile: the new segment holds what was applied
+            if t is None:
+                return
+            nid = self._node_id(t, node)
+            pos, failed = t.put_rows(rows, pos, SLICE_ROWS, nid, reason, nid)
+            for off in failed:  # a conflict (or no room): the way of a single change
+                row = parse_row(rows, off)
+                self._apply_put(t, scope, nid, Entry(row.type, row.key, row.pid, row.start, row.time_ns, row.meta),
+                                reason)
+            self._flush()
+            yield
 
     def node_down(self, node: str) -> None:
         self._live.discard(node)

@@ -7,7 +7,7 @@ persists and raises at every start, see _incarnation) and a 1024-wide window of 
 too-old seq is a replay and is dropped; another incarnation (a restart, or an old
 life replayed) is believed only once the node itself confirms it over TCP (see
 ReplayGuard.reset). TCP frames are
-length-prefixed and carry an HMAC over both sides' per-connection nonces and the
+length-prefixed and carry an HMAC-SHA256 over both sides' per-connection nonces and the
 body (see _tcp), so they can't be replayed on another connection.
 """
 from __future__ import annotations
@@ -18,7 +18,9 @@ import struct
 from typing import NamedTuple
 
 MAGIC = b"SYNMP"
-VERSION = 2  # 2: a relayed message names the receiving manager's incarnation (issue 13, finding 7)
+VERSION = 3  # 2: a relayed message names the receiving manager's incarnation (issue 13, finding 7);
+#             3: a snapshot answer carries its entries as rows (csrc/rows.c), changes travel
+#                several to a datagram (_changes)
 MAC_LEN = 32
 _HDR = struct.Struct("!QQ")
 MAX_DATAGRAM = 1400  # fits a 1500-byte MTU with IP/UDP headers
@@ -26,6 +28,11 @@ MAX_DATAGRAM = 1400  # fits a 1500-byte MTU with IP/UDP headers
 # read in turn: between them, order can slip by a socket queue's worth. A narrow window (64) drops
 # authentic datagrams under load and counts them as replays.
 WINDOW = 1024
+
+
+def body_room(node: str) -> int:
+    """The largest body a datagram of `node` can carry within MAX_DATAGRAM."""
+    return MAX_DATAGRAM - len(MAGIC) - 2 - len(node.encode()) - _HDR.size - MAC_LEN
 
 
 class Datagram(NamedTuple):
@@ -110,8 +117,14 @@ MAX_REQUEST = 1 << 20   # what a TCP server reads from an unauthenticated peer b
 
 
 def frame(secret: bytes, nonce: bytes, body: bytes) -> bytes:
-    return _LEN.pack(len(body)) + body + mac(secret, nonce + body)
+    return _LEN.pack(len(body)) + body + _frame_mac(secret, nonce, body)
 
 
 def check_frame(secret: bytes, nonce: bytes, body: bytes, tag: bytes) -> bool:
-    return hmac.compare_digest(mac(secret, nonce + body), tag)
+    return hmac.compare_digest(_frame_mac(secret, nonce, body), tag)
+
+
+def _frame_mac(secret: bytes, nonce: bytes, body: bytes) -> bytes:
+    h = hmac.new(secret, nonce, hashlib.sha256)
+    h.update(body)  # not nonce + body: a snapshot's body is megabytes, not copied again
+    return h.digest()
