@@ -41,7 +41,9 @@ class Outbox:
             self._flush_scope(scope)  # full, or not the next seq (a resync skipped one)
             batch = None
         if head + len(item) > self._room:
-            self._send(msgpack.packb(["big", scope, seq]))  # after the ones before it, in order
+            if batch is not None:
+                self._flush_scope(scope)  # the ones before it first, in order
+            self._send(msgpack.packb(["big", scope, seq]))
             return
         if batch is None:
             self._open[scope] = (seq, [item], len(item))
@@ -60,5 +62,6 @@ class Outbox:
 
     def _flush_scope(self, scope: str) -> None:
         first, items, _ = self._open.pop(scope)
-        p = msgpack.Packer()
-        self._send(_PREFIX + p.pack(scope) + p.pack(first) + p.pack_array_header(len(items)) + b"".join(items))
+        n = len(items)
+        head = bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")  # msgpack: an array of n
+        self._send(_PREFIX + msgpack.packb(scope) + msgpack.packb(first) + head + b"".join(items))

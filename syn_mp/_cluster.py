@@ -46,6 +46,7 @@ _FETCH_TIMEOUT = 30.0  # seconds for a whole snapshot exchange
 _PROBE_EVERY = 1.0     # seconds between two restart probes of one node
 _FETCH_PATIENCE = 0.5  # seconds a snapshot answer may take to begin before a heartbeat asks again
 _BUFFER_MAX = 65536    # changes buffered per peer and scope while its snapshot is fetched
+_tuple = tuple.__new__
 
 
 @dataclass
@@ -111,7 +112,10 @@ class Cluster:
         self._probed: dict[str, float] = {}      # node -> when its lower incarnation was last checked
         # scope -> (seq, encoded snapshot answer): shared by the fetches of one position (see _snapshot)
         self._answers: dict[str, tuple[int, bytes]] = {}
+        self._key = _wire.datagram_key(opts.secret)
         self._outbox = Outbox(self._send, _wire.body_room(self.node))
+        # how our own datagrams begin: the multicast looped back to us is dropped before its MAC
+        self._own = _wire.MAGIC + bytes([_wire.VERSION, len(self.node.encode())]) + self.node.encode()
         self._tasks: list[asyncio.Task] = []
         self._transports: list[Any] = []
 
@@ -154,7 +158,7 @@ class Cluster:
     def _send(self, body: bytes, addr: tuple[str, int] | None = None) -> None:
         """One datagram to addr, or to everyone (the group, or every peer)."""
         self._seq += 1
-        data = _wire.seal(self.o.secret, self.node, self.incarnation, self._seq, body)
+        data = _wire.seal_keyed(self._key, self.node, self.incarnation, self._seq, body)
         targets = [addr] if addr else ([(self.o.group, self.o.port)] if self.o.group else self.o.peers)
         for a in targets:
             if self.o.drop_rate and random.random() < self.o.drop_rate:
@@ -167,12 +171,12 @@ class Cluster:
         if self.o.drop_rate and random.random() < self.o.drop_rate:
             self.stats["dropped_test"] += 1
             return
-        d = _wire.open_datagram(self.o.secret, data)
+        if data.startswith(self._own):
+            return  # our own multicast, looped back (a forgery in our name is dropped all the same)
+        d = _wire.open_keyed(self._key, data)
         if d is None:
             self.stats["forged" if data.startswith(_wire.MAGIC) else "malformed"] += 1
             return
-        if d.node == self.node:
-            return  # our own multicast, looped back
         if not self.guard.accept(d.node, d.incarnation, d.seq):
             if self.guard.newest(d.node) == d.incarnation:
                 self.stats["replayed"] += 1
@@ -335,6 +339,10 @@ class Cluster:
         self._answers.pop(scope, None)  # of the seq before: no peer will ask for it again
         self._outbox.add(scope, seq, change)  # sent by the end of this loop turn, with the others of the drain
 
+    def flush(self) -> None:
+        """The end of a journal drain (Replica.local_batch_done): the changes gathered go out now."""
+        self._outbox.flush()
+
     def resync(self, scope: str) -> None:
         """Local changes were missed (journal overrun): skip a seq, so every peer sees a gap in
         our heartbeats and fetches our snapshot."""
@@ -367,7 +375,9 @@ class Cluster:
     def _apply_change(self, peer: Peer, scope: str, seq: int, change: list) -> None:
         put, type_, key, pid, start, time_ns, meta, reason = change
         peer.applied[scope] = seq
-        self.r.apply(scope, peer.name, Change(bool(put), Entry(type_, key, pid, start, time_ns, meta), reason))
+        # tuple.__new__: the NamedTuples without their Python-level __new__ (every node, every change)
+        self.r.apply(scope, peer.name, _tuple(Change, (bool(put), _tuple(Entry, (type_, key, pid, start, time_ns, meta)),
+                                                       reason)))
 
     # -------------------------------------------------------------- conflicts
 

@@ -17,6 +17,9 @@ processes'). A transport has two jobs:
    transport counts in those calls is the one `Replica.local_entries()` is consistent with.
    `Transport.resync(scope)` says local changes were missed (a journal overrun): the
    transport must make every other node re-read this node's entries of the scope.
+   A transport may gather the changes of one drain into fewer messages: it sends them by the
+   end of the loop turn, and if it has a `flush()` method, that is called at the end of each
+   drain (`Replica.local_batch_done`) to send them at once.
 
 2. Bring in.  For every other node N the transport calls, for each scope:
    - `Replica.replace(scope, N, entries, gone, first)`: N's complete entries of the scope (a
@@ -52,6 +55,7 @@ by RESOLVER_TIMEOUT), and none takes long: what grows with a scope's size is eit
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import signal
@@ -79,6 +83,7 @@ TYPE_OF_KIND = {"registered": REG, "registry_updated": REG, "unregistered": REG,
 # what apply(), replace() and conflict_notice() raise when a table can't take another node (no node
 # id left: every id belongs to a node up or holding entries); the transport logs it and tries later
 ReplicationError = TableError
+_tuple = tuple.__new__
 
 
 class Entry(NamedTuple):
@@ -147,11 +152,7 @@ class LagHistogram:
     def observe(self, time_ns: int) -> None:
         lag = max(0.0, (time.time_ns() - time_ns) / 1e9)
         self.total += lag
-        for i, le in enumerate(self.BUCKETS):
-            if lag <= le:
-                self.counts[i] += 1
-                return
-        self.counts[-1] += 1
+        self.counts[bisect.bisect_left(self.BUCKETS, lag)] += 1  # the first bound >= lag (past all: the last)
 
     def status(self) -> dict[str, Any]:
         """Cumulative counts per upper bound (Prometheus' shape; None: +Inf, JSON has no infinity),
@@ -182,6 +183,7 @@ class Replica:
         self._decisions: dict[tuple, int | None] = {}  # conflicts decided (the same answer if met again)
         self._conflict_won: dict[tuple, float] = {}    # (scope, key, node, pid) that beat an entry of ours
         self._live: set[str] = set()  # nodes the transport brought in and has not declared down
+        self._nids: dict[Table, dict[str, int]] = {}  # per table: node name -> id (see _node_id)
 
     # ------------------------------------------------------------ carry out
 
@@ -198,9 +200,16 @@ class Replica:
             gone[(type_, r.key, r.pid)] = r.reason
             while len(gone) > GONE_KEPT:
                 del gone[next(iter(gone))]
-        if self.transport is not None:
-            self.transport.on_local_change(
-                scope, Change(put, Entry(type_, r.key, r.pid, r.start, r.time_ns, r.meta if put else b""), r.reason))
+        if self.transport is not None:  # tuple.__new__: no Python-level NamedTuple __new__ (on every change's path)
+            e = _tuple(Entry, (type_, r.key, r.pid, r.start, r.time_ns, r.meta if put else b""))
+            self.transport.on_local_change(scope, _tuple(Change, (put, e, r.reason)))
+
+    def local_batch_done(self) -> None:
+        """(manager) The end of a journal drain: a transport that gathers local changes into fewer
+        messages sends what it holds now (its `flush()`, if it has one), not a loop turn later."""
+        flush = getattr(self.transport, "flush", None)
+        if flush is not None:
+            flush()
 
     def local_entries(self, scope: str) -> tuple[list[Entry], list[tuple[int, bytes, int, int]]]:
         """The node's own entries of the scope, and recent removals whose reason was not `normal`
@@ -327,6 +336,7 @@ class Replica:
 
     def node_down(self, node: str) -> None:
         self._live.discard(node)
+        self._nids.clear()  # ids are retired below
         for t in self.tables.values():
             nid = t.node_id(node)
             if nid is not None and nid != 0:
@@ -359,22 +369,35 @@ class Replica:
     def _reclaim_node_ids(self, t: Table, up: set[str]) -> None:
         """Retire the ids of nodes that are not up and hold nothing here: a segment has 255 ids for
         other nodes, and pods get a new name at every restart (retired ids go to new names)."""
+        self._nids.clear()
         for nid in range(1, t.nnodes()):
             if t.node_name(nid) not in up:
                 t.retire_node(nid)  # refused (False) while it holds entries
 
     def _node_id(self, t: Table, name: str) -> int:
-        """The id of a node's name, reclaiming retired ids once the node table is full."""
-        try:
-            return t.add_node(name)
-        except TableError:
-            self._reclaim_node_ids(t, self._live)
-            return t.add_node(name)  # still full: every id belongs to a node up or holding entries
+        """The id of a node's name, reclaiming retired ids once the node table is full. Remembered:
+        it is looked up for every change (on a cold cache, three calls to C cost more than the put);
+        only this replica adds and retires other nodes' ids, and it forgets them all on a retire."""
+        ids = self._nids.get(t)
+        if ids is None:
+            for old in [k for k in self._nids if k not in self.tables.values()]:
+                del self._nids[old]  # a table since rebuilt
+            ids = self._nids[t] = {}
+        nid = ids.get(name)
+        if nid is None:
+            try:
+                nid = t.add_node(name)
+            except TableError:
+                self._reclaim_node_ids(t, self._live)
+                ids = self._nids[t] = {}
+                nid = t.add_node(name)  # still full: every id belongs to a node up or holding entries
+            ids[name] = nid
+        return nid
 
     # ------------------------------------------------------------ conflicts
 
     def _apply_put(self, t: Table, scope: str, nid: int, e: Entry, reason: int) -> None:
-        won = self._conflict_won.pop((scope, e.key, t.node_name(nid), e.pid), None)
+        won = self._conflict_won.pop((scope, e.key, t.node_name(nid), e.pid), None) if self._conflict_won else None
         if won is not None and e.type == REG:
             reason = R_CONFLICT  # it won a conflict that removed ours: that is how it arrives here
         rc, info = t.put(e.type, e.key, nid, e.pid, e.start, e.time_ns, e.meta, reason=reason, reason_node=nid)

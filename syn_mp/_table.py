@@ -578,6 +578,7 @@ _JREC = ffi.sizeof("synt_jrec_t")
 
 
 _ITEM_HEAD = struct.Struct("=IIqQqII")  # synt_item_t
+_JREC_HEAD = struct.Struct("=QIHHIIqQqII")  # synt_jrec_t
 _FAILED_MAX = 256  # rows whose put failed, reported per put_rows call
 
 
@@ -652,7 +653,7 @@ class JournalReader:
 
     def read(self, max_records: int = 4096) -> list[JournalRecord] | None:
         """The next records; None when the reader fell behind the ring (resync from the table)."""
-        unpack = struct.Struct("=QIHHIIqQqII").unpack_from
+        unpack = _JREC_HEAD.unpack_from
         if self._gen != self.table.gen:  # the table was rebound to a new segment: follow it from now
             self._gen = self.table.gen
             self.cursor[0] = self.table.journal_head()
@@ -674,8 +675,8 @@ class JournalReader:
             for _ in range(n):
                 seq, reclen, kind, reason, node, rnode, pid, start, t, kl, ml = unpack(data, off)
                 d = off + _JREC
-                out.append(JournalRecord(seq, J_KINDS.get(kind, "?"), reason, node, rnode, pid, start, t,
-                                         data[d:d + kl], data[d + kl:d + kl + ml]))
+                out.append(_new_entry(JournalRecord, (seq, J_KINDS.get(kind, "?"), reason, node, rnode, pid, start, t,
+                                                      data[d:d + kl], data[d + kl:d + kl + ml])))
                 off += reclen
             return out
 
