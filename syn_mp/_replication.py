@@ -250,8 +250,8 @@ class Replica:
         nid = self._node_id(t, node)
         e = change.entry
         if change.put:
-            self.lag.observe(e.time_ns)
             self._apply_put(t, scope, nid, e, R_NORMAL)
+            self.lag.observe(e.time_ns)  # once it is in the table: what readers see
         else:  # MATCH_PID: only that process's
             reason = change.reason if change.reason in OWNER_REASONS else R_NORMAL
             t.delete(e.type, e.key, nid, e.pid, flags=F_MATCH_PID, reason=reason, reason_node=nid)
@@ -400,17 +400,17 @@ class Replica:
         won = self._conflict_won.pop((scope, e.key, t.node_name(nid), e.pid), None) if self._conflict_won else None
         if won is not None and e.type == REG:
             reason = R_CONFLICT  # it won a conflict that removed ours: that is how it arrives here
-        rc, info = t.put(e.type, e.key, nid, e.pid, e.start, e.time_ns, e.meta, reason=reason, reason_node=nid)
+        rc = t.put_rc(e.type, e.key, nid, e.pid, e.start, e.time_ns, e.meta, reason, nid)
         if rc != ETAKEN:
             if rc == EFULL:
                 log.error("scope %r is full: an entry of node %s was not stored", scope, t.node_name(nid))
             return
-        if info.node == nid:  # the authority moved its own name to another of its processes
-            t.put(e.type, e.key, nid, e.pid, e.start, e.time_ns, e.meta, flags=F_FORCE, reason=reason,
-                  reason_node=nid)
-            return
         held = t.get(REG, e.key)
         if held is None:
+            return
+        if held.node == nid:  # the authority moved its own name to another of its processes
+            t.put(e.type, e.key, nid, e.pid, e.start, e.time_ns, e.meta, flags=F_FORCE, reason=reason,
+                  reason_node=nid)
             return
         self._resolve(t, scope, e.key, (held.node, held.pid, held.start, held.time_ns, held.meta),
                       (nid, e.pid, e.start, e.time_ns, e.meta))

@@ -467,6 +467,13 @@ class Table:
 
     # ------------------------------------------------------------ writes
 
+    def put_rc(self, type_: int, key: bytes, node: int, pid: int, start: int, time_ns: int, meta: bytes,
+               reason: int, reason_node: int) -> int:
+        """put()'s result code alone, the info not read back (one C call: the path of every remote
+        change); ERETIRED as it is."""
+        return lib.synt_put(self._t, type_, key, len(key), node, pid, start, time_ns, meta, len(meta), 0, 0, reason,
+                            reason_node, ffi.NULL)
+
     def put(self, type_: int, key: bytes, node: int, pid: int, start: int, time_ns: int,
             meta: bytes, flags: int = 0, expect_ver: int = 0, reason: int = R_NORMAL,
             reason_node: int = 0) -> tuple[int, Any]:
