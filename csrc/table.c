@@ -313,6 +313,11 @@ uint64_t synt_journal_head(synt_t *t) { return ring_head(&H(t)->jr); }
 
 int64_t synt_journal_read(synt_t *t, uint64_t *cursor, uint8_t *buf, uint64_t cap,
                           uint32_t max_records) {
+    return synt_journal_read_node(t, cursor, buf, cap, max_records, SYNT_ALL_NODES);
+}
+
+int64_t synt_journal_read_node(synt_t *t, uint64_t *cursor, uint8_t *buf, uint64_t cap,
+                               uint32_t max_records, uint32_t node) {
     hdr_t *h = H(t);
     uint64_t size = t->journal_size, mask = size - 1;
     uint8_t *ring = t->base + t->journal_off;
@@ -332,7 +337,8 @@ int64_t synt_journal_read(synt_t *t, uint64_t *cursor, uint8_t *buf, uint64_t ca
         uint64_t len = r.reclen;
         if (len < 8 || len > size || (pos & mask) + len > size || (len & 7) || pos + len > head)
             goto untrusted;
-        if (r.kind != SYNT_J_PAD) {
+        int copy = r.kind != SYNT_J_PAD && (node == SYNT_ALL_NODES || r.node == node);
+        if (copy) {
             if (len < sizeof(r) || sizeof(r) + (uint64_t)r.keylen + r.metalen > len) goto untrusted;
             if (used + len > cap) {
                 if (n == 0) return SYNT_EBUFSMALL;
@@ -341,7 +347,7 @@ int64_t synt_journal_read(synt_t *t, uint64_t *cursor, uint8_t *buf, uint64_t ca
             memcpy(buf + used, ring + (pos & mask), len);
         }
         if (!ring_intact(&h->jr, pos)) goto overrun;
-        if (r.kind != SYNT_J_PAD) { used += len; n++; }
+        if (copy) { used += len; n++; }
         pos += len;
         continue;
     untrusted:

@@ -205,6 +205,22 @@ int64_t synt_collect(synt_t *t, uint32_t mode, uint32_t type, const uint8_t *key
 int64_t synt_count(synt_t *t, uint32_t mode, uint32_t type, const uint8_t *key, uint32_t keylen,
                    uint32_t node, int64_t pid);
 
+/* Rows (rows.c): collect()'s synt_item_t records (key, meta, padded to 8) as one byte string,
+ * the form a snapshot travels in between nodes.
+ * rows_check: how many rows, SYNT_ECORRUPT when one is malformed or runs past len.
+ * put_rows: put() the rows from *pos on, as entries of `node`, at most max_rows of them; *pos
+ *   moves past the rows done (returned). The offsets of rows whose put() failed (ETAKEN, EFULL,
+ *   ...) go to failed[] (*nfailed of them); when failed_cap of them are in, it stops before the
+ *   next failing row. SYNT_ECORRUPT at a malformed row (*pos left there).
+ * rows_missing: the rows of `have` whose (type, key, pid) is in no row of `want`, copied to out;
+ *   returns their count (SYNT_EBUFSMALL with *needed when out is too small). */
+int64_t synt_rows_check(const uint8_t *rows, uint64_t len);
+int64_t synt_put_rows(synt_t *t, const uint8_t *rows, uint64_t len, uint64_t *pos, uint32_t max_rows,
+                      uint32_t node, uint32_t reason, uint32_t reason_node, uint64_t *failed,
+                      uint32_t failed_cap, uint32_t *nfailed);
+int64_t synt_rows_missing(const uint8_t *have, uint64_t have_len, const uint8_t *want, uint64_t want_len,
+                          uint8_t *out, uint64_t cap, uint64_t *needed);
+
 int synt_node_id(synt_t *t, const char *name, uint32_t len, int create);
 int synt_node_name(synt_t *t, uint32_t id, char *buf, uint32_t cap);
 /* Retire node id (not 0) once it holds no entry: its name stays readable (journal records may still
@@ -224,6 +240,10 @@ const volatile uint64_t *synt_flags_ptr(synt_t *t);
 uint64_t synt_journal_head(synt_t *t);
 int64_t synt_journal_read(synt_t *t, uint64_t *cursor, uint8_t *buf, uint64_t cap,
                           uint32_t max_records);
+/* journal_read() of the records of one node (their entry's node): the others are passed over,
+ * not copied (a manager without event handlers needs only its own node's) */
+int64_t synt_journal_read_node(synt_t *t, uint64_t *cursor, uint8_t *buf, uint64_t cap,
+                               uint32_t max_records, uint32_t node);
 /* The announce ring: the (pid, start) of local processes that added or updated entries, each
  * announced again only when the ring's filter no longer remembers it. watch_reset clears the
  * filter (a manager calls it when it starts following, then scans the table) and returns the

@@ -7,14 +7,28 @@ with a per-scope sequence number and a heartbeat carrying those numbers; a recei
 that sees a gap, a new node or a new incarnation of one fetches that node's snapshot
 of the scope over TCP. A snapshot is authoritative for its node's entries: what it
 lacks is removed, so no stale entry outlives its owner (the zombie race of SYN_NOTES).
+
+Large scopes: a snapshot answer is the scope's rows copied out of the table in one C call,
+encoded once per (scope, seq) and shared by every peer that asks until a local change moves
+the seq; the fetcher applies it a slice at a time (Replica.replace_rows), so neither loop
+stops serving heartbeats.
+
+Liveness: a node is down after the node timeout without an authentic datagram from it (any:
+during a burst its changes say it lives as well as its heartbeats). Only time we could hear
+counts: time this loop could not run (a long callback, the process not scheduled) is credited
+to every peer, and while datagrams wait unread in our sockets a silence is not yet a verdict
+(up to twice the timeout), since the peer's heartbeat may be among them.
 """
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import random
 import signal
 import socket
+import struct
+import termios
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +36,7 @@ from typing import Any
 import msgpack
 
 from . import _tcp, _wire
+from ._changes import Outbox
 from ._incarnation import next_incarnation
 from ._replication import Change, Entry, Replica, ReplicationError
 
@@ -31,6 +46,7 @@ _FETCH_TIMEOUT = 30.0  # seconds for a whole snapshot exchange
 _PROBE_EVERY = 1.0     # seconds between two restart probes of one node
 _FETCH_PATIENCE = 0.5  # seconds a snapshot answer may take to begin before a heartbeat asks again
 _BUFFER_MAX = 65536    # changes buffered per peer and scope while its snapshot is fetched
+_tuple = tuple.__new__
 
 
 @dataclass
@@ -62,7 +78,7 @@ class Peer:
     fetching: set[str] = field(default_factory=set)
     synced: set[str] = field(default_factory=set)             # scopes that had their first snapshot
     refetch: set[str] = field(default_factory=set)            # fetch again once the one in flight is done
-    # while a snapshot is fetched: the changes that arrive meanwhile (scope -> seq -> message), replayed
+    # while a snapshot is fetched: the changes that arrive meanwhile (scope -> seq -> change), replayed
     # over it once it is in (those newer than the seq it is consistent with), so none is lost
     buffered: dict[str, dict[int, list]] = field(default_factory=dict)
     fetch: dict[str, tuple[asyncio.Task, float, list]] = field(default_factory=dict)  # task, start, answering?
@@ -92,8 +108,14 @@ class Cluster:
         self.stats = {"sent": 0, "received": 0, "forged": 0, "replayed": 0, "malformed": 0, "dropped_test": 0,
                       "snapshots_fetched": 0, "snapshots_served": 0, "relayed": 0,
                       "other_incarnation": 0, "fetches_superseded": 0, "probes": 0, "restarts_verified": 0, "tcp_refused": 0, "tcp_timeouts": 0,
-                      "tcp_accept_paused": 0}
+                      "tcp_accept_paused": 0, "snapshots_shared": 0, "loop_stalls": 0}
         self._probed: dict[str, float] = {}      # node -> when its lower incarnation was last checked
+        # scope -> (seq, encoded snapshot answer): shared by the fetches of one position (see _snapshot)
+        self._answers: dict[str, tuple[int, bytes]] = {}
+        self._key = _wire.datagram_key(opts.secret)
+        self._outbox = Outbox(self._send, _wire.body_room(self.node))
+        # how our own datagrams begin: the multicast looped back to us is dropped before its MAC
+        self._own = _wire.MAGIC + bytes([_wire.VERSION, len(self.node.encode())]) + self.node.encode()
         self._tasks: list[asyncio.Task] = []
         self._transports: list[Any] = []
 
@@ -136,7 +158,7 @@ class Cluster:
     def _send(self, body: bytes, addr: tuple[str, int] | None = None) -> None:
         """One datagram to addr, or to everyone (the group, or every peer)."""
         self._seq += 1
-        data = _wire.seal(self.o.secret, self.node, self.incarnation, self._seq, body)
+        data = _wire.seal_keyed(self._key, self.node, self.incarnation, self._seq, body)
         targets = [addr] if addr else ([(self.o.group, self.o.port)] if self.o.group else self.o.peers)
         for a in targets:
             if self.o.drop_rate and random.random() < self.o.drop_rate:
@@ -149,12 +171,12 @@ class Cluster:
         if self.o.drop_rate and random.random() < self.o.drop_rate:
             self.stats["dropped_test"] += 1
             return
-        d = _wire.open_datagram(self.o.secret, data)
+        if data.startswith(self._own):
+            return  # our own multicast, looped back (a forgery in our name is dropped all the same)
+        d = _wire.open_keyed(self._key, data)
         if d is None:
             self.stats["forged" if data.startswith(_wire.MAGIC) else "malformed"] += 1
             return
-        if d.node == self.node:
-            return  # our own multicast, looped back
         if not self.guard.accept(d.node, d.incarnation, d.seq):
             if self.guard.newest(d.node) == d.incarnation:
                 self.stats["replayed"] += 1
@@ -216,8 +238,9 @@ class Cluster:
         peer = self.peers.get(d.node)
         if peer is None or peer.incarnation != d.incarnation:
             return  # not (yet) known: its heartbeat will bring a snapshot
+        peer.last_seen = time.monotonic()  # authentic and new: it lives, heartbeat or not (a burst's changes)
         if kind == "chg":
-            self._on_change(peer, msg)
+            self._on_changes(peer, msg)
         elif kind == "big":
             self._need_snapshot(peer, msg[1])
         elif kind == "msg" and msg[1] == self.node and msg[2] == self.incarnation:
@@ -261,13 +284,41 @@ class Cluster:
                 peer.gaps.pop(scope, None)
 
     async def _timeouts(self) -> None:
+        period = self.o.heartbeat_ms / 1000
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(self.o.heartbeat_ms / 1000)
+            await asyncio.sleep(period)
             now = time.monotonic()
+            late, last = now - last - period, now
+            if late > period:
+                # this loop could not run (a long callback, the process not scheduled): the heartbeats
+                # that came meanwhile wait unread in the socket, read one per loop turn from now on.
+                # That time is not the peers' silence: it is not counted against their node timeout
+                self.stats["loop_stalls"] += 1
+                for peer in self.peers.values():
+                    peer.last_seen = min(now, peer.last_seen + late)
+            timeout, behind = self.o.node_timeout_ms / 1000, None
             for peer in list(self.peers.values()):
-                if now - peer.last_seen > self.o.node_timeout_ms / 1000:
-                    log.warning("cluster: node %r down (no heartbeat for %d ms)", peer.name, self.o.node_timeout_ms)
-                    self._node_down(peer)
+                silent = now - peer.last_seen
+                if silent <= timeout:
+                    continue
+                if behind is None:
+                    behind = self._unread()
+                if behind and silent <= 2 * timeout:
+                    continue  # datagrams wait unread here: its heartbeat may be among them (bounded: 2x)
+                log.warning("cluster: node %r down (no heartbeat for %d ms)", peer.name, self.o.node_timeout_ms)
+                self._node_down(peer)
+
+    def _unread(self) -> bool:
+        """Whether datagrams wait in our sockets (we are behind: a burst's changes, a stalled loop)."""
+        for t in self._transports:
+            try:
+                if struct.unpack("i", fcntl.ioctl(t.get_extra_info("socket").fileno(), termios.FIONREAD,
+                                                  b"\0\0\0\0"))[0] > 0:
+                    return True
+            except (OSError, AttributeError):
+                pass
+        return False
 
     async def _forget_silent_nodes(self) -> None:
         """Entries of other nodes left in the tables from before this manager started: a node
@@ -285,44 +336,48 @@ class Cluster:
         """A change of a local entry: broadcast it, with the reason this node saw (every node's
         callbacks and events() carry the owner's reason, as in Syn)."""
         seq = self.scope_seq[scope] = self.scope_seq.get(scope, 0) + 1
-        e = change.entry
-        body = msgpack.packb(["chg", scope, seq, change.put, e.type, e.key, e.pid, e.start, e.time_ns, e.meta,
-                              change.reason])
-        if len(body) > _wire.MAX_DATAGRAM - 100:
-            body = msgpack.packb(["big", scope, seq])  # too big for a datagram: receivers fetch a snapshot
-        self._send(body)
+        self._answers.pop(scope, None)  # of the seq before: no peer will ask for it again
+        self._outbox.add(scope, seq, change)  # sent by the end of this loop turn, with the others of the drain
+
+    def flush(self) -> None:
+        """The end of a journal drain (Replica.local_batch_done): the changes gathered go out now."""
+        self._outbox.flush()
 
     def resync(self, scope: str) -> None:
         """Local changes were missed (journal overrun): skip a seq, so every peer sees a gap in
         our heartbeats and fetches our snapshot."""
         self.scope_seq[scope] = self.scope_seq.get(scope, 0) + 2
+        self._answers.pop(scope, None)
 
     # --------------------------------------------------------- remote changes
 
-    def _on_change(self, peer: Peer, msg: list) -> None:
-        scope, seq = msg[1], msg[2]
-        if not self.r.has_scope(scope):
+    def _on_changes(self, peer: Peer, msg: list) -> None:
+        """Consecutive changes of one scope (see _changes): applied in order, or buffered while a
+        snapshot is fetched; a gap fetches one."""
+        _, scope, first, changes = msg
+        if not self.r.has_scope(scope) or type(first) is not int or type(changes) is not list:
             return
-        if scope in peer.fetching:
+        for seq, change in enumerate(changes, first):
+            if scope not in peer.fetching:
+                if scope not in peer.synced:
+                    return  # its first snapshot covers them
+                applied = peer.applied.get(scope, 0)
+                if seq <= applied:
+                    continue  # seen already (or covered by a snapshot)
+                if seq == applied + 1:
+                    self._apply_change(peer, scope, seq, change)
+                    continue
+                self._need_snapshot(peer, scope)  # a gap: this change and the next wait for the snapshot
             buf = peer.buffered.setdefault(scope, {})
             if len(buf) < _BUFFER_MAX:
-                buf[seq] = msg
-            return
-        if scope not in peer.synced:
-            return
-        applied = peer.applied.get(scope, 0)
-        if seq <= applied:
-            return  # seen already (or covered by a snapshot)
-        if seq != applied + 1:
-            self._need_snapshot(peer, scope)
-            return
-        self._apply_change(peer, msg)
+                buf[seq] = change
 
-    def _apply_change(self, peer: Peer, msg: list) -> None:
-        _, scope, seq, put, type_, key, pid, start, time_ns, meta, *rest = msg
+    def _apply_change(self, peer: Peer, scope: str, seq: int, change: list) -> None:
+        put, type_, key, pid, start, time_ns, meta, reason = change
         peer.applied[scope] = seq
-        self.r.apply(scope, peer.name, Change(bool(put), Entry(type_, key, pid, start, time_ns, meta),
-                                              rest[0] if rest else 0))
+        # tuple.__new__: the NamedTuples without their Python-level __new__ (every node, every change)
+        self.r.apply(scope, peer.name, _tuple(Change, (bool(put), _tuple(Entry, (type_, key, pid, start, time_ns, meta)),
+                                                       reason)))
 
     # -------------------------------------------------------------- conflicts
 
@@ -375,26 +430,32 @@ class Cluster:
             if body is None:
                 log.warning("cluster: unauthenticated snapshot answer from %s", peer.name)
                 return
-            _, node, incarnation, seq, entries, gone = msgpack.unpackb(body, raw=False)
+            _, node, incarnation, seq, rows, gone = msgpack.unpackb(body, raw=False)
             if (node, incarnation) != (peer.name, peer.incarnation):
                 log.warning("cluster: snapshot of %r at %s came from %r incarnation %d, not %r incarnation %d",
                             scope, peer.addr[0], node, incarnation, peer.name, peer.incarnation)
                 return
+            if type(rows) is not bytes or type(seq) is not int:
+                raise ValueError("malformed snapshot answer")
+            del body
             if self.peers.get(peer.name) is not peer:
                 return  # it went down meanwhile
-            self.r.replace(scope, peer.name, [Entry(*e) for e in entries], gone, first=scope not in peer.synced)
+            for _ in self.r.replace_rows(scope, peer.name, rows, gone, first=scope not in peer.synced):
+                await asyncio.sleep(0)  # a slice done: heartbeats and the other peers are served
+                if self.peers.get(peer.name) is not peer:
+                    return  # it went down meanwhile (what was applied is purged)
             peer.applied[scope] = seq
             peer.synced.add(scope)
             peer.gaps.pop(scope, None)
             self.stats["snapshots_fetched"] += 1
             # the changes that came meanwhile, newer than the snapshot, in order (a hole: the
             # heartbeats' gap check fetches again)
-            for q, msg in sorted(peer.buffered.pop(scope, {}).items()):
+            for q, change in sorted(peer.buffered.pop(scope, {}).items()):
                 if q <= peer.applied[scope]:
                     continue
                 if q != peer.applied[scope] + 1:
                     break
-                self._apply_change(peer, msg)
+                self._apply_change(peer, scope, q, change)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
             log.info("cluster: snapshot of %r from %s failed (%s); will retry", scope, peer.name, e)
         except ReplicationError as e:  # e.g. no node id left: logged, retried at the next heartbeat's gap
@@ -412,12 +473,7 @@ class Cluster:
         """An authenticated TCP request (see _tcp); the answer, if it has one."""
         msg = msgpack.unpackb(body, raw=False)
         if msg[0] == "snap":
-            scope = msg[1]
-            self.r.flush_local()  # our broadcasts catch up first: the seq below covers them
-            entries, gone = self.r.local_entries(scope)
-            self.stats["snapshots_served"] += 1
-            return msgpack.packb(["snapr", self.node, self.incarnation, self.scope_seq.get(scope, 0),
-                                  [tuple(e) for e in entries], gone])
+            return self._snapshot(msg[1])
         if msg[0] == "who":
             return msgpack.packb(["me", self.node, self.incarnation])
         if msg[0] == "msg":
@@ -425,6 +481,22 @@ class Cluster:
         elif msg[0] == "cfl":
             self._on_conflict_notice(msg)
         return None
+
+    def _snapshot(self, scope: str) -> bytes:
+        """The answer to a snapshot request: our entries of the scope as rows (one C call), with the
+        seq of our changes they are consistent with. Made once per seq: the peers that ask at one
+        position (every node fetches a node that comes up) share it, each under its own MAC."""
+        self.r.flush_local()  # our broadcasts catch up first: the seq below covers them
+        seq = self.scope_seq.get(scope, 0)
+        self.stats["snapshots_served"] += 1
+        cached = self._answers.get(scope)
+        if cached is not None and cached[0] == seq:
+            self.stats["snapshots_shared"] += 1
+            return cached[1]
+        rows, gone = self.r.local_rows(scope)
+        body = msgpack.packb(["snapr", self.node, self.incarnation, seq, rows, gone])
+        self._answers[scope] = (seq, body)
+        return body
 
     # ---------------------------------------------------------------- messages
 

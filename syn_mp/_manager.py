@@ -25,7 +25,7 @@ from ._replication import Replica, Transport, TransportOptions
 from ._health import Incidents, Supervised
 from .events import to_event
 from ._segment_build import SEGMENT_CHECK, build_segment
-from ._table import (BY_NODE, R_MANAGER_RESTART, R_PROCESS_EXIT, FLAG_STRICT, AnnounceReader, SegmentLayoutError,
+from ._table import (ALL_NODES, BY_NODE, R_MANAGER_RESTART, R_PROCESS_EXIT, FLAG_STRICT, AnnounceReader, SegmentLayoutError,
                      SegmentOwnerError, Table, TableError, JournalReader)
 from ._watch import make_watcher
 
@@ -34,9 +34,14 @@ log = logging.getLogger("syn_mp.manager")
 SAFETY_TICK = 1.0  # seconds: rescan journals even if a wake datagram was lost
 PURGE_LOCK_WAIT = 0.05  # seconds a purge waits for a table's lock before it is put off
 SWEEP_EVERY = 30  # safety ticks between sweeps of dead processes' mailbox files
-STAY_AWAKE = 0.05  # seconds of quiet before the manager sleeps (and writes must wake it)
+# seconds of quiet before the manager sleeps (and writes must wake it). With peers or event handlers,
+# short: the first write after a pause then wakes the manager at once (one datagram), where an awake
+# manager would see it at its next poll, up to POLL_AWAKE later, on the change's way to the other
+# nodes; a burst keeps it awake. A lean manager (only new processes to watch) sleeps less often.
+STAY_AWAKE = 0.002
+STAY_AWAKE_LEAN = 0.05
 POLL_AWAKE = 0.001  # while awake, how often the journals are looked at
-DRAIN_BUDGET = 20000  # journal records handled before the loop lets other work run
+DRAIN_BUDGET = 4096  # journal records handled before the loop lets other work run (heartbeats: a few ms)
 _WATCHED_KINDS = {"registered", "registry_updated", "joined", "group_updated"}
 
 
@@ -240,7 +245,10 @@ class Manager:
         if self._lean:
             self.readers[scope] = t.announced()  # from now: older processes are found by the scan
         else:
-            self.readers[scope] = t.journal()  # from now: older changes are covered by the scan
+            # from now: older changes are covered by the scan. Without event handlers only our own
+            # node's records matter (the peers' changes applied here are passed over in C: a
+            # snapshot of 100,000 entries writes as many records)
+            self.readers[scope] = t.journal(node=ALL_NODES if self.callbacks else 0)
         self._scan(scope, reason)
 
     def _build(self, scope: str, old: Table | None) -> Table:
@@ -372,6 +380,13 @@ class Manager:
                 pass
         except BlockingIOError:
             pass
+        # a write found us asleep: what it wrote is handled here and now, not a loop turn later in the
+        # pump (a peer's latency, an event handler's); then the pump stays awake a while, so that the
+        # writes that follow cost their writers no system call
+        try:
+            self._drain()
+        except Exception:  # the pump meets it again, and reports it
+            pass
         self._wake.set()
 
     def _on_relay_datagram(self, sock: socket.socket) -> None:
@@ -427,7 +442,10 @@ class Manager:
             for t in self.tables.values():
                 t.set_sleeping(False)
             quiet_since = loop_time = asyncio.get_running_loop().time()
-            while loop_time - quiet_since < STAY_AWAKE:
+            while loop_time - quiet_since < (STAY_AWAKE_LEAN if self._lean else STAY_AWAKE):
+                if self._faults.get("pump"):
+                    self._faults["pump"] -= 1
+                    raise RuntimeError("injected fault (SYN_MP_TEST_FAULT)")
                 n = self._drain()
                 self.pump.ok()
                 if n:
@@ -445,9 +463,6 @@ class Manager:
         event handlers and peers, which need every record, only the announce ring is followed:
         the processes to watch, each announced once, so the manager's work no longer follows
         every write (csrc/table.c, "the announce ring")."""
-        if self._faults.get("pump"):
-            self._faults["pump"] -= 1
-            raise RuntimeError("injected fault (SYN_MP_TEST_FAULT)")
         left = budget
         for scope, reader in list(self.readers.items()):
             while left > 0:
@@ -458,6 +473,8 @@ class Manager:
                 if not n:
                     break
                 left -= n
+        if left < budget and self.replica is not None:
+            self.replica.local_batch_done()  # the changes handed to the transport go out now
         return budget - left
 
     def _follow_journal(self, scope: str, reader: JournalReader, most: int) -> int:

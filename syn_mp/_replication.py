@@ -17,11 +17,18 @@ processes'). A transport has two jobs:
    transport counts in those calls is the one `Replica.local_entries()` is consistent with.
    `Transport.resync(scope)` says local changes were missed (a journal overrun): the
    transport must make every other node re-read this node's entries of the scope.
+   A transport may gather the changes of one drain into fewer messages: it sends them by the
+   end of the loop turn, and if it has a `flush()` method, that is called at the end of each
+   drain (`Replica.local_batch_done`) to send them at once.
 
 2. Bring in.  For every other node N the transport calls, for each scope:
    - `Replica.replace(scope, N, entries, gone, first)`: N's complete entries of the scope (a
      snapshot, authoritative: what it lacks is removed, with the reason in `gone` when N
      told one). `first` for the first copy of N after N came up (reason node_up).
+     `Replica.replace_rows(...)` is the same for a copy made by N's `local_rows()` (all its
+     entries in one byte string), done a slice at a time: a generator the transport iterates,
+     serving its loop between slices, and drops when N goes down (100,000 entries would hold
+     the loop for most of a second in one go, past a node timeout).
    - `Replica.apply(scope, N, change)`: one change of N, applied in N's order and never older
      than a `replace` already applied (the transport orders them: buffered, sequenced, ...).
    - `Replica.node_down(N)`: N is gone (timeout, restart under a new incarnation): its
@@ -43,18 +50,22 @@ Messages to processes of other nodes: `Transport.relay(dest, target, data)` carr
 at most once; the receiving transport calls `Replica.deliver(target, data)`.
 
 Everything runs on the manager's asyncio loop; no method blocks (a custom resolver is bounded
-by RESOLVER_TIMEOUT).
+by RESOLVER_TIMEOUT). What grows with a scope's size is one C call (local_rows) or sliced
+(replace_rows); local_entries() and replace() handle an entry at a time in Python, for a
+transport whose copies are small or come in pieces (etcd's).
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import signal
 import time
-from typing import Any, Callable, Mapping, NamedTuple, Protocol
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Protocol
 
-from ._table import (BY_NODE, EBADPID, EFULL, ETAKEN, F_FORCE, F_MATCH_PID, R_CONFLICT, R_MANAGER_RESTART, R_NODE_DOWN,
-                     R_NODE_UP, R_NORMAL, R_PROCESS_EXIT, PG, REG, WITH_KEY, WITH_META, Table, TableError)
+from ._table import (BY_NODE, EBADPID, EFULL, ETAKEN, F_FORCE, F_MATCH_PID, R_CONFLICT, R_MANAGER_RESTART,
+                     R_NODE_DOWN, R_NODE_UP, R_NORMAL, R_PROCESS_EXIT, PG, REG, WITH_KEY, WITH_META, Table,
+                     TableError, parse_row, parse_rows, rows_check, rows_missing)
 from ._types import Pid
 from .codec import decode, decode_name
 
@@ -62,6 +73,7 @@ log = logging.getLogger("syn_mp.replication")
 
 RESOLVER_TIMEOUT = 1.0  # seconds a custom resolve_registry_conflict may take (then: the default rule)
 GONE_KEPT = 4096        # per scope: recent local removals whose reason a snapshot still tells
+SLICE_ROWS = 4096       # rows of a snapshot applied per slice (a few ms: see replace_rows)
 # the reasons an owner's removal travels with (the others are each node's own: node up/down)
 OWNER_REASONS = frozenset({R_NORMAL, R_PROCESS_EXIT, R_MANAGER_RESTART, R_CONFLICT})
 PUT_KINDS = frozenset({"registered", "registry_updated", "joined", "group_updated"})
@@ -72,6 +84,7 @@ TYPE_OF_KIND = {"registered": REG, "registry_updated": REG, "unregistered": REG,
 # what apply(), replace() and conflict_notice() raise when a table can't take another node (no node
 # id left: every id belongs to a node up or holding entries); the transport logs it and tries later
 ReplicationError = TableError
+_tuple = tuple.__new__
 
 
 class Entry(NamedTuple):
@@ -140,11 +153,7 @@ class LagHistogram:
     def observe(self, time_ns: int) -> None:
         lag = max(0.0, (time.time_ns() - time_ns) / 1e9)
         self.total += lag
-        for i, le in enumerate(self.BUCKETS):
-            if lag <= le:
-                self.counts[i] += 1
-                return
-        self.counts[-1] += 1
+        self.counts[bisect.bisect_left(self.BUCKETS, lag)] += 1  # the first bound >= lag (past all: the last)
 
     def status(self) -> dict[str, Any]:
         """Cumulative counts per upper bound (Prometheus' shape; None: +Inf, JSON has no infinity),
@@ -175,6 +184,7 @@ class Replica:
         self._decisions: dict[tuple, int | None] = {}  # conflicts decided (the same answer if met again)
         self._conflict_won: dict[tuple, float] = {}    # (scope, key, node, pid) that beat an entry of ours
         self._live: set[str] = set()  # nodes the transport brought in and has not declared down
+        self._nids: dict[Table, dict[str, int]] = {}  # per table: node name -> id (see _node_id)
 
     # ------------------------------------------------------------ carry out
 
@@ -191,9 +201,16 @@ class Replica:
             gone[(type_, r.key, r.pid)] = r.reason
             while len(gone) > GONE_KEPT:
                 del gone[next(iter(gone))]
-        if self.transport is not None:
-            self.transport.on_local_change(
-                scope, Change(put, Entry(type_, r.key, r.pid, r.start, r.time_ns, r.meta if put else b""), r.reason))
+        if self.transport is not None:  # tuple.__new__: no Python-level NamedTuple __new__ (on every change's path)
+            e = _tuple(Entry, (type_, r.key, r.pid, r.start, r.time_ns, r.meta if put else b""))
+            self.transport.on_local_change(scope, _tuple(Change, (put, e, r.reason)))
+
+    def local_batch_done(self) -> None:
+        """(manager) The end of a journal drain: a transport that gathers local changes into fewer
+        messages sends what it holds now (its `flush()`, if it has one), not a loop turn later."""
+        flush = getattr(self.transport, "flush", None)
+        if flush is not None:
+            flush()
 
     def local_entries(self, scope: str) -> tuple[list[Entry], list[tuple[int, bytes, int, int]]]:
         """The node's own entries of the scope, and recent removals whose reason was not `normal`
@@ -203,8 +220,19 @@ class Replica:
             return [], []
         entries = [Entry(i.type, i.key, i.pid, i.start, i.time_ns, i.meta)
                    for i in t.collect(BY_NODE, 0, node=0, flags=WITH_KEY | WITH_META)]
-        gone = [(*k, r) for k, r in self._gone.get(scope, {}).items() if r != R_NORMAL]
-        return entries, gone
+        return entries, self._gone_list(scope)
+
+    def local_rows(self, scope: str) -> tuple[bytes, list[tuple[int, bytes, int, int]]]:
+        """local_entries() with the entries as rows (_table.rows_check: one byte string, copied out
+        of the table in one C call, no Python object per entry): what replace_rows() takes."""
+        t = self.tables.get(scope)
+        if t is None:
+            return b"", []
+        rows, _ = t.collect_rows(BY_NODE, 0, node=0, flags=WITH_KEY | WITH_META)
+        return rows, self._gone_list(scope)
+
+    def _gone_list(self, scope: str) -> list[tuple[int, bytes, int, int]]:
+        return [(*k, r) for k, r in self._gone.get(scope, {}).items() if r != R_NORMAL]
 
     # ------------------------------------------------------------ bring in
 
@@ -223,8 +251,8 @@ class Replica:
         nid = self._node_id(t, node)
         e = change.entry
         if change.put:
-            self.lag.observe(e.time_ns)
             self._apply_put(t, scope, nid, e, R_NORMAL)
+            self.lag.observe(e.time_ns)  # once it is in the table: what readers see
         else:  # MATCH_PID: only that process's
             reason = change.reason if change.reason in OWNER_REASONS else R_NORMAL
             t.delete(e.type, e.key, nid, e.pid, flags=F_MATCH_PID, reason=reason, reason_node=nid)
@@ -232,6 +260,11 @@ class Replica:
     def replace(self, scope: str, node: str, entries: list[Entry], gone: list, first: bool) -> None:
         """`node`'s complete entries of the scope: what it lacks is removed (for the reason `gone`
         gives, else normal); `first`: the first copy since it came up (reason node_up)."""
+        for _ in self._replace_steps(scope, node, entries, gone, first):
+            pass
+
+    def _replace_steps(self, scope: str, node: str, entries: list[Entry], gone: list, first: bool) -> Iterator[None]:
+        """replace(), yielding every SLICE_ROWS entries (see replace_rows)."""
         t = self.tables.get(scope)
         if t is None or node == self.node:
             return
@@ -245,11 +278,66 @@ class Replica:
                 t.delete(item.type, item.key, nid, item.pid, flags=F_MATCH_PID, reason=why.get(k, R_NORMAL),
                          reason_node=nid)
         reason = R_NODE_UP if first else R_NORMAL
-        for e in entries:
+        for i, e in enumerate(entries, 1):
             self._apply_put(t, scope, nid, Entry(*e), reason)
+            if i % SLICE_ROWS == 0:
+                yield
+                t = self.tables.get(scope)  # rebuilt meanwhile: the new segment holds what was applied
+                if t is None:
+                    return
+                nid = self._node_id(t, node)
+
+    def replace_rows(self, scope: str, node: str, rows: bytes, gone: list, first: bool) -> Iterator[None]:
+        """replace() for `node`'s local_rows(), a slice at a time: yields after each slice (at most
+        SLICE_ROWS rows, one C call), so the caller's loop serves heartbeats and other peers in
+        between. The caller iterates to the end, or stops when `node` went down (node_down()
+        purges what was applied). ReplicationError before anything is applied when a row is
+        malformed; the other node's changes must wait (be buffered) until the end, as for replace().
+        The local journal is followed after each slice (flush_local): a snapshot's records would
+        otherwise pile up until the manager's next tick, and overrun its ring."""
+        rows_check(rows)
+        t = self.tables.get(scope)
+        if t is None or node == self.node:
+            return
+        self._live.add(node)
+        nid = self._node_id(t, node)
+        if any(k[0] == scope and k[2] == node for k in self._conflict_won):
+            # an entry of the node won a conflict against ours: it must arrive with that reason
+            # (_apply_put), so these rows go one by one (rare: just after such a conflict)
+            entries = [Entry(i.type, i.key, i.pid, i.start, i.time_ns, i.meta) for i in parse_rows(rows)]
+            for _ in self._replace_steps(scope, node, entries, gone, first):
+                self._flush()
+                yield
+            self._flush()
+            return
+        if t.count(BY_NODE, REG, node=nid) + t.count(BY_NODE, PG, node=nid):
+            have, _ = t.collect_rows(BY_NODE, 0, node=nid, flags=WITH_KEY)
+            why = {(g[0], g[1], g[2]): g[3] for g in gone if g[3] in OWNER_REASONS}
+            for i, item in enumerate(rows_missing(have, rows), 1):
+                k = (item.type, item.key, item.pid)
+                t.delete(item.type, item.key, nid, item.pid, flags=F_MATCH_PID, reason=why.get(k, R_NORMAL),
+                         reason_node=nid)
+                if i % SLICE_ROWS == 0:
+                    self._flush()
+                    yield
+        reason = R_NODE_UP if first else R_NORMAL
+        pos = 0
+        while pos < len(rows):
+            t = self.tables.get(scope)  # rebuilt meanwhile: the new segment holds what was applied
+            if t is None:
+                return
+            nid = self._node_id(t, node)
+            pos, failed = t.put_rows(rows, pos, SLICE_ROWS, nid, reason, nid)
+            for off in failed:  # a conflict (or no room): the way of a single change
+                row = parse_row(rows, off)
+                self._apply_put(t, scope, nid, Entry(row.type, row.key, row.pid, row.start, row.time_ns, row.meta),
+                                reason)
+            self._flush()
+            yield
 
     def node_down(self, node: str) -> None:
         self._live.discard(node)
+        self._nids.clear()  # ids are retired below
         for t in self.tables.values():
             nid = t.node_id(node)
             if nid is not None and nid != 0:
@@ -282,25 +370,38 @@ class Replica:
     def _reclaim_node_ids(self, t: Table, up: set[str]) -> None:
         """Retire the ids of nodes that are not up and hold nothing here: a segment has 255 ids for
         other nodes, and pods get a new name at every restart (retired ids go to new names)."""
+        self._nids.clear()
         for nid in range(1, t.nnodes()):
             if t.node_name(nid) not in up:
                 t.retire_node(nid)  # refused (False) while it holds entries
 
     def _node_id(self, t: Table, name: str) -> int:
-        """The id of a node's name, reclaiming retired ids once the node table is full."""
-        try:
-            return t.add_node(name)
-        except TableError:
-            self._reclaim_node_ids(t, self._live)
-            return t.add_node(name)  # still full: every id belongs to a node up or holding entries
+        """The id of a node's name, reclaiming retired ids once the node table is full. Remembered:
+        it is looked up for every change (three calls down to C, some 15 us on a cold cache); only
+        this replica adds and retires other nodes' ids, and it forgets them all on a retire."""
+        ids = self._nids.get(t)
+        if ids is None:
+            for old in [k for k in self._nids if k not in self.tables.values()]:
+                del self._nids[old]  # a table since rebuilt
+            ids = self._nids[t] = {}
+        nid = ids.get(name)
+        if nid is None:
+            try:
+                nid = t.add_node(name)
+            except TableError:
+                self._reclaim_node_ids(t, self._live)
+                ids = self._nids[t] = {}
+                nid = t.add_node(name)  # still full: every id belongs to a node up or holding entries
+            ids[name] = nid
+        return nid
 
     # ------------------------------------------------------------ conflicts
 
     def _apply_put(self, t: Table, scope: str, nid: int, e: Entry, reason: int) -> None:
-        won = self._conflict_won.pop((scope, e.key, t.node_name(nid), e.pid), None)
+        won = self._conflict_won.pop((scope, e.key, t.node_name(nid), e.pid), None) if self._conflict_won else None
         if won is not None and e.type == REG:
             reason = R_CONFLICT  # it won a conflict that removed ours: that is how it arrives here
-        rc, info = t.put(e.type, e.key, nid, e.pid, e.start, e.time_ns, e.meta, reason=reason, reason_node=nid)
+        rc = t.put_rc(e.type, e.key, nid, e.pid, e.start, e.time_ns, e.meta, reason, nid)
         if rc != ETAKEN:
             if rc == EFULL:
                 log.error("scope %r is full: an entry of node %s was not stored", scope, t.node_name(nid))
@@ -308,12 +409,12 @@ class Replica:
                 log.warning("scope %r: node %s sent pid %d, which no OS process has: not stored",
                             scope, t.node_name(nid), e.pid)
             return
-        if info.node == nid:  # the authority moved its own name to another of its processes
-            t.put(e.type, e.key, nid, e.pid, e.start, e.time_ns, e.meta, flags=F_FORCE, reason=reason,
-                  reason_node=nid)
-            return
         held = t.get(REG, e.key)
         if held is None:
+            return
+        if held.node == nid:  # the authority moved its own name to another of its processes
+            t.put(e.type, e.key, nid, e.pid, e.start, e.time_ns, e.meta, flags=F_FORCE, reason=reason,
+                  reason_node=nid)
             return
         self._resolve(t, scope, e.key, (held.node, held.pid, held.start, held.time_ns, held.meta),
                       (nid, e.pid, e.start, e.time_ns, e.meta))

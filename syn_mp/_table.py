@@ -8,7 +8,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import posix_ipc
 
@@ -430,6 +430,25 @@ class Table:
         finally:
             self._pool.append(s)
 
+    def collect_rows(self, mode: int, type_: int, key: bytes = b"", node: int = ALL_NODES, pid: int = 0,
+                     flags: int = WITH_KEY | WITH_META) -> tuple[bytes, int]:
+        """collect() as rows (csrc/rows.c: synt_item_t records in one byte string) and their count,
+        for a caller that hands them on whole (a snapshot) rather than reading each one. Its own
+        buffer, sized by a first walk: a snapshot's megabytes are not kept in the scratch pool."""
+        needed = ffi.new("uint64_t *")
+        cap, buf = 0, ffi.NULL
+        while True:
+            n = lib.synt_collect(self._t, mode, type_, key, len(key), node, pid, flags, buf, cap, needed)
+            if n >= 0 and self._flagsp[0] & FLAG_RETIRED and self.renew():
+                continue
+            if n >= 0 and buf != ffi.NULL:
+                return ffi.buffer(buf, needed[0])[:], n
+            if n >= 0 or n == EBUFSMALL:  # measured (or it grew since): room for it and some more
+                cap = needed[0] + needed[0] // 8 + 4096
+                buf = ffi.new("uint8_t[]", cap)
+                continue
+            self._retry(n, None, 0)
+
     def count(self, mode: int, type_: int, key: bytes = b"", node: int = ALL_NODES, pid: int = 0) -> int:
         while True:
             n = lib.synt_count(self._t, mode, type_, key, len(key), node, pid)
@@ -448,6 +467,13 @@ class Table:
             raise TableError(f"table {self.name}: read failed ({rc})")
 
     # ------------------------------------------------------------ writes
+
+    def put_rc(self, type_: int, key: bytes, node: int, pid: int, start: int, time_ns: int, meta: bytes,
+               reason: int, reason_node: int) -> int:
+        """put()'s result code alone, the info not read back (one C call: the path of every remote
+        change); ERETIRED as it is."""
+        return lib.synt_put(self._t, type_, key, len(key), node, pid, start, time_ns, meta, len(meta), 0, 0, reason,
+                            reason_node, ffi.NULL)
 
     def put(self, type_: int, key: bytes, node: int, pid: int, start: int, time_ns: int,
             meta: bytes, flags: int = 0, expect_ver: int = 0, reason: int = R_NORMAL,
@@ -474,6 +500,20 @@ class Table:
                     return rc, _new_entry(_Info, _INFO.unpack_from(s.info_bytes))
         finally:
             self._pool.append(s)
+
+    def put_rows(self, rows: bytes, pos: int, most: int, node: int, reason: int,
+                 reason_node: int) -> tuple[int, list[int]]:
+        """put() of at most `most` rows (csrc/rows.c) from byte offset `pos` on, as entries of `node`:
+        (the offset after the rows done, the offsets of the rows whose put failed: a conflict,
+        no room...; the caller puts those one by one). TableError on a malformed row."""
+        cur = ffi.new("uint64_t *", pos)
+        failed = ffi.new("uint64_t[]", _FAILED_MAX)
+        nfailed = ffi.new("uint32_t *")
+        n = lib.synt_put_rows(self._t, rows, len(rows), cur, most, node, reason, reason_node, failed, _FAILED_MAX,
+                              nfailed)
+        if n < 0:
+            raise TableError(f"table {self.name}: a malformed row at byte {cur[0]} ({n})")
+        return cur[0], [failed[i] for i in range(nfailed[0])]
 
     def purge_pid(self, node: int, pid: int, start: int, reason: int, reason_node: int = 0,
                   wait: float = 0.0) -> int:
@@ -535,8 +575,10 @@ class Table:
             raise TableError(f"table {self.name}: mutex unusable ({head})")
         return AnnounceReader(self, head)
 
-    def journal(self, cursor: int | None = None) -> "JournalReader":
-        return JournalReader(self, self.journal_head() if cursor is None else cursor)
+    def journal(self, cursor: int | None = None, node: int = ALL_NODES) -> "JournalReader":
+        """A reader of the journal from `cursor` (default: now), of every node's records or of
+        `node`'s only (the others are passed over in C, never copied or parsed)."""
+        return JournalReader(self, self.journal_head() if cursor is None else cursor, node)
 
 
 _ITEM = ffi.sizeof("synt_item_t")
@@ -544,6 +586,50 @@ _JREC = ffi.sizeof("synt_jrec_t")
 
 
 _ITEM_HEAD = struct.Struct("=IIqQqII")  # synt_item_t
+_JREC_HEAD = struct.Struct("=QIHHIIqQqII")  # synt_jrec_t
+_FAILED_MAX = 256  # rows whose put failed, reported per put_rows call
+
+
+def rows_check(rows: bytes) -> int:
+    """How many rows (csrc/rows.c); TableError when one is malformed (they come from another node)."""
+    n = lib.synt_rows_check(rows, len(rows))
+    if n < 0:
+        raise TableError(f"malformed rows ({n})")
+    return n
+
+
+def rows_missing(have: bytes, want: bytes) -> list[Item]:
+    """The rows of `have` whose (type, key, pid) no row of `want` has."""
+    needed = ffi.new("uint64_t *")
+    n = lib.synt_rows_missing(have, len(have), want, len(want), ffi.NULL, 0, needed)
+    if n == EBUFSMALL:
+        buf = ffi.new("uint8_t[]", needed[0])
+        n = lib.synt_rows_missing(have, len(have), want, len(want), buf, needed[0], needed)
+        if n >= 0:
+            return _parse_items(ffi.buffer(buf, needed[0])[:], n)
+    if n < 0:
+        raise TableError(f"malformed rows ({n})")
+    return []
+
+
+def parse_rows(rows: bytes) -> list[Item]:
+    """Every row, as Items."""
+    return _parse_items(rows, rows_check(rows))
+
+
+def make_rows(entries: Iterable[tuple[int, bytes, int, int, int, bytes]]) -> bytes:
+    """Rows of (type, key, pid, start, time_ns, meta) entries of node 0, built in Python: what
+    collect_rows() gives, for a few entries (the inverse of parse_rows)."""
+    out = []
+    for type_, key, pid, start, time_ns, meta in entries:
+        row = _ITEM_HEAD.pack(0, type_, pid, start, time_ns, len(key), len(meta)) + key + meta
+        out.append(row + b"\0" * (-len(row) % 8))
+    return b"".join(out)
+
+
+def parse_row(rows: bytes, off: int) -> Item:
+    """The row at byte offset `off`."""
+    return _parse_items(rows[off:off + _ITEM + sum(_ITEM_HEAD.unpack_from(rows, off)[5:])], 1)[0]
 
 
 def _parse_items(data: bytes, n: int) -> list[Item]:
@@ -562,9 +648,10 @@ def _parse_items(data: bytes, n: int) -> list[Item]:
 class JournalReader:
     """A lock-free cursor over a table's journal ring."""
 
-    def __init__(self, table: Table, cursor: int) -> None:
+    def __init__(self, table: Table, cursor: int, node: int = ALL_NODES) -> None:
         self.table = table
         self.cursor = ffi.new("uint64_t *", cursor)
+        self.node = node
         self._gen = table.gen
         self._cap = 1 << 16
         self._buf = ffi.new("uint8_t[]", self._cap)
@@ -574,13 +661,14 @@ class JournalReader:
 
     def read(self, max_records: int = 4096) -> list[JournalRecord] | None:
         """The next records; None when the reader fell behind the ring (resync from the table)."""
-        unpack = struct.Struct("=QIHHIIqQqII").unpack_from
+        unpack = _JREC_HEAD.unpack_from
         if self._gen != self.table.gen:  # the table was rebound to a new segment: follow it from now
             self._gen = self.table.gen
             self.cursor[0] = self.table.journal_head()
             return []
         while True:
-            n = lib.synt_journal_read(self.table._t, self.cursor, self._buf, self._cap, max_records)
+            n = lib.synt_journal_read_node(self.table._t, self.cursor, self._buf, self._cap, max_records,
+                                           self.node)
             if n == EOVERRUN:
                 return None
             if n == EBUFSMALL:
@@ -595,8 +683,8 @@ class JournalReader:
             for _ in range(n):
                 seq, reclen, kind, reason, node, rnode, pid, start, t, kl, ml = unpack(data, off)
                 d = off + _JREC
-                out.append(JournalRecord(seq, J_KINDS.get(kind, "?"), reason, node, rnode, pid, start, t,
-                                         data[d:d + kl], data[d + kl:d + kl + ml]))
+                out.append(_new_entry(JournalRecord, (seq, J_KINDS.get(kind, "?"), reason, node, rnode, pid, start, t,
+                                                      data[d:d + kl], data[d + kl:d + kl + ml])))
                 off += reclen
             return out
 

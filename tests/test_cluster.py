@@ -315,17 +315,20 @@ def test_twenty_percent_datagram_loss_still_converges(cluster):
     assert st["dropped_test"] > 0
 
 
+_FILL = """
+import sys, syn_mp
+syn_mp.add_node_to_scopes(["s"])
+for i in range({n}):
+    syn_mp.register("s", ("n", i), meta=i)
+print("done", flush=True)
+sys.stdin.read()
+"""
+
+
 def test_twenty_thousand_entries_reach_a_new_node(cluster):
     c = cluster(2)
     c.h1.daemon()
-    filler = c.h1.python("""
-import syn_mp
-syn_mp.add_node_to_scopes(["s"])
-for i in range(20000):
-    syn_mp.register("s", ("n", i), meta=i)
-print("done", flush=True)
-import sys; sys.stdin.read()
-""")
+    filler = c.h1.python(_FILL.format(n=20_000))
     assert filler.stdout.readline().strip() == "done", filler.stderr.read()
     t0 = time.monotonic()
     c.h2.daemon()
@@ -335,6 +338,47 @@ import sys; sys.stdin.read()
              what="20,000 entries on the new node")
     print(f"\n20,000-entry snapshot on a new node: {time.monotonic() - t0:.3f}s from its manager's start")
     assert on(c.h2).lookup("s", ("n", 19999)) == (Pid("h1", filler.pid), 19999)
+
+
+def flaps(*hosts) -> list[str]:
+    """Every node down/up event the daemons logged after their start (their first sight of each other)."""
+    out = []
+    for h in hosts:
+        lines = [ln for ln in h.log().splitlines() if "cluster: node" in ln and (" down " in ln or " restarted" in ln)]
+        out += [f"{h.name}: {ln}" for ln in lines]
+    return out
+
+
+def test_a_hundred_thousand_entries_reach_a_new_node_and_no_node_flaps(cluster):
+    """100,000 names on h1, synced to h2; then h3 joins. h1 copies its snapshot out of the table in one
+    C call (shared by whoever asks at that position) and h3 applies it a slice at a time, so no loop
+    stops hearing and sending heartbeats. Before, building and applying it blocked the managers'
+    loops past the 500 ms node timeout: the nodes took each other for down and fetched again, for
+    ever (in the 8-node bench the joiner never held the 100,000)."""
+    c = cluster(3)
+    c.h1.daemon()
+    c.h2.daemon()
+    w2 = c.h2.worker()
+    w2.call("add_node_to_scopes", ["s"])
+    filler = c.h1.python(_FILL.format(n=100_000))
+    assert filler.stdout.readline().strip() == "done", filler.stderr.read()
+    wait_for(lambda: on(c.h2).registry_count("s", "h1") == 100_000, timeout=60, interval=0.05,
+             what="the 100,000 names on h2")
+    c.h3.daemon()
+    w3 = c.h3.worker()
+    t0 = time.monotonic()
+    w3.call("add_node_to_scopes", ["s"])
+    wait_for(lambda: on(c.h3).registry_count("s", "h1") == 100_000, timeout=30, interval=0.01,
+             what="the 100,000 names on the new node")
+    took = time.monotonic() - t0
+    time.sleep(2)  # the heartbeats go on: a flap shows within a node timeout or two
+    st = cluster_status(c.h3)
+    print(f"\n100,000-entry snapshot on a new node: {took:.3f}s; snapshots fetched by it {st['snapshots_fetched']}, "
+          f"served by h1 {cluster_status(c.h1)['snapshots_served']}")
+    assert flaps(c.h1, c.h2, c.h3) == []
+    assert st["snapshots_fetched"] == 2, st  # one of each node: none fetched again
+    assert on(c.h3).lookup("s", ("n", 99_999)) == (Pid("h1", filler.pid), 99_999)
+    assert took < 5, took  # about 0.3 s here; before, never
 
 
 def test_unicast_peers_where_multicast_is_blocked(cluster):

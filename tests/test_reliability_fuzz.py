@@ -337,9 +337,11 @@ def _garbage_bodies(rnd: random.Random, closed_port: int) -> list[bytes]:
     r = rnd.choice
     shapes = [
         lambda: ["hb", r([{"s": rnd.randrange(5)}, {"s": r(junk)}, r(junk)]), r([closed_port, r(junk)])],
-        lambda: ["chg", r(["s", r(junk)]), rnd.randrange(4), r([True, False, r(junk)]), r([1, 2, r(junk)]),
-                 r([encode_name(("m", rnd.randrange(9))), r(junk)]), r([rnd.randrange(1, 9), r(junk)]),
-                 r([1, r(junk)]), r([time.time_ns(), r(junk)]), r([encode_meta(1), r(junk)])],
+        lambda: ["chg", r(["s", r(junk)]), r([rnd.randrange(4), r(junk)]),
+                 r([[[r([True, False, r(junk)]), r([1, 2, r(junk)]), r([encode_name(("m", rnd.randrange(9))), r(junk)]),
+                      r([rnd.randrange(1, 9), r(junk)]), r([1, r(junk)]), r([time.time_ns(), r(junk)]),
+                      r([encode_meta(1), r(junk)]), r([0, 1, r(junk)])][:rnd.randrange(6, 9)]
+                     for _ in range(rnd.randrange(3))], r(junk)])],
         lambda: ["big", r(["s", r(junk)]), r(junk)],
         lambda: ["msg", r(["127.0.0.2", r(junk)]), r(junk), r([b"\x00", r(junk)])],
         lambda: [r(["hb", "chg", "big", "msg", "snap", "cfl", "", r(junk)])] + [r(junk)] * rnd.randrange(12),
