@@ -6,7 +6,7 @@ each node holds for its own processes; then they are SIGKILLed and every table m
 managers' private memory (RssAnon) must not grow between the first and the last third of the run.
 
 Figures are printed (run with -s): operations/s, convergence times, RSS, drops and snapshots.
-SYN_MP_SOAK_SECONDS (default 30) sets the churn time, SYN_MP_SOAK_WORKERS (default 2) the workers
+SYN_MP_SOAK_SECONDS (default 15) sets the churn time, SYN_MP_SOAK_WORKERS (default 2) the workers
 per host, SYN_MP_SOAK_DROP_RATE (default 0.2) the loss.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from syn_mp import _client
 
 from conftest import checked, wait_for
 
-SECONDS = float(os.environ.get("SYN_MP_SOAK_SECONDS", "30"))
+SECONDS = float(os.environ.get("SYN_MP_SOAK_SECONDS", "15"))
 WORKERS = int(os.environ.get("SYN_MP_SOAK_WORKERS", "2"))
 DROP = os.environ.get("SYN_MP_SOAK_DROP_RATE", "0.2")
 GROUPS = [("g", i) for i in range(5)]
