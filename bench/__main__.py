@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import machine, report
     from .figures import Bench, Config
 
-    columns = ["syn_mp", "dict", "ultradict", "manager", "redis", "syn"]
+    columns = ["syn_mp", "dict", "ultradict", "manager", "redis", "syn", "syn1"]
     if args.render_only:
         return _render(args.out, columns, args.no_plots)
     cfg = Config.make(args.quick)

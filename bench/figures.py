@@ -73,7 +73,7 @@ class Bench:
         self.syn_path = syn_path
         self.contenders: list[Contender] = []
         self.status: dict[str, dict[str, str]] = {}   # key -> {"label", "version", "status"}
-        self.syn: SynErlang | None = None
+        self.syns: dict[str, SynErlang] = {}  # "syn": the VM's default schedulers; "syn1": +S 1
         self.workers: list[WorkerProc] = []
         self.figures: list[Figure] = []
         self.notes: list[str] = []
@@ -103,23 +103,24 @@ class Bench:
             self.contenders.append(c)
             self._status(c.key, c.label, c.version, "ran")
         why = _syn_unavailable(self.syn_path)
-        if why is None:
-            s = SynErlang(self.syn_path)
+        for sched in (None, 1):
+            s = SynErlang(self.syn_path or "", sched)
+            if why is not None:
+                self._status(s.key, s.label, "", f"not run: {why}")
+                continue
             try:
-                self.log("building Syn from " + s.syn_path)
+                self.log(f"building Syn from {s.syn_path} ({s.label})")
                 s.start()
-                self.syn = s
-                self._status("syn", s.label, s.version, "ran")
+                self.syns[s.key] = s
+                self._status(s.key, s.label, s.version, "ran")
             except Exception as e:
                 s.close()
-                self._status("syn", SynErlang.label, "", f"not run: {_why(e)}")
-        else:
-            self._status("syn", SynErlang.label, "", f"not run: {why}")
+                self._status(s.key, s.label, "", f"not run: {_why(e)}")
         self._fill()
 
     def order(self) -> list[str]:
         keys = [c.key for c in self.contenders]
-        return keys + (["syn"] if self.syn else [])
+        return keys + list(self.syns)
 
     def c(self, key: str) -> Contender:
         return next(c for c in self.contenders if c.key == key)
@@ -173,17 +174,16 @@ class Bench:
                 assert v is not None and v[1] == meta_for(i), (c.key, k, v)
             assert ops.get(self.names_none[3])[1] is None
             self.log(f"  {c.label}: filled in {time.perf_counter() - t0:.1f} s")
-        if self.syn:
+        for key, s in self.syns.items():
             t0 = time.perf_counter()
-            s = self.syn
             for kind in ("str", "tuple", "none"):
                 s.cmd("fill", "ops", kind, n)
             s.cmd("fill", "regs", "str", n)
             s.cmd("fill", "s1k", "str", n)
             s.cmd("fill", "rw", "str", n)
             s.cmd("group", cfg.group)
-            self.memory.add("syn", s.cmd("fill", "s100k", "str", cfg.big)[0])
-            self.log(f"  Syn: filled in {time.perf_counter() - t0:.1f} s")
+            self.memory.add(key, s.cmd("fill", "s100k", "str", cfg.big)[0])
+            self.log(f"  {s.label}: filled in {time.perf_counter() - t0:.1f} s")
         self.memory.na.setdefault("dict", "not measured")
 
     def member_pids(self, n: int) -> list[int]:
@@ -208,8 +208,8 @@ class Bench:
             except Exception:
                 pass
         self.workers.clear()
-        if self.syn:
-            self.syn.close()
+        for s in self.syns.values():
+            s.close()
         for c in reversed(self.contenders):
             try:
                 c.close()
@@ -242,7 +242,7 @@ class Bench:
                  ("tuple", self.names_tuple, "lookup, tuple name (hit)"),
                  ("none", self.names_none, "lookup, str name, meta None (hit)")]
         figs = {kind: Figure(f"lookup_{kind}", title, "ns/op", "lower", group="lookup") for kind, _, title in kinds}
-        figs["str"].goal = "<= UltraDict get, <= 10x dict get, < Syn lookup"
+        figs["str"].goal = "<= UltraDict get, <= 10x dict get, < the faster Syn"
         figs["str"].note = ("names drawn at random from 1,000 registered ones; meta {'port': i}; syn_mp's "
                             "per-table cache answers (nothing changed since the last read) and decodes the "
                             "mutable meta anew every call")
@@ -250,8 +250,8 @@ class Bench:
         key_lists = {kind: self.keys(pool, 200_000) for kind, pool, _ in kinds}
 
         def run(k: str, kind: str, n: int) -> float:  # seconds for n lookups, after a warm-up
-            if k == "syn":  # the driver warms up the same way
-                return self.syn.cmd("lookup", "ops", kind, cfg.names, n)[0] * n / 1e9
+            if k in self.syns:  # the driver warms up the same way
+                return self.syns[k].cmd("lookup", "ops", kind, cfg.names, n)[0] * n / 1e9
             store = self.c(k).store("ops")
             keys = key_lists[kind][:n]
             store.lookup_loop(keys[:WARM])
@@ -279,8 +279,8 @@ class Bench:
                      same: bool) -> float:
         """Median ns of one lookup made right after another process wrote: the very name looked up
         (same: a new meta, its holder kept; every cache of it is stale) or one elsewhere in the table."""
-        if k == "syn":
-            return self.syn.cmd("changed" if same else "uncached", tag, pool_n, count)[0]
+        if k in self.syns:
+            return self.syns[k].cmd("changed" if same else "uncached", tag, pool_n, count)[0]
         store = self.c(k).store(tag)
         w = pokers[k]
         samples = []
@@ -314,12 +314,12 @@ class Bench:
         return [changed, elsewhere]
 
     def shared_order(self) -> list[str]:
-        return [k for k in self.order() if k == "syn" or self.c(k).shared]
+        return [k for k in self.order() if k in self.syns or self.c(k).shared]
 
     def fig_write(self) -> list[Figure]:
         cfg = self.cfg
         reg = Figure("regunreg", "register + unregister (one pair)", "ns/pair", "lower", group="write",
-                     goal="< UltraDict set+del, 50x < Manager dict, 4x < Syn",
+                     goal="<= 1/2 UltraDict set+del, 50x < Manager dict, 4x < the faster Syn",
                      note="a fresh name each pair, in a table of 1,000 other names; Redis: SET + DEL; "
                           "UltraDict, Manager dict, dict: d[k] = v; del d[k]")
         jl = Figure("joinleave", "join + leave (one pair)", "ns/pair", "lower", group="write",
@@ -330,20 +330,20 @@ class Bench:
         counter = [0]
 
         def run_reg(k: str, n: int) -> float:
-            if k == "syn":
-                return self.syn.cmd("regunreg", n)[0] * n / 1e9
+            if k in self.syns:
+                return self.syns[k].cmd("regunreg", n)[0] * n / 1e9
             counter[0] += 1
             keys = [f"tmp-{counter[0]}-{i}" for i in range(n)]
             return self.c(k).store("regs").regunreg_loop(keys) / 1e9
 
         def run_jl(k: str, n: int) -> float:
-            if k == "syn":
-                return self.syn.cmd("joinleave", n)[0] * n / 1e9
+            if k in self.syns:
+                return self.syns[k].cmd("joinleave", n)[0] * n / 1e9
             return self.c(k).store("groups").join_leave_loop("jl", n) / 1e9
 
         def run_mem(k: str, n: int) -> float:
-            if k == "syn":
-                return self.syn.cmd("members", n)[0] * n / 1e9
+            if k in self.syns:
+                return self.syns[k].cmd("members", n)[0] * n / 1e9
             return self.c(k).store("groups").members_loop("g10", n) / 1e9
 
         runs = [(reg, run_reg), (jl, run_jl), (mem, run_mem)]
@@ -359,9 +359,9 @@ class Bench:
         cfg = self.cfg
         big = f"{cfg.big:,}"
         small = Figure("scale_1k", f"lookup among {cfg.names:,} names", "ns/op", "lower", group="scale",
-                       note="names drawn at random (uniformly) among all registered")
+                       goal="<= UltraDict, <= the faster Syn", note="names drawn at random (uniformly) among all registered")
         large = Figure("scale_100k", f"lookup among {big} names", "ns/op", "lower", group="scale",
-                       note="names drawn at random among all registered; syn_mp's lookup cache holds up to "
+                       goal="<= UltraDict, <= the faster Syn", note="names drawn at random among all registered; syn_mp's lookup cache holds up to "
                             f"{_CACHE_MAX:,} names, so after the warm-up these too are cache hits: what grows "
                             "with the table is memory latency, as the plain dict's own ratio shows")
         ratio = Figure("scale_ratio", f"lookup at {big} / at {cfg.names:,} names", "x", "lower", group="scale",
@@ -378,15 +378,16 @@ class Bench:
                           "lower", group="scale",
                           note="time this Python process spent in gc collections during the timed loop above "
                                "(gc.callbacks): a cache of 100,000 entries is heap the collector walks")
-        gc_large.na["syn"] = "Erlang VM"
+        for k in ("syn", "syn1"):
+            gc_large.na[k] = "Erlang VM"
         for f in (u_small, u_large, u_ratio):
             f.na["dict"] = "one process only"
         pools = {"s1k": self.keys(self.names_str, 200_000), "s100k": self.keys(self.big_names, 200_000)}
         gc_ns = {}
 
         def run(k: str, tag: str, n: int) -> float:
-            if k == "syn":  # the driver warms up the same way
-                return self.syn.cmd("lookup", tag, "str", cfg.names if tag == "s1k" else cfg.big, n)[0] * n / 1e9
+            if k in self.syns:  # the driver warms up the same way
+                return self.syns[k].cmd("lookup", tag, "str", cfg.names if tag == "s1k" else cfg.big, n)[0] * n / 1e9
             store = self.c(k).store(tag)
             keys = pools[tag][:n]
             store.lookup_loop(keys[:WARM])
@@ -402,14 +403,14 @@ class Bench:
                 b = run(k, "s100k", sizes["s100k"][k]) * 1e9 / sizes["s100k"][k]
                 small.add(k, a)
                 large.add(k, b)
-                if k != "syn":
+                if k not in self.syns:
                     gc_large.add(k, gc_ns["s100k"])
                 ratio.add(k, b / a)
         # the uncached lookups in repetitions of their own: their writes would otherwise leave
         # the lookup caches of the hit loops above cold
         for rep in range(cfg.reps):
             for k in stats.rotations(self.order(), rep):
-                if k == "syn" or self.c(k).shared:
+                if k in self.syns or self.c(k).shared:
                     ua = self._after_write(pokers, k, "s1k", cfg.names, cfg.uncached, True)
                     ub = self._after_write(pokers, k, "s100k", cfg.big, cfg.uncached, True)
                     u_small.add(k, ua)
@@ -445,8 +446,8 @@ class Bench:
             for k in stats.rotations(self.shared_order(), rep):
                 got = {}
                 for phase in (("idle", "loaded") if rep % 2 == 0 else ("loaded", "idle")):
-                    if k == "syn":
-                        n, dt = self.syn.cmd("read", f"{w:.3f}", "1" if phase == "loaded" else "0")
+                    if k in self.syns:
+                        n, dt = self.syns[k].cmd("read", f"{w:.3f}", "1" if phase == "loaded" else "0")
                         got[phase] = n / dt
                         continue
                     r = readers[k]
@@ -486,14 +487,15 @@ class Bench:
         for k in ("dict", "ultradict", "manager", "redis"):
             f.na[k] = "no liveness tracking: a dead process's entries stay"
             floor.na[k] = sent.na[k] = f.na[k]
-        floor.na["syn"] = sent.na["syn"] = "Erlang processes"
+        for k in ("syn", "syn1"):
+            floor.na[k] = sent.na[k] = "Erlang processes"
         c = self.c("syn_mp")
         parent = self.worker("death", {"scope": "death"}, c)
         try:
             for rep in range(cfg.reps):
-                for k in stats.rotations(["syn_mp"] + (["syn"] if self.syn else []), rep):
-                    if k == "syn":
-                        f.add("syn", self.syn.cmd("death", cfg.death)[0])
+                for k in stats.rotations(["syn_mp"] + list(self.syns), rep):
+                    if k in self.syns:
+                        f.add(k, self.syns[k].cmd("death", cfg.death)[0])
                         continue
                     ready = parent.ask(f"spawn {cfg.death}")
                     if ready[:1] != ["ready"] or int(ready[1]) != cfg.death:
@@ -549,7 +551,8 @@ class Bench:
         why = "single node"
         for k in ("dict", "ultradict", "manager", "redis"):
             vis.na[k] = snap.na[k] = why
-        vis.na["syn"] = snap.na["syn"] = "not measured by this bench"
+        for k in ("syn", "syn1"):
+            vis.na[k] = snap.na[k] = "not measured by this bench"
         note = (f"from bench/cluster.py: two nodes on 127.0.0.2/127.0.0.3 (unicast peers); each run's "
                 f"median of {samples} registrations, one at a time; the snapshot: {entries:,} names on one "
                 "node, the other's manager restarted from nothing, timed from its start until all arrive")

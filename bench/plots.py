@@ -8,7 +8,7 @@ from .figures import Figure
 from .report import PEER_LABELS, fmt
 
 COLORS = {"syn_mp": "#d62728", "dict": "#7f7f7f", "ultradict": "#1f77b4", "manager": "#9467bd",
-          "redis": "#ff7f0e", "syn": "#2ca02c"}
+          "redis": "#ff7f0e", "syn": "#2ca02c", "syn1": "#98df8a"}
 
 
 def _bars(ax, figs: list[Figure], columns: list[str], log: bool = True, labels: list[str] | None = None) -> None:
@@ -170,7 +170,7 @@ def write(out_dir: str, figs: list[Figure], columns: list[str], machine: str) ->
         ax.axhline(500, color="#c33", ls="--", lw=0.8)
         ax.text(len(cols) - 0.5, 500, "max 500 ms", fontsize=7, va="bottom", ha="right", color="#c33")
         ax.set_xticks(range(len(cols)))
-        kinds = {"syn_mp": "\n(500 OS processes)", "syn": "\n(500 Erlang processes)"}
+        kinds = {"syn_mp": "\n(500 OS processes)", "syn": "\n(500 Erlang processes)", "syn1": "\n(500 Erlang processes)"}
         ax.set_xticklabels([PEER_LABELS[c] + kinds.get(c, "") for c in cols])
         ax.set_xlim(-0.5, len(cols) - 0.3)
         ax.set_yscale("log")

@@ -36,7 +36,7 @@ STATS = [("p50", "p50"), ("p99", "p99"), ("p999", "p99.9"), ("max", "max")]
 STOP_AT = 2                        # the writer stops at its third logged store of the register
 QUOTA_US, PERIOD_US = 2000, 100_000
 SCOPE = "rw"                       # the reader's names and the writer's own names share this table
-OTHERS = ("dict", "ultradict", "manager", "redis", "syn")
+OTHERS = ("dict", "ultradict", "manager", "redis", "syn", "syn1")
 
 
 def _state(pid: int) -> str:
