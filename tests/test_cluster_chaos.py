@@ -4,7 +4,7 @@ name (new runtime dir, its processes gone with it); partitions come and heal; th
 datagrams (iptables statistic, 20 %, inside a host's namespace). Once the chaos stops, within 5 s
 every node's tables must be identical and equal to the union of each node's own living processes.
 
-SYN_MP_CHAOS_SECONDS sets the chaos's length (default 25: the CI run); SYN_MP_CHAOS_SEED its seed
+SYN_MP_CHAOS_SECONDS sets the chaos's length (default 20: the CI run); SYN_MP_CHAOS_SEED its seed
 (default: random, printed, and in the log). Every step is written to the test's chaos.log.
 """
 from __future__ import annotations
@@ -120,7 +120,7 @@ def _zombies(pids: list[int]) -> list[int]:
 def test_eight_nodes_converge_after_chaos(cluster, tmp_path):
     if os.environ.get("CI") != "true" and subprocess.run(["which", "iptables"], capture_output=True).returncode:
         pytest.skip("iptables not installed (./dev setup installs it)")
-    seconds = float(os.environ.get("SYN_MP_CHAOS_SECONDS", "25"))
+    seconds = float(os.environ.get("SYN_MP_CHAOS_SECONDS", "20"))
     seed = int(os.environ.get("SYN_MP_CHAOS_SEED", str(random.randrange(1 << 30))))
     rng = random.Random(seed)
     logf = open(tmp_path / "chaos.log", "w")
