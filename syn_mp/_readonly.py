@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from typing import Any, NoReturn
 
-_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
+from .codec import _META_SCALARS as _SCALARS  # the types a meta's leaves can be
 
 
 class ReadOnlyDict(dict):

@@ -16,7 +16,7 @@ from ._table import (BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, ERETIRED, ETA
                      Entry, Table)
 from ._table import delete_local as _delete_local
 from ._table import put_local as _put_local
-from ._readonly import freeze
+from ._readonly import _SCALARS, freeze
 from ._types import Pid
 from .codec import decode, decode_name, encode_meta, encode_name
 from .errors import CapacityError, RemotePidError, TakenError, UndefinedError
@@ -110,7 +110,6 @@ def _register_confirmed(scope: str, name: Any, pid: _pids.PidArg, meta: Any, con
 
 
 _new_pid = tuple.__new__  # Pid without NamedTuple's Python-level __new__ (hot path)
-_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
 # Bound on a process's lookup cache (names it looked up): 131,072 entries of ~250 B at most.
 _CACHE_MAX = 1 << 17
 

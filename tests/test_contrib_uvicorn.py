@@ -17,7 +17,7 @@ from syn_mp.contrib import SettingsError
 from syn_mp.contrib.uvicorn import slots_from_environment, wrap
 
 from conftest import pid_alive, wait_for
-from servers import require, free_port, get, ids, ids_when
+from servers import require, free_port, get, ids, ids_when, stop
 
 
 # a bare ASGI app that does not speak the lifespan protocol: the wrapper speaks it for it
@@ -78,16 +78,7 @@ def test_uvicorn_workers_get_stable_ids_and_a_replacement_reclaims_the_dead_ones
                            what="a request served by the new worker")
         assert answers[0]["id"] == 0 and answers[0]["env"] == "0"
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        for pid in seen:
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        stop(proc, seen)
         log.close()
     # lifespan shutdown gave the ids back
     wait_for(lambda: not ids("web") and not syn_mp.members("web", "workers"), what="ids released")
