@@ -418,7 +418,6 @@ class Diagnose:
         import syn_mp
         from syn_mp import _client, _procinfo, codec, mailbox
         from syn_mp._native import lib
-        from syn_mp._table import F_MATCH_NODE, REG
         self.log("diagnostics: register + unregister")
         n, reps = max(2000, self.n // 4), self.reps
         t = _client.table_of("d")
@@ -438,11 +437,13 @@ class Diagnose:
         keys = [codec.encode_name(f"x-{i}") for i in range(n)]
         meta = codec.encode_meta({"port": 1})
 
+        lib.synt_set_self(p, st)
+
         def c_only() -> None:
-            put, delete = lib.synt_put_local, lib.synt_delete_local
+            put, delete = lib.synt_reg_self, lib.synt_unreg_local
             for k in keys:
-                put(tt, REG, k, len(k), p, st, meta, len(meta))
-                delete(tt, REG, k, len(k), 0, F_MATCH_NODE)
+                put(tt, k, len(k), meta, len(meta))
+                delete(tt, k, len(k))
 
         def rep(fn: Callable[[], Any]) -> Callable[[], None]:
             def f() -> None:
@@ -476,14 +477,12 @@ class Diagnose:
         time.sleep(0.2)
         rows = [
             ("register + unregister (the figure's pair)", whole, "whole"),
-            ("  lib.synt_put_local + lib.synt_delete_local (the C calls, through cffi: mutex, table, undo "
+            ("  lib.synt_reg_self + lib.synt_unreg_local (the C calls, through cffi: mutex, table, undo "
              "log, journal, announce ring)", _med_ns(c_only, n, reps), "part"),
             ("  2 x codec.encode_name(str)", 2 * _med_ns(rep(lambda: codec.encode_name("tmp-1-1")), n, reps), "part"),
             ("  codec.encode_meta({'port': i})", _med_ns(rep(lambda: codec.encode_meta({"port": 1})), n, reps),
              "part"),
             ("  _procinfo.self_identity()", _med_ns(rep(_procinfo.self_identity), n, reps), "part"),
-            ("  t.words[t.flags_word] (unregister: strict mode?)",
-             _med_ns(rep(lambda: t.words[t.flags_word]), n, reps), "part"),
             ("  2 x _client.TABLES[scope]", 2 * _med_ns(rep(lambda: _client.TABLES["d"]), n, reps), "part"),
             ("  mailbox.open_mailbox() (already open)", _med_ns(rep(mailbox.open_mailbox), n, reps), "part"),
         ]

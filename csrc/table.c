@@ -750,6 +750,33 @@ int synt_delete_local(synt_t *t, uint32_t type, const uint8_t *key, uint32_t key
     return synt_delete(t, type, key, keylen, 0, pid, flags | SYNT_F_WAKE_RC, 0, 0, NULL);
 }
 
+/* The self identity: start is stored before pid (release) and read after it (acquire), so a
+ * thread that sees the pid sees its start. The child of a fork starts without one. */
+static uint64_t self_start;
+static int64_t self_pid;
+static void forget_self(void) { __atomic_store_n(&self_pid, 0, __ATOMIC_RELAXED); }
+__attribute__((constructor)) static void self_at_load(void) { pthread_atfork(NULL, NULL, forget_self); }
+
+void synt_set_self(int64_t pid, uint64_t start) {
+    __atomic_store_n(&self_start, start, __ATOMIC_RELAXED);
+    __atomic_store_n(&self_pid, pid, __ATOMIC_RELEASE);
+}
+
+int synt_reg_self(synt_t *t, const uint8_t *key, uint32_t keylen, const uint8_t *meta, uint32_t metalen) {
+    int64_t pid = __atomic_load_n(&self_pid, __ATOMIC_ACQUIRE);
+    if (!pid) return SYNT_ENOSELF;
+    return synt_put(t, SYNT_REG, key, keylen, 0, pid, __atomic_load_n(&self_start, __ATOMIC_RELAXED),
+                    realtime_ns(), meta, metalen, SYNT_F_WAKE_RC, 0, 0, 0, NULL);
+}
+
+int synt_unreg_local(synt_t *t, const uint8_t *key, uint32_t keylen) {
+    if (!(LD(H(t)->flags) & SYNT_FLAG_STRICT))
+        return synt_delete(t, SYNT_REG, key, keylen, 0, 0, SYNT_F_MATCH_NODE | SYNT_F_WAKE_RC, 0, 0, NULL);
+    int64_t pid = __atomic_load_n(&self_pid, __ATOMIC_ACQUIRE);
+    if (!pid) return SYNT_ENOSELF;
+    return synt_delete(t, SYNT_REG, key, keylen, 0, pid, SYNT_F_MATCH_PID | SYNT_F_WAKE_RC, 0, 0, NULL);
+}
+
 static uint32_t remove_kind(const ent_t *e) {
     return e->type == SYNT_REG ? SYNT_J_UNREGISTERED : SYNT_J_LEFT;
 }

@@ -43,6 +43,7 @@
 #define SYNT_EBADLAYOUT (-11) /* not a table of this version                   */
 #define SYNT_ERETIRED (-12)  /* the segment was replaced by a new one: attach again */
 #define SYNT_EBADPID (-13)   /* a pid outside what an entry stores (int32)     */
+#define SYNT_ENOSELF (-14)   /* a self write before synt_set_self in this process */
 
 /* put() flags */
 #define SYNT_F_FORCE 1        /* registry: replace another holder (conflict resolution) */
@@ -168,7 +169,7 @@ typedef struct {
     uint64_t chunks;      /* the heap in chunks of SYNT_CHUNK bytes */
     uint64_t chunks_free; /* of which free: an entry needing at most this many always fits */
     int64_t lock_holder;  /* pid holding the write mutex, 0 when free */
-    uint64_t lock_since;  /* CLOCK_MONOTONIC ns at which it took it */
+    uint64_t lock_since;  /* CLOCK_MONOTONIC ns at which it took it (to a tick: the coarse clock) */
 } synt_stats_t;
 
 uint64_t synt_layout_size(uint64_t capacity, uint64_t heap_size, uint64_t journal_size);
@@ -189,6 +190,15 @@ int synt_put_local(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen
                    uint64_t start, const uint8_t *meta, uint32_t metalen);
 int synt_delete_local(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, int64_t pid,
                       uint32_t flags);
+/* The calling process's identity for the two writes below, set once per process. A forked child
+ * forgets its parent's: its self writes return SYNT_ENOSELF until it sets its own. */
+void synt_set_self(int64_t pid, uint64_t start);
+/* register() by the caller itself: put_local(SYNT_REG, key, the self pid and start, meta). */
+int synt_reg_self(synt_t *t, const uint8_t *key, uint32_t keylen, const uint8_t *meta, uint32_t metalen);
+/* unregister() by a process of node 0: delete_local(SYNT_REG, key) of an entry held by the caller
+ * itself in strict mode (SYNT_F_MATCH_PID: SYNT_ENOSELF when unset), else by any process of node 0
+ * (SYNT_F_MATCH_NODE). */
+int synt_unreg_local(synt_t *t, const uint8_t *key, uint32_t keylen);
 int64_t synt_purge_pid(synt_t *t, uint32_t node, int64_t pid, uint64_t start, uint32_t reason,
                        uint32_t reason_node);
 int64_t synt_purge_node(synt_t *t, uint32_t node, uint32_t reason, uint32_t reason_node);

@@ -117,7 +117,7 @@ __attribute__((constructor)) static void at_load(void) { pthread_atfork(NULL, NU
 static inline void note_holder(synt_t *t) {
     if (UNLIKELY(my_pid == 0)) my_pid = getpid();
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts); /* for `syn-mp status`: a tick's precision, no read of the TSC */
     ST(H(t)->holder_since, (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec);
     ST(H(t)->holder_pid, (int64_t)my_pid);
 }

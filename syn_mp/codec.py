@@ -123,16 +123,9 @@ def _check_name_size(data: bytes) -> bytes:
     return data
 
 
-# Encodings of recent names (exact str, flat tuples of exact str/int): a register and its
-# unregister encode the same name; a dict hit costs a fifth of packing it again.
-_NAMES: dict[Any, bytes] = {}
-_NAMES_MAX = 1 << 16
-
-
-def _remember(value: Any, data: bytes) -> None:
-    if len(_NAMES) >= _NAMES_MAX:
-        _NAMES.clear()
-    _NAMES[value] = data
+# Packs a flat tuple of exact str and int as the msgpack array its ext wraps, without building a
+# list first; only ever given such tuples (strict_types would refuse a tuple).
+_pack_flat_tuple: Callable[[tuple], bytes] = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
 
 def encode_name(value: Any) -> bytes:
@@ -144,19 +137,8 @@ def encode_name(value: Any) -> bytes:
     t = type(value)
     try:
         # Hot path (every write): exact str/int/bytes pack directly, and a flat
-        # tuple of str/int needs no normalising, only its ext header. Exact str
-        # names and flat tuples are remembered: only values of these exact types
-        # are looked up, so 1, 1.0 and True (equal as dict keys) never meet there.
-        if t is str:
-            data = _NAMES.get(value)
-            if data is not None:
-                return data
-            data = _pack(value)
-            if len(data) <= MAX_NAME:
-                _remember(value, data)
-                return data
-            return _check_name_size(data)  # raises
-        if t is int or t is bytes:
+        # tuple of str/int needs no normalising, only its ext header.
+        if t is str or t is int or t is bytes:
             data = _pack(value)
             if len(data) <= MAX_NAME:
                 return data
@@ -167,14 +149,9 @@ def encode_name(value: Any) -> bytes:
                 if tx is not str and tx is not int:
                     break
             else:
-                data = _NAMES.get(value)
-                if data is not None:
-                    return data
-                inner = _pack(list(value))
+                inner = _pack_flat_tuple(value)
                 if len(inner) <= _FAST_TUPLE_MAX:
-                    data = _TUPLE_HEADERS[len(inner)] + inner
-                    _remember(value, data)
-                    return data
+                    return _TUPLE_HEADERS[len(inner)] + inner
         return _check_name_size(_pack(_name_item(value, 0)))
     except OverflowError:
         raise EncodingError(
@@ -281,10 +258,16 @@ def _encode_value(value: Any, limit: int, what: str) -> bytes:
 
 def encode_meta(value: Any) -> bytes:
     """Encode a registration's or membership's meta (at most MAX_META bytes)."""
-    if type(value) is dict and _flat(value):
-        data = _pack(value)  # the common meta, {"port": 8000}: no walk, no size to fear
-        if len(data) <= MAX_META:
-            return data
+    if type(value) is dict:
+        # the common meta, {"port": 8000}, packed as it is: _flat inlined, a call costs here
+        s = _META_SCALARS
+        for k, x in value.items():
+            if type(k) not in s or type(x) not in s:
+                break
+        else:
+            data = _pack(value)
+            if len(data) <= MAX_META:
+                return data
     return _encode_value(value, MAX_META, "meta")
 
 

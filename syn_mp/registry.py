@@ -11,17 +11,20 @@ from ._client import table_of as _table
 from ._client import wake_if_asleep as _after_write
 from ._client import wake_manager as _wake
 from .mailbox import open_mailbox
-from ._table import (BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, ERETIRED, ETAKEN, F_EXPECT_VER,
-                     F_MATCH_NODE, F_MATCH_PID, FLAG_STRICT, REG, R_PROCESS_EXIT, WAKE, WITH_KEY,
-                     Entry, Table)
+from ._table import (BY_NODE, BY_PID, EFULL, EMISMATCH, ENOSELF, ENOTFOUND, ERETIRED, ETAKEN, F_EXPECT_VER,
+                     F_MATCH_PID, REG, R_PROCESS_EXIT, WAKE, WITH_KEY, Entry, Table)
 from ._table import delete_local as _delete_local
 from ._table import put_local as _put_local
+from ._table import reg_self as _reg_self
+from ._table import set_self as _set_self
+from ._table import unreg_local as _unreg_local
 from ._readonly import _SCALARS, freeze
 from ._types import Pid
 from .codec import decode, decode_name, encode_meta, encode_name
 from .errors import CapacityError, RemotePidError, TakenError, UndefinedError
 
 _META_NONE = encode_meta(None)
+_self_identity = _procinfo.self_identity
 
 
 def _purge_if_dead(t: Table, node: int, pid: int, start: int) -> bool:
@@ -46,18 +49,25 @@ def register(scope: str, name: Any, pid: _pids.PidArg = None, meta: Any = None, 
         t = _table(scope)
     key = encode_name(name)
     m = _META_NONE if meta is None else encode_meta(meta)
-    if pid is None:
-        p, start = _procinfo.self_identity()
+    own = pid is None
+    if own:
+        p, start = _self_identity()
         open_mailbox()  # a process's first register opens its mailbox, before its entry is written
     else:
         p, start = _pids.for_write(t, pid)
     while True:
-        rc = _put_local(t.ptr, REG, key, len(key), p, start, m, len(m))
+        if own:
+            rc = _reg_self(t.ptr, key, len(key), m, len(m))
+        else:
+            rc = _put_local(t.ptr, REG, key, len(key), p, start, m, len(m))
         if rc >= 0:
             t.own_reg[key] = (p, start, m)  # the ledger: put back if the segment is rebuilt (_segments)
             if rc & WAKE:
                 _wake()
             return
+        if rc == ENOSELF:  # this process's first self write (or its first since a fork)
+            _set_self(p, start)
+            continue
         if rc == ETAKEN:
             e = t.get(REG, key)
             if e is None or _purge_if_dead(t, e.node, e.pid, e.start):
@@ -236,17 +246,17 @@ def unregister(scope: str, name: Any) -> None:
     except (KeyError, TypeError):
         t = _table(scope)
     key = encode_name(name)
-    if t.words[t.flags_word] & FLAG_STRICT:  # only the holder itself
-        p, flags = _procinfo.self_identity()[0], F_MATCH_PID
-    else:  # any process of this node
-        p, flags = 0, F_MATCH_NODE
     while True:
-        rc = _delete_local(t.ptr, REG, key, len(key), p, flags)
+        # in strict mode only the holder itself may unregister, else any process of this node
+        rc = _unreg_local(t.ptr, key, len(key))
         if rc >= 0:
             t.own_reg.pop(key, None)
             if rc & WAKE:
                 _wake()
             return
+        if rc == ENOSELF:
+            _set_self(*_self_identity())
+            continue
         if rc == ERETIRED and t.renew():
             continue
         if rc not in (EMISMATCH, ENOTFOUND):

@@ -137,6 +137,39 @@ def strict_node(make_node: Callable[..., NodeHandle], monkeypatch: pytest.Monkey
     return n
 
 
+_FORKED_WRITER = """
+import os
+import syn_mp
+S = "s"
+syn_mp.register(S, "parent")
+child = os.fork()
+if child == 0:
+    try:
+        syn_mp.register(S, "child")
+        got = [syn_mp.whereis_name(S, "child").pid == os.getpid()]
+        try:
+            syn_mp.unregister(S, "parent")
+            got.append("unregistered its parent's name")
+        except syn_mp.NotSelfError:
+            got.append(True)
+        syn_mp.unregister(S, "child")
+        got.append(syn_mp.whereis_name(S, "child") is None)
+        print("child", got, flush=True)
+    finally:
+        os._exit(0)
+os.waitpid(child, 0)
+print("parent", syn_mp.whereis_name(S, "parent").pid == os.getpid(), flush=True)
+"""
+
+
+def test_a_forked_child_writes_as_itself_in_strict_mode(strict_node: NodeHandle) -> None:
+    """The write path keeps the caller's identity in C (set once per process): a child forked
+    after its parent wrote registers under its own pid and may not unregister its parent's name."""
+    p = strict_node.python(_FORKED_WRITER)
+    out, err = p.communicate(timeout=60)
+    assert out.split("\n")[:2] == ["child [True, True, True]", "parent True"], (out, err)
+
+
 def test_not_self_error_in_strict_mode_for_writes_naming_another_process(strict_node: NodeHandle) -> None:
     node = strict_node
     populate(node)

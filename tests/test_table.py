@@ -189,6 +189,43 @@ def test_delete_with_match_pid_mismatch_keeps_the_name(make_table):
     sound(t)
 
 
+def test_self_writes_take_the_identity_set_in_this_process_and_a_forked_child_forgets_it(make_table):
+    """reg_self / unreg_local (the API's hot path) write as the (pid, start) given to set_self;
+    a forked child gets ENOSELF until it sets its own, so it never writes as its parent."""
+    from syn_mp._table import ENOSELF, reg_self, set_self, unreg_local
+    t = make_table()
+    me, start = os.getpid(), 4242
+    set_self(me, start)
+    assert reg_self(t.ptr, b"mine", 4, b"\x01", 1) == INSERTED
+    e = t.get(REG, b"mine")
+    assert (e.node, e.pid, e.start, e.meta) == (0, me, start, b"\x01")
+    rfd, wfd = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(rfd)
+            got = [reg_self(t.ptr, b"kid", 3, b"", 0)]
+            t.set_flags(t.flags | FLAG_STRICT)
+            got.append(unreg_local(t.ptr, b"mine", 4))  # strict: whose? unknown yet
+            set_self(os.getpid(), 7)
+            got.append(reg_self(t.ptr, b"kid", 3, b"", 0))
+            got.append(unreg_local(t.ptr, b"mine", 4))  # strict: the parent's, not ours
+            got.append(unreg_local(t.ptr, b"kid", 3))
+            os.write(wfd, repr(got).encode())
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    out = os.read(rfd, 4096).decode()
+    os.close(rfd)
+    os.waitpid(child, 0)
+    assert out == repr([ENOSELF, ENOSELF, INSERTED, EMISMATCH, 0])
+    assert t.get(REG, b"kid") is None and t.get(REG, b"mine").pid == me
+    # not strict: any process of node 0 may unregister, self set or not
+    t.set_flags(t.flags & ~FLAG_STRICT)
+    assert unreg_local(t.ptr, b"mine", 4) == 0
+    sound(t)
+
+
 def test_forced_takeover_replaces_the_holder_and_journals_both_sides(make_table):
     t = make_table()
     t.put(REG, b"n", 0, 100, 1, 1, b"old")
