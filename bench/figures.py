@@ -20,7 +20,7 @@ from .contenders import Contender, DictStore, meta_for, python_contenders, rss_o
 from .syn_erlang import SynErlang
 from .workers import WorkerProc
 
-SCOPES = ["ops", "regs", "groups", "s1k", "s100k", "rw", "death"]
+SCOPES = ["ops", "regs", "groups", "s1k", "s10k", "s100k", "rw", "death"]
 WARM = 2000  # lookups of an untimed pass before every timed lookup loop: steady state, caches warm
 
 
@@ -30,6 +30,7 @@ class Config:
     reps: int = 7              # repetitions of every figure (the median is reported)
     target_s: float = 0.1      # one timed loop lasts about this long
     names: int = 1000          # names in the ops, regs, rw and small-scale stores
+    mid: int = 10_000          # tuple names ("web", i) in the mid-scale store (DESIGN.md's realistic pattern)
     big: int = 100_000         # names in the large-scale store (and the memory figure)
     uncached: int = 400        # per-op samples of the uncached lookup, per repetition
     window_s: float = 0.5      # reader measuring window, with and without the writer
@@ -41,7 +42,7 @@ class Config:
     def make(cls, quick: bool) -> "Config":
         if not quick:
             return cls()
-        return cls(quick=True, reps=2, target_s=0.004, names=1000, big=5000, uncached=40, window_s=0.05,
+        return cls(quick=True, reps=2, target_s=0.004, names=1000, mid=2000, big=5000, uncached=40, window_s=0.05,
                    death=40, group=10, stall_s=0.05)
 
 
@@ -132,6 +133,7 @@ class Bench:
         self.names_tuple = [("web", i) for i in range(n)]
         self.names_none = [f"none-{i}" for i in range(n)]
         metas = [meta_for(i) for i in range(n)]
+        self.mid_names = [("web", i) for i in range(cfg.mid)]
         self.big_names = [f"name-{i}" for i in range(cfg.big)]
         big_metas = [meta_for(i) for i in range(cfg.big)]
         self.memory = Figure("memory", f"memory per entry ({cfg.big:,} names)", "bytes", "lower", group="memory",
@@ -150,6 +152,7 @@ class Bench:
             ops.fill(self.names_none, [None] * n)
             c.store("regs").fill([f"other-{i}" for i in range(n)], metas)
             c.store("s1k").fill(self.names_str, metas)
+            c.store("s10k").fill(self.mid_names, [meta_for(i) for i in range(cfg.mid)])
             c.store("rw").fill(self.names_str, metas)
             groups = c.store("groups")
             groups.fill([f"other-{i}" for i in range(n)], metas)
@@ -180,6 +183,7 @@ class Bench:
                 s.cmd("fill", "ops", kind, n)
             s.cmd("fill", "regs", "str", n)
             s.cmd("fill", "s1k", "str", n)
+            s.cmd("fill", "s10k", "tuple", cfg.mid)
             s.cmd("fill", "rw", "str", n)
             s.cmd("group", cfg.group)
             self.memory.add(key, s.cmd("fill", "s100k", "str", cfg.big)[0])
@@ -360,6 +364,10 @@ class Bench:
         big = f"{cfg.big:,}"
         small = Figure("scale_1k", f"lookup among {cfg.names:,} names", "ns/op", "lower", group="scale",
                        goal="<= UltraDict, <= the faster Syn", note="names drawn at random (uniformly) among all registered")
+        mid = Figure("scale_10k", f"lookup among {cfg.mid:,} tuple names", "ns/op", "lower", group="scale",
+                     goal="<= UltraDict, <= the faster Syn",
+                     note='DESIGN.md\'s realistic pattern: names ("web", i) drawn at random (uniformly) among all '
+                          "registered, each with a small dict meta")
         large = Figure("scale_100k", f"lookup among {big} names", "ns/op", "lower", group="scale",
                        goal="<= UltraDict, <= the faster Syn", note="names drawn at random among all registered; syn_mp's lookup cache holds up to "
                             f"{_CACHE_MAX:,} names, so after the warm-up these too are cache hits: what grows "
@@ -382,12 +390,14 @@ class Bench:
             gc_large.na[k] = "Erlang VM"
         for f in (u_small, u_large, u_ratio):
             f.na["dict"] = "one process only"
-        pools = {"s1k": self.keys(self.names_str, 200_000), "s100k": self.keys(self.big_names, 200_000)}
+        pools = {"s1k": self.keys(self.names_str, 200_000), "s10k": self.keys(self.mid_names, 200_000),
+                 "s100k": self.keys(self.big_names, 200_000)}
+        syn_kind = {"s1k": ("str", cfg.names), "s10k": ("tuple", cfg.mid), "s100k": ("str", cfg.big)}
         gc_ns = {}
 
         def run(k: str, tag: str, n: int) -> float:
             if k in self.syns:  # the driver warms up the same way
-                return self.syns[k].cmd("lookup", tag, "str", cfg.names if tag == "s1k" else cfg.big, n)[0] * n / 1e9
+                return self.syns[k].cmd("lookup", tag, *syn_kind[tag], n)[0] * n / 1e9
             store = self.c(k).store(tag)
             keys = pools[tag][:n]
             store.lookup_loop(keys[:WARM])
@@ -400,6 +410,7 @@ class Bench:
         for rep in range(cfg.reps):
             for k in stats.rotations(self.order(), rep):
                 a = run(k, "s1k", sizes["s1k"][k]) * 1e9 / sizes["s1k"][k]
+                mid.add(k, run(k, "s10k", sizes["s10k"][k]) * 1e9 / sizes["s10k"][k])
                 b = run(k, "s100k", sizes["s100k"][k]) * 1e9 / sizes["s100k"][k]
                 small.add(k, a)
                 large.add(k, b)
@@ -416,7 +427,7 @@ class Bench:
                     u_small.add(k, ua)
                     u_large.add(k, ub)
                     u_ratio.add(k, ub / ua if ua > 0 else None)
-        return [small, large, gc_large, ratio, u_small, u_large, u_ratio]
+        return [small, mid, large, gc_large, ratio, u_small, u_large, u_ratio]
 
     def fig_readers(self) -> list[Figure]:
         cfg = self.cfg

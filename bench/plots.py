@@ -85,7 +85,7 @@ def write(out_dir: str, figs: list[Figure], columns: list[str], machine: str) ->
         save(fig, "register.png")
 
     # scale
-    fs = pick("scale_1k", "scale_100k", "scale_uncached_1k", "scale_uncached_100k")
+    fs = pick("scale_1k", "scale_10k", "scale_100k", "scale_uncached_1k", "scale_uncached_100k")
     if fs:
         fig, ax = plt.subplots(figsize=(10, 5))
         _bars(ax, fs, columns, labels=[f.title.replace("lookup among", "among") for f in fs])

@@ -43,7 +43,7 @@ def _check(f: Figure) -> tuple[bool | None, str]:
         vs("ultradict", lambda r: r <= 1, "<= UltraDict")
         vs("dict", lambda r: r <= 10, "<= 10x dict")
         vs_syn(lambda r: r < 1, "< Syn")
-    elif f.id in ("scale_1k", "scale_100k"):  # DESIGN.md's realistic pattern: names drawn uniformly
+    elif f.id in ("scale_1k", "scale_10k", "scale_100k"):  # DESIGN.md's realistic pattern: names drawn uniformly
         vs("ultradict", lambda r: r <= 1, "<= UltraDict")
         vs_syn(lambda r: r <= 1, "<= Syn")
     elif f.id == "regunreg":
@@ -163,7 +163,7 @@ def _ratio_cell(f: Figure) -> str:
     return ", ".join(f"{r[p]:.2g}x {PEER_LABELS[p]}" for p in order if p in r)
 
 
-HEADLINE = ["lookup_str", "lookup_none", "scale_1k", "scale_100k", "regunreg", "joinleave", "members", "scale_ratio", "readers_ratio",
+HEADLINE = ["lookup_str", "lookup_none", "scale_1k", "scale_10k", "scale_100k", "regunreg", "joinleave", "members", "scale_ratio", "readers_ratio",
             "stall_stopped_ratio", "stall_throttled_ratio", "stall_stopped_max", "stall_throttled_max",
             "death", "cluster_visible", "cluster_snapshot", "memory"]
 

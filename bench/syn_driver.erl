@@ -9,7 +9,7 @@
 -module(syn_driver).
 -export([main/1]).
 
--define(SCOPES, [b_ops, b_regs, b_groups, b_s1k, b_s100k, b_rw, b_death]).
+-define(SCOPES, [b_ops, b_regs, b_groups, b_s1k, b_s10k, b_s100k, b_rw, b_death]).
 
 main([AppSrc, Ebin]) ->
     write_app(AppSrc, Ebin),

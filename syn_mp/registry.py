@@ -158,17 +158,19 @@ def lookup(scope: str, name: Any) -> tuple[Pid, Any] | None:
         t = _TABLES[scope]
     except (KeyError, TypeError):
         t = _table(scope)
-    tn = type(name)
-    if tn is str or tn is int:
-        k = name
-    elif tn is tuple and len(name) == 2 and type(name[0]) is str and type(name[1]) is int:
-        k = name  # ("web", 3): inline, the commonest tuple name
-    else:
-        k = _cache_key(name)
     try:
-        hit = t.lookup_cache[k]
-    except KeyError:
-        return _read(t, k, name)
+        hit = t.lookup_cache[name]
+    except (KeyError, TypeError):  # not cached (or unhashable: encode_name says why)
+        return _lookup_by_key(t, name)
+    # The cache holds a name itself only where Python's equality is the codec's (_cache_key): a
+    # hit on the very object cached is that name. An equal object of other types (1.0 for 1,
+    # ("w", True) for ("w", 1)) is another name. Checking identity first leaves a tuple's items
+    # untouched on the hot path: among 10,000 names each is a cache miss of its own.
+    if hit[5] is not name:
+        tn = type(name)
+        if not (tn is str or tn is int or (tn is tuple and len(name) == 2 and type(name[0]) is str
+                                            and type(name[1]) is int)) and _cache_key(name) is not name:
+            return _lookup_by_key(t, name)
     # A hit stays true while one word of the segment is unchanged: the entry's ver (C I9),
     # or for a name found missing, the table's seqlock word.
     if t.words[hit[0]] == hit[1]:
@@ -176,29 +178,42 @@ def lookup(scope: str, name: Any) -> tuple[Pid, Any] | None:
         if r:
             return r
         return (hit[3], hit[4]()) if r is None else None
+    return _read(t, name, name)
+
+
+def _lookup_by_key(t: Table, name: Any) -> tuple[Pid, Any] | None:
+    """lookup of a name not cached under itself: under its encoding (_cache_key), or read."""
+    k = _cache_key(name)
+    hit = None if k is name else t.lookup_cache.get(k)
+    if hit is not None and t.words[hit[0]] == hit[1]:
+        r = hit[2]
+        if r:
+            return r
+        return (hit[3], hit[4]()) if r is None else None
     return _read(t, k, name)
 
 
 def _read(t: Table, k: Any, name: Any) -> tuple[Pid, Any] | None:
-    """lookup's miss: read the table and cache what was read."""
+    """lookup's miss: read the table and cache what was read, under k (_cache_key)."""
     key = k if type(k) is bytes else encode_name(name)
     found, node, p, raw, word, value = t.read_reg(key)
     cache = t.lookup_cache
+    same = k if k is name else None  # what lookup's identity check compares with: never an encoding
     if len(cache) >= _CACHE_MAX:
         cache.clear()
     if not found:
-        cache[k] = (word, value, False, None, None)
+        cache[k] = (word, value, False, None, None, same)
         return None
     meta = decode(raw)
     pid = _new_pid(Pid, (t.node_name(node), p))
     shareable, frozen = freeze(meta)
     if shareable:  # every caller gets this one result (a dict meta read-only: _readonly)
         result = (pid, frozen)
-        cache[k] = (word, value, result, pid, None)
+        cache[k] = (word, value, result, pid, None, same)
         return result
     # a list inside: each caller gets its own copy
     fresh = _copier(meta) or functools.partial(decode, raw)
-    cache[k] = (word, value, None, pid, fresh)  # `meta` stays the cache's own: callers get copies
+    cache[k] = (word, value, None, pid, fresh, same)  # `meta` stays the cache's own: callers get copies
     return pid, fresh()
 
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
 import psutil
@@ -66,17 +67,14 @@ def test_cibuildwheel_builds_manylinux_wheels_for_every_declared_python() -> Non
     assert ids[0].startswith(f"cp3{lo}-"), ids
 
 
-@pytest.fixture
-def short_tmp() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="synmp-", dir="/tmp")  # AF_UNIX paths must stay under 108 bytes
-    yield d
-    for p in psutil.process_iter():  # a manager a failed smoke left running, by pid
+def _kill_managers_of(d: str) -> None:
+    """A manager a failed smoke left running in dir `d`: stopped by its pid."""
+    for p in psutil.process_iter():
         try:
             if p.pid != os.getpid() and any(d in arg for arg in p.cmdline()):
                 p.kill()
         except psutil.Error:
             pass
-    subprocess.run(["rm", "-rf", d], check=False)
 
 
 def fresh_venv(python: str, where: str) -> str:
@@ -102,14 +100,32 @@ def smoke(vpython: str, where: str) -> str:
     return r.stdout.strip()
 
 
+def _install_and_smoke(version: tuple[int, int], dist: dict[str, str], where: str) -> tuple[str, str]:
+    """(venv python, smoke output) of one version; the assertions above raise on a failure."""
+    vpython = fresh_venv(PYTHONS[version], where)
+    pip_install(vpython, dist["wheel"] if version == sys.version_info[:2] else dist["sdist"])
+    return vpython, smoke(vpython, where)
+
+
+@pytest.fixture(scope="session")
+def installs(dist: dict[str, str]) -> Iterator[dict[tuple[int, int], tuple[str, "Future[tuple[str, str]]"]]]:
+    """Every version installed and smoked at once, each in its own dir (most of the time is the C
+    extension's build from the sdist, one compiler per core): {version: (dir, its future)}."""
+    dirs = {v: tempfile.mkdtemp(prefix="synmp-", dir="/tmp") for v in PYTHONS}  # AF_UNIX paths < 108 bytes
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
+        yield {v: (d, pool.submit(_install_and_smoke, v, dist, d)) for v, d in dirs.items()}
+    for d in dirs.values():
+        _kill_managers_of(d)
+        subprocess.run(["rm", "-rf", d], check=False)
+
+
 @pytest.mark.parametrize("version", sorted(PYTHONS), ids=lambda v: f"{v[0]}.{v[1]}")
-def test_install_and_smoke(version: tuple[int, int], dist: dict[str, str], short_tmp: str) -> None:
-    vpython = fresh_venv(PYTHONS[version], short_tmp)
-    default = version == sys.version_info[:2]
-    pip_install(vpython, dist["wheel"] if default else dist["sdist"])
-    print(smoke(vpython, short_tmp))
-    if default:
-        users_checker_sees_the_hints(vpython, short_tmp)
+def test_install_and_smoke(version: tuple[int, int], installs: dict) -> None:
+    where, done = installs[version]
+    vpython, out = done.result(timeout=900)  # re-raises that version's failure here
+    print(out)
+    if version == sys.version_info[:2]:
+        users_checker_sees_the_hints(vpython, where)
 
 
 def users_checker_sees_the_hints(vpython: str, where: str) -> None:

@@ -49,6 +49,15 @@ def test_names_that_python_calls_equal_stay_apart(node):
         syn_mp.register("s", n, meta=i)
     for _ in range(3):  # the second and third rounds are served by the cache
         assert [syn_mp.lookup("s", n)[1] for n in names] == list(range(len(names)))
+    # equal objects that are not the ones cached, of the same types and of others
+    copies = [int("1"), float("1"), bool(1), "".join(["1"]), bytes([49]), (int("1"),), ("".join("w"), int("1")),
+              ("w", bool(1)), ("w", float(1)), ("w", (int("1"),))]
+    for _ in range(2):
+        assert [syn_mp.lookup("s", n)[1] for n in copies] == list(range(len(names)))
+    # the bytes a cached name is encoded to are a name of their own, here not registered
+    from syn_mp.codec import encode_name
+    for n in (1.0, ("w", 1.0), (1,)):
+        assert syn_mp.lookup("s", encode_name(n)) is None
     syn_mp.unregister("s", True)
     assert syn_mp.lookup("s", True) is None
     assert syn_mp.lookup("s", 1)[1] == 0 and syn_mp.lookup("s", 1.0)[1] == 1
