@@ -148,13 +148,48 @@ class NodeHandle:
         if pid:
             os.kill(pid, signal.SIGKILL)
             wait_for(lambda: not pid_alive(pid), what="manager exit")
+        unlink_segments_of(self.rdir)
+        shutil.rmtree(self.rdir, ignore_errors=True)
+
+
+def unlink_segments_of(rdir: str) -> list[str]:
+    """Unlink the shared-memory segments of the node whose runtime dir is `rdir` (its processes
+    stopped first); their names. Every test leaves /dev/shm as it found it (_no_segment_left)."""
+    import posix_ipc
+    gone = []
+    for seg in iter_segments(_config.segment_name(rdir, "")):
+        try:
+            posix_ipc.unlink_shared_memory(seg)
+            gone.append(seg)
+        except posix_ipc.ExistentialError:
+            pass
+    return gone
+
+
+# Segment name prefixes (segment_name(rdir, "")) of nodes that outlive one test on purpose (a session
+# fixture's): their fixture unlinks them and checks it.
+SHM_IN_FLIGHT: set[str] = set()
+
+
+def _syn_mp_segments() -> set[str]:
+    return {"/" + n for n in os.listdir("/dev/shm") if n.startswith("syn_mp.")}
+
+
+@pytest.fixture(autouse=True)
+def _no_segment_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that leaves a syn_mp segment in /dev/shm errors (the segment is unlinked): segments
+    outlive their processes, so leaks pile up in RAM from run to run."""
+    before = _syn_mp_segments()
+    yield
+    left = sorted(n for n in _syn_mp_segments() - before if not any(n.startswith(p) for p in SHM_IN_FLIGHT))
+    if left:
         import posix_ipc
-        for seg in self.segments():
+        for n in left:
             try:
-                posix_ipc.unlink_shared_memory(seg)
+                posix_ipc.unlink_shared_memory(n)
             except posix_ipc.ExistentialError:
                 pass
-        shutil.rmtree(self.rdir, ignore_errors=True)
+        pytest.fail(f"{request.node.nodeid} left shared-memory segments behind: {left}", pytrace=False)
 
 
 def _literal(v: Any) -> Any:

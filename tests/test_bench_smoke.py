@@ -12,7 +12,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FIGURES = ["lookup_str", "lookup_tuple", "lookup_none", "lookup_uncached", "lookup_after_other", "regunreg",
-           "joinleave", "members", "scale_1k", "scale_100k", "scale_100k_gc", "scale_ratio", "scale_uncached_1k", "scale_uncached_100k",
+           "joinleave", "members", "scale_1k", "scale_10k", "scale_100k", "scale_100k_gc", "scale_ratio", "scale_uncached_1k", "scale_uncached_100k",
            "scale_uncached_ratio", "readers_idle", "readers_loaded", "readers_ratio", "writer_rate", "death",
            "death_exit", "death_kill", "memory", "cluster_visible", "cluster_snapshot"]
 # readers behind a stalled writer (bench/stall.py): per writer state, five latency figures, and two more

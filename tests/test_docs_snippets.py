@@ -26,7 +26,7 @@ from typing import Iterator
 import psutil
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, unlink_segments_of
 
 LANGS = {"python": "python", "sh": "sh", "bash": "sh", "shell": "sh", "console": "sh"}
 MARKER = re.compile(r"^<!-- (not run: (?P<why>.+?)|run by (?P<by>tests/\S+\.py).*?|(?P<after>run after the page's "
@@ -104,6 +104,7 @@ def fresh_node() -> Iterator[tuple[str, dict[str, str]]]:
                 p.send_signal(signal.SIGKILL)
         except psutil.Error:
             pass
+    unlink_segments_of(env["SYN_MP_RUNTIME_DIR"])
     subprocess.run(["rm", "-rf", rdir], check=False)
 
 

@@ -20,7 +20,9 @@ from typing import Iterator
 import psutil
 import pytest
 
-from conftest import ROOT
+from syn_mp._config import segment_name
+
+from conftest import ROOT, SHM_IN_FLIGHT, _syn_mp_segments, unlink_segments_of
 from pythons import declared_minimum, find_pythons, pyenv_versions_dir
 
 PYTHONS = find_pythons()
@@ -101,10 +103,15 @@ def smoke(vpython: str, where: str) -> str:
 
 
 def _install_and_smoke(version: tuple[int, int], dist: dict[str, str], where: str) -> tuple[str, str]:
-    """(venv python, smoke output) of one version; the assertions above raise on a failure."""
+    """(venv python, smoke output) of one version; the assertions above raise on a failure. The
+    smoke's node is stopped and its segments unlinked either way."""
     vpython = fresh_venv(PYTHONS[version], where)
     pip_install(vpython, dist["wheel"] if version == sys.version_info[:2] else dist["sdist"])
-    return vpython, smoke(vpython, where)
+    try:
+        return vpython, smoke(vpython, where)
+    finally:
+        _kill_managers_of(where)
+        unlink_segments_of(os.path.join(where, "rt"))
 
 
 @pytest.fixture(scope="session")
@@ -112,11 +119,16 @@ def installs(dist: dict[str, str]) -> Iterator[dict[tuple[int, int], tuple[str, 
     """Every version installed and smoked at once, each in its own dir (most of the time is the C
     extension's build from the sdist, one compiler per core): {version: (dir, its future)}."""
     dirs = {v: tempfile.mkdtemp(prefix="synmp-", dir="/tmp") for v in PYTHONS}  # AF_UNIX paths < 108 bytes
+    prefixes = {segment_name(os.path.join(d, "rt"), "") for d in dirs.values()}
+    SHM_IN_FLIGHT.update(prefixes)  # the smokes run beside other tests: each unlinks its own
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
         yield {v: (d, pool.submit(_install_and_smoke, v, dist, d)) for v, d in dirs.items()}
     for d in dirs.values():
         _kill_managers_of(d)
         subprocess.run(["rm", "-rf", d], check=False)
+    SHM_IN_FLIGHT.difference_update(prefixes)
+    left = [n for n in _syn_mp_segments() if any(n.startswith(p) for p in prefixes)]
+    assert not left, f"the install smokes left segments behind: {left}"
 
 
 @pytest.mark.parametrize("version", sorted(PYTHONS), ids=lambda v: f"{v[0]}.{v[1]}")
