@@ -260,7 +260,7 @@ class Diagnose:
             ("dict.get(str) (the floor)", _med_ns(each(d.get, keys), n, reps), "peer"),
             ("  _client.TABLES.get(scope) (the scope's table)", _med_ns(each(lambda k: tables.get("d"), keys), n, reps),
              "part"),
-            ("  registry._cache_key(tuple) (a str is its own key; lookup inlines the (str, int) check)",
+            ("  registry._cache_key(tuple) (a hit on the very name object cached skips it; a str is its own key)",
              _med_ns(each(registry._cache_key, tkeys), n, reps), "part"),
             ("  lookup_cache.get(name)", _med_ns(each(cache.get, keys), n, reps), "part"),
             ("  the entry's ver word, compared (t.words[i] == v)",
