@@ -405,7 +405,9 @@ class EtcdTransport:
                 tasks = [loop.create_task(c) for c in (self._keepalive(), self._lease_clock(), self._watch(),
                                                          self._writer())]
                 try:
-                    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                    # each task loops for ever: one that ends, by an error or by a cancellation that
+                    # was not ours (a watch stream whose channel a failover closed), ends the attach
+                    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     for t in tasks:
                         t.cancel()
@@ -898,6 +900,12 @@ async def _bounded(coro: Any, timeout: float) -> Any:
         task.cancel()
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
         raise asyncio.TimeoutError()
+    if task.cancelled():
+        # Not our cancellation (we were not cancelled, nor timed out): grpc.aio cancels a call whose
+        # channel another task closed in a failover. A failed call, to retry; re-raised as
+        # CancelledError it would end the caller's loop for good, silently (the writer, its
+        # pending changes never sent).
+        raise ConnectionError("etcd call cancelled: its channel was closed")
     return task.result()
 
 

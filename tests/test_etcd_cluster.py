@@ -387,3 +387,45 @@ def test_a_watch_resumed_below_a_compaction_reads_everything_again(etcd, make_no
     assert on(n2).subcluster_nodes("s") == ["n1"]
     got = sorted((x.kind, x.key) for x in [next(ev), next(ev)])
     assert got == [("registered", "new"), ("unregistered", "old")], got
+
+
+def test_a_call_whose_channel_a_failover_closes_is_a_failure_to_retry_not_the_end_of_its_loop(etcd):
+    """grpc.aio cancels a call in flight when another task closes its channel, as a failover does:
+    the call's caller sees CancelledError although nobody cancelled it. _bounded (around every etcd
+    call of the node) turns that into an error its loop retries; before, the writer's loop ended for
+    good and a change written while one etcd member died never left the node (seen 1 run in 10)."""
+    import asyncio
+    from syn_mp._etcd import _bounded, _client_class
+    e = etcd()
+    m = e.members[0]
+    host, port = m.client_url.rsplit("/", 1)[1].split(":")
+
+    async def main() -> tuple[str, str]:
+        c = _client_class()(host=host, port=int(port), timeout=30)
+        await c.connect()
+        await c.put(b"/x", b"0")
+        os.kill(m.proc.pid, signal.SIGSTOP)  # the member stops answering: calls stay in flight
+        try:
+            bare = asyncio.ensure_future(c.put(b"/x", b"1"))  # what a loop sees without _bounded
+            bounded = asyncio.ensure_future(_bounded(c.put(b"/x", b"2"), 20))
+            await asyncio.sleep(0.3)
+            await c.close()  # the failover's close, from another task
+            done, _ = await asyncio.wait({bare, bounded}, timeout=5)
+        finally:
+            os.kill(m.proc.pid, signal.SIGCONT)
+        assert done == {bare, bounded}, "a call in flight outlived its channel"
+        return ("cancelled" if bare.cancelled() else repr(bare.exception()),
+                "cancelled" if bounded.cancelled() else type(bounded.exception()).__name__)
+
+    got_bare, got_bounded = asyncio.run(main())
+    assert (got_bare, got_bounded) == ("cancelled", "ConnectionError")
+
+    async def own() -> None:  # a cancellation of the caller itself still cancels, a timeout still times out
+        t = asyncio.ensure_future(_bounded(asyncio.sleep(10), 5))
+        await asyncio.sleep(0.01)
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        with pytest.raises(asyncio.TimeoutError):
+            await _bounded(asyncio.sleep(10), 0.05)
+    asyncio.run(own())
