@@ -40,9 +40,7 @@ class Outbox:
         if batch is not None and (seq != batch[0] + len(batch[1]) or head + batch[2] + len(item) > self._room):
             self._flush_scope(scope)  # full, or not the next seq (a resync skipped one)
             batch = None
-        if head + len(item) > self._room:
-            if batch is not None:
-                self._flush_scope(scope)  # the ones before it first, in order
+        if head + len(item) > self._room:  # (any open batch was flushed just above: too full for it)
             self._send(msgpack.packb(["big", scope, seq]))
             return
         if batch is None:

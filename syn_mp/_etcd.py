@@ -406,7 +406,7 @@ class EtcdTransport:
                                                          self._writer())]
                 try:
                     # each task loops for ever: one that ends, by an error or by a cancellation that
-                    # was not ours (a watch stream whose channel a failover closed), ends the attach
+                    # was not ours, ends the attach rather than leaving the node without that loop
                     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     for t in tasks:
@@ -712,7 +712,7 @@ class EtcdTransport:
             gen = self._gen
             try:
                 c = await _bounded(self._c(), _CALL_TIMEOUT)
-                w = await c.watch(self.p, range_end=end, start_revision=self.rev + 1)
+                w = await _bounded(c.watch(self.p, range_end=end, start_revision=self.rev + 1), _CALL_TIMEOUT)
                 async for ev in w:
                     self.stats["watch_events"] += 1
                     self._on_event(ev)
@@ -887,7 +887,8 @@ class EtcdTransport:
 
 
 async def _bounded(coro: Any, timeout: float) -> Any:
-    """coro's result, or asyncio.TimeoutError after `timeout` s. Unlike asyncio.wait_for, the time
+    """coro's result, or asyncio.TimeoutError after `timeout` s, or ConnectionError if the call was
+    cancelled without us (its channel closed by a failover). Unlike asyncio.wait_for, the time
     out does not wait for the call to finish cancelling: a gRPC call to an endpoint in a black hole
     (a partition) may take that long too, and the keepalive must notice the lease is lost."""
     task = asyncio.ensure_future(coro)

@@ -385,8 +385,8 @@ class Manager:
         # writes that follow cost their writers no system call
         try:
             self._drain()
-        except Exception:  # the pump meets it again, and reports it
-            pass
+        except Exception as e:  # what was read is lost to the pump too: say so (once; counted after)
+            self.incidents.report("journal drain on wake", e)
         self._wake.set()
 
     def _on_relay_datagram(self, sock: socket.socket) -> None:

@@ -320,6 +320,10 @@ class Replica:
                 if i % SLICE_ROWS == 0:
                     self._flush()
                     yield
+                    t = self.tables.get(scope)  # rebuilt meanwhile: go on in the new segment
+                    if t is None:
+                        return
+                    nid = self._node_id(t, node)
         reason = R_NODE_UP if first else R_NORMAL
         pos = 0
         while pos < len(rows):
