@@ -416,7 +416,7 @@ class Diagnose:
 
     def writes(self, node: Any) -> None:
         import syn_mp
-        from syn_mp import _client, _procinfo, codec, mailbox
+        from syn_mp import _client, _procinfo, codec
         from syn_mp._native import lib
         self.log("diagnostics: register + unregister")
         n, reps = max(2000, self.n // 4), self.reps
@@ -477,14 +477,13 @@ class Diagnose:
         time.sleep(0.2)
         rows = [
             ("register + unregister (the figure's pair)", whole, "whole"),
-            ("  lib.synt_reg_self + lib.synt_unreg_local (the C calls, through cffi: mutex, table, undo "
-             "log, journal, announce ring)", _med_ns(c_only, n, reps), "part"),
-            ("  2 x codec.encode_name(str)", 2 * _med_ns(rep(lambda: codec.encode_name("tmp-1-1")), n, reps), "part"),
-            ("  codec.encode_meta({'port': i})", _med_ns(rep(lambda: codec.encode_meta({"port": 1})), n, reps),
-             "part"),
-            ("  _procinfo.self_identity()", _med_ns(rep(_procinfo.self_identity), n, reps), "part"),
+            ("  lib.synt_reg_self + lib.synt_unreg_local (the C calls, through cffi: meta check, mutex, table, "
+             "undo log, journal, announce ring)", _med_ns(c_only, n, reps), "part"),
+            ("  2 x codec._pack(str) (the name, packed in the call)",
+             2 * _med_ns(rep(lambda: codec._pack("tmp-1-1")), n, reps), "part"),
+            ("  codec._pack({'port': i}) (the meta; C checks its bytes)",
+             _med_ns(rep(lambda: codec._pack({"port": 1})), n, reps), "part"),
             ("  2 x _client.TABLES[scope]", 2 * _med_ns(rep(lambda: _client.TABLES["d"]), n, reps), "part"),
-            ("  mailbox.open_mailbox() (already open)", _med_ns(rep(mailbox.open_mailbox), n, reps), "part"),
         ]
         rows += [
             (f"register + unregister, by a process that holds {many:,} other names", held, "whole"),

@@ -33,7 +33,7 @@ ffibuilder.cdef(_cdef_from_header(os.path.join(_CSRC, "table.h")))
 ffibuilder.set_source(
     "syn_mp._native",
     '#include "table.h"',
-    sources=[os.path.relpath(os.path.join(_CSRC, f)) for f in ("table.c", "rows.c")],
+    sources=[os.path.relpath(os.path.join(_CSRC, f)) for f in ("table.c", "rows.c", "plain.c")],
     # the engine's units are headers included by table.c: a change to one rebuilds it
     depends=sorted(os.path.relpath(os.path.join(_CSRC, f)) for f in os.listdir(_CSRC) if f.endswith(".h")),
     include_dirs=[os.path.relpath(_CSRC)],

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from . import _config, _control
-from ._table import SegmentLayoutError, SegmentOwnerError, Table, TableError
+from ._table import SegmentLayoutError, SegmentOwnerError, Table, TableError, set_self
 from .errors import InvalidScopeError, ManagerUnavailableError
 
 MANAGER_START_TIMEOUT = 15.0
@@ -214,6 +214,9 @@ def set_node(n: "Node | None") -> "Node | None":
     if _node is not None:
         _node.tables = dict(_node.tables)  # the node left behind keeps its own tables
     TABLES.clear()
+    # unset the identity of self writes: the next register opens this process's mailbox on `n` first
+    # (registry._become_self)
+    set_self(0, 0)
     if n is not None:
         TABLES.update(n.tables)
         n.tables = TABLES

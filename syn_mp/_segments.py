@@ -79,7 +79,13 @@ def _replay(t: Table, old: Table | None) -> None:
     time: what another process unregistered or updated is not brought back. Never over another
     holder (that one came later), never for a process that died."""
     now = time.time_ns()
-    for key, (pid, start, meta) in list(t.own_reg.items()):
+    me = _procinfo.self_identity()
+    for key, held in list(t.own_reg.items()):
+        # register()'s own writes keep only their meta: they are this process's (forgotten at fork)
+        if isinstance(held, bytes):
+            (pid, start), meta = me, held
+        else:
+            pid, start, meta = held
         when = now
         if old is not None:
             e = old.get(REG, key)

@@ -30,6 +30,9 @@ FLAG_STRICT = lib.SYNT_FLAG_STRICT
 FLAG_RETIRED, ERETIRED = lib.SYNT_FLAG_RETIRED, lib.SYNT_ERETIRED
 EBADPID = lib.SYNT_EBADPID  # a pid outside int32, which an entry's head stores (OS pids are < 2^22)
 ENOSELF = lib.SYNT_ENOSELF  # a self write (reg_self, unreg_local) before set_self in this process
+ENOTPLAIN = lib.SYNT_ENOTPLAIN  # reg_self's meta is not what codec's walk leaves as it is (csrc/plain.c)
+ETOOBIG = lib.SYNT_ETOOBIG
+meta_plain = lib.synt_meta_plain
 CHUNK = lib.SYNT_CHUNK
 chunks_for = lib.synt_chunks_for  # chunks an entry with key + meta of n bytes takes
 MAX_META = lib.SYNT_MAX_META
@@ -196,8 +199,9 @@ class Table:
         # (group, node) -> (seqlock value, ...): see groups.members
         self.members_cache: dict[tuple[bytes, int], tuple[Any, ...]] = {}
         # This process's own writes (_ledger): what it puts back into a rebuilt segment.
-        # name key -> (pid, start, meta); (group key, pid) -> (start, meta)
-        self.own_reg: dict[bytes, tuple[int, int, bytes]] = {}
+        # name key -> (pid, start, meta), or meta alone for the process itself (register's hot path);
+        # (group key, pid) -> (start, meta)
+        self.own_reg: dict[bytes, tuple[int, int, bytes] | bytes] = {}
         self.own_pg: dict[tuple[bytes, int], tuple[int, bytes]] = {}
 
     def _map(self, mm: mmap.mmap) -> None:

@@ -11,8 +11,8 @@ from ._client import table_of as _table
 from ._client import wake_if_asleep as _after_write
 from ._client import wake_manager as _wake
 from .mailbox import open_mailbox
-from ._table import (BY_NODE, BY_PID, EFULL, EMISMATCH, ENOSELF, ENOTFOUND, ERETIRED, ETAKEN, F_EXPECT_VER,
-                     F_MATCH_PID, REG, R_PROCESS_EXIT, WAKE, WITH_KEY, Entry, Table)
+from ._table import (BY_NODE, BY_PID, EFULL, EMISMATCH, ENOSELF, ENOTFOUND, ENOTPLAIN, ERETIRED, ETAKEN, ETOOBIG,
+                     F_EXPECT_VER, F_MATCH_PID, REG, R_PROCESS_EXIT, WAKE, WITH_KEY, Entry, Table)
 from ._table import delete_local as _delete_local
 from ._table import put_local as _put_local
 from ._table import reg_self as _reg_self
@@ -20,7 +20,7 @@ from ._table import set_self as _set_self
 from ._table import unreg_local as _unreg_local
 from ._readonly import _SCALARS, freeze
 from ._types import Pid
-from .codec import decode, decode_name, encode_meta, encode_name
+from .codec import _pack, decode, decode_name, encode_meta, encode_name
 from .errors import CapacityError, RemotePidError, TakenError, UndefinedError
 
 _META_NONE = encode_meta(None)
@@ -35,6 +35,14 @@ def _purge_if_dead(t: Table, node: int, pid: int, start: int) -> bool:
     return True
 
 
+def _become_self() -> None:
+    """This process's first self write on its node (or its first since a fork or a change of node,
+    which unset the identity in C): open its mailbox, before its entry is written, so that every
+    registered process can be sent to; then give C its identity."""
+    open_mailbox()
+    _set_self(*_self_identity())
+
+
 def register(scope: str, name: Any, pid: _pids.PidArg = None, meta: Any = None, *,
              confirm: float | None = None) -> None:
     """Register `name` to a process (the caller by default); the same name and pid again updates meta.
@@ -47,26 +55,42 @@ def register(scope: str, name: Any, pid: _pids.PidArg = None, meta: Any = None, 
         t = _TABLES[scope]
     except (KeyError, TypeError):
         t = _table(scope)
-    key = encode_name(name)
-    m = _META_NONE if meta is None else encode_meta(meta)
-    own = pid is None
-    if own:
-        p, start = _self_identity()
-        open_mailbox()  # a process's first register opens its mailbox, before its entry is written
+    try:
+        key = _pack(name) if type(name) is str else encode_name(name)  # a str: encode_name's own first step
+    except UnicodeEncodeError:
+        key = encode_name(name)  # raises EncodingError
+    if pid is None:
+        # The caller itself (the hot path): its meta packed as it is, C checks that the bytes are
+        # what encode_meta's walk would give (ENOTPLAIN: the walk below), and knows the caller.
+        p = start = 0
+        if meta is None:
+            m = _META_NONE
+        else:
+            try:
+                m = _pack(meta)  # strict types: exact built-in types only
+            except Exception:
+                m = encode_meta(meta)  # a subclass, a tuple, ...: normalised, or EncodingError
     else:
         p, start = _pids.for_write(t, pid)
+        m = _META_NONE if meta is None else encode_meta(meta)
     while True:
-        if own:
-            rc = _reg_self(t.ptr, key, len(key), m, len(m))
-        else:
+        if p:
             rc = _put_local(t.ptr, REG, key, len(key), p, start, m, len(m))
+        else:
+            rc = _reg_self(t.ptr, key, len(key), m, len(m))
         if rc >= 0:
-            t.own_reg[key] = (p, start, m)  # the ledger: put back if the segment is rebuilt (_segments)
+            # the ledger: put back if the segment is rebuilt (_segments); a bare meta is the caller's
+            t.own_reg[key] = (p, start, m) if p else m
             if rc & WAKE:
                 _wake()
             return
-        if rc == ENOSELF:  # this process's first self write (or its first since a fork)
-            _set_self(p, start)
+        if rc == ENOSELF:
+            _become_self()
+            continue
+        if rc == ENOTPLAIN:  # bytes, a tuple, deep nesting, ...: the walk normalises it or refuses it
+            m = encode_meta(meta)
+            open_mailbox()
+            p, start = _self_identity()
             continue
         if rc == ETAKEN:
             e = t.get(REG, key)
@@ -77,6 +101,9 @@ def register(scope: str, name: Any, pid: _pids.PidArg = None, meta: Any = None, 
             raise CapacityError(f"scope {scope!r} is full")
         if rc == ERETIRED and t.renew():
             continue  # the segment was replaced: t now maps the new one
+        if rc == ETOOBIG:
+            encode_name(name)  # raises EncodingError for a name over MAX_NAME
+            encode_meta(meta)  # ... and for a meta over MAX_META
         raise RuntimeError(f"register: table error {rc}")
 
 
@@ -260,7 +287,10 @@ def unregister(scope: str, name: Any) -> None:
         t = _TABLES[scope]
     except (KeyError, TypeError):
         t = _table(scope)
-    key = encode_name(name)
+    try:
+        key = _pack(name) if type(name) is str else encode_name(name)
+    except UnicodeEncodeError:
+        key = encode_name(name)  # raises EncodingError
     while True:
         # in strict mode only the holder itself may unregister, else any process of this node
         rc = _unreg_local(t.ptr, key, len(key))
@@ -274,6 +304,8 @@ def unregister(scope: str, name: Any) -> None:
             continue
         if rc == ERETIRED and t.renew():
             continue
+        if rc == ETOOBIG:
+            encode_name(name)  # raises EncodingError for a name over MAX_NAME
         if rc not in (EMISMATCH, ENOTFOUND):
             raise RuntimeError(f"unregister: table error {rc}")
         _local_holder(t, scope, key, name)  # raises the error that says why; else it changed: again

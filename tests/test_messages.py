@@ -205,3 +205,22 @@ def test_publish_counts_a_member_that_never_opened_a_mailbox(node):
     assert replies == [] and bad == [(syn_mp.Pid("n1", sleeper.pid), None)]
     # no mailbox: nothing to wait for, the sends return at once and the call does not wait its timeout
     assert time.monotonic() - t0 < 2 + mailbox.SEND_TIMEOUT * 3
+
+
+def test_a_process_that_moves_to_another_node_registers_there_with_a_mailbox_there(make_node):
+    """register() opens the caller's mailbox only on its first self write (C knows the caller from
+    then on): a move to another node (set_node) must unset that, or the process would be
+    registered on the new node with its mailbox still on the old one, and never get a message."""
+    n1 = make_node("n1").use()
+    syn_mp.add_node_to_scopes(["s"])
+    syn_mp.register("s", "me")
+    syn_mp.send("s", "me", "on n1")
+    assert syn_mp.receive(timeout=5) == "on n1"
+    n2 = make_node("n2").use()
+    syn_mp.add_node_to_scopes(["s"])
+    syn_mp.register("s", "me")
+    assert os.path.exists(mailbox._address(n2.rdir, os.getpid(), __import__("syn_mp._procinfo")._procinfo.start_time(os.getpid())))
+    syn_mp.send("s", "me", "on n2")
+    assert syn_mp.receive(timeout=5) == "on n2"
+    n1.use()
+    syn_mp.unregister("s", "me")  # n1's entry, written before the move

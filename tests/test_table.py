@@ -204,11 +204,11 @@ def test_self_writes_take_the_identity_set_in_this_process_and_a_forked_child_fo
     if child == 0:
         try:
             os.close(rfd)
-            got = [reg_self(t.ptr, b"kid", 3, b"", 0)]
+            got = [reg_self(t.ptr, b"kid", 3, b"\xc0", 1)]
             t.set_flags(t.flags | FLAG_STRICT)
             got.append(unreg_local(t.ptr, b"mine", 4))  # strict: whose? unknown yet
             set_self(os.getpid(), 7)
-            got.append(reg_self(t.ptr, b"kid", 3, b"", 0))
+            got.append(reg_self(t.ptr, b"kid", 3, b"\xc0", 1))
             got.append(unreg_local(t.ptr, b"mine", 4))  # strict: the parent's, not ours
             got.append(unreg_local(t.ptr, b"kid", 3))
             os.write(wfd, repr(got).encode())
