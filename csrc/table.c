@@ -311,11 +311,6 @@ static void journal_append(synt_t *t, uint32_t kind, const ent_t *e, uint32_t re
 
 uint64_t synt_journal_head(synt_t *t) { return ring_head(&H(t)->jr); }
 
-int64_t synt_journal_read(synt_t *t, uint64_t *cursor, uint8_t *buf, uint64_t cap,
-                          uint32_t max_records) {
-    return synt_journal_read_node(t, cursor, buf, cap, max_records, SYNT_ALL_NODES);
-}
-
 int64_t synt_journal_read_node(synt_t *t, uint64_t *cursor, uint8_t *buf, uint64_t cap,
                                uint32_t max_records, uint32_t node) {
     hdr_t *h = H(t);

@@ -140,7 +140,7 @@ typedef struct {
     uint32_t metalen;
 } synt_item_t;
 
-/* One journal record as copied out by journal_read(); key then meta follow. */
+/* One journal record as copied out by synt_journal_read_node(); key then meta follow. */
 typedef struct {
     uint64_t seq;
     uint32_t reclen;      /* whole record, padded to 8 */
@@ -253,10 +253,9 @@ uint64_t synt_seq_word(synt_t *t);
 const volatile uint64_t *synt_flags_ptr(synt_t *t);
 
 uint64_t synt_journal_head(synt_t *t);
-int64_t synt_journal_read(synt_t *t, uint64_t *cursor, uint8_t *buf, uint64_t cap,
-                          uint32_t max_records);
-/* journal_read() of the records of one node (their entry's node): the others are passed over,
- * not copied (a manager without event handlers needs only its own node's) */
+/* Copy journal records from *cursor on into buf (at most cap bytes, max_records records), those of
+ * one node only (their entry's node; SYNT_ALL_NODES: every record): the others are passed over, not
+ * copied (a manager without event handlers needs only its own node's). */
 int64_t synt_journal_read_node(synt_t *t, uint64_t *cursor, uint8_t *buf, uint64_t cap,
                                uint32_t max_records, uint32_t node);
 /* The announce ring: the (pid, start) of local processes that added or updated entries, each

@@ -509,6 +509,9 @@ class EtcdTransport:
             self.pending[k] = (msgpack.packb([change.reason]), True)
         self._kick.set()
 
+    def flush(self) -> None:
+        """Nothing gathered here: the writer task sends the pending changes as soon as it is kicked."""
+
     def resync(self, scope: str) -> None:
         """Local changes were missed: publish every local entry of the scope again, and tombstone
         ours that are gone (the others compare with what they mirror)."""

@@ -110,6 +110,7 @@ class Transport(Protocol):
     async def start(self) -> None: ...
     def close(self) -> None: ...
     def on_local_change(self, scope: str, change: Change) -> None: ...
+    def flush(self) -> None: ...  # the end of a journal drain: send what was gathered
     def resync(self, scope: str) -> None: ...
     def notify_conflict(self, scope: str, key: bytes, loser_node: str, rival_node: str, rival: Entry) -> None: ...
     def relay(self, dest: str, target: list, data: bytes) -> None: ...
@@ -207,10 +208,9 @@ class Replica:
 
     def local_batch_done(self) -> None:
         """(manager) The end of a journal drain: a transport that gathers local changes into fewer
-        messages sends what it holds now (its `flush()`, if it has one), not a loop turn later."""
-        flush = getattr(self.transport, "flush", None)
-        if flush is not None:
-            flush()
+        messages sends what it holds now, not a loop turn later."""
+        if self.transport is not None:
+            self.transport.flush()
 
     def local_entries(self, scope: str) -> tuple[list[Entry], list[tuple[int, bytes, int, int]]]:
         """The node's own entries of the scope, and recent removals whose reason was not `normal`
