@@ -417,6 +417,7 @@ class Diagnose:
     def writes(self, node: Any) -> None:
         import syn_mp
         from syn_mp import _client, _procinfo, codec
+        from syn_mp._table import REG
         from syn_mp._native import lib
         self.log("diagnostics: register + unregister")
         n, reps = max(2000, self.n // 4), self.reps
@@ -440,9 +441,9 @@ class Diagnose:
         lib.synt_set_self(p, st)
 
         def c_only() -> None:
-            put, delete = lib.synt_reg_self, lib.synt_unreg_local
+            put, delete = lib.synt_put_self, lib.synt_unreg_local
             for k in keys:
-                put(tt, k, len(k), meta, len(meta))
+                put(tt, REG, k, len(k), meta, len(meta))
                 delete(tt, k, len(k))
 
         def rep(fn: Callable[[], Any]) -> Callable[[], None]:
@@ -477,7 +478,7 @@ class Diagnose:
         time.sleep(0.2)
         rows = [
             ("register + unregister (the figure's pair)", whole, "whole"),
-            ("  lib.synt_reg_self + lib.synt_unreg_local (the C calls, through cffi: meta check, mutex, table, "
+            ("  lib.synt_put_self + lib.synt_unreg_local (the C calls, through cffi: meta check, mutex, table, "
              "undo log, journal, announce ring)", _med_ns(c_only, n, reps), "part"),
             ("  2 x codec._pack(str) (the name, packed in the call)",
              2 * _med_ns(rep(lambda: codec._pack("tmp-1-1")), n, reps), "part"),

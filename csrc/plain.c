@@ -1,8 +1,8 @@
 /* Is a meta's msgpack "plain": what Python's exact built-in scalars, lists and dicts pack as?
  *
- * register() packs a meta with msgpack straight away (strict types: only exact built-in types) and
- * lets synt_reg_self check the bytes here, in place of codec's walk over the Python objects, the
- * larger part of a register's time. What the walk would have changed or refused is never plain,
+ * register() and join() pack a meta with msgpack straight away (strict types: only exact built-in
+ * types) and let synt_put_self check the bytes here, in place of codec's walk over the Python
+ * objects, the larger part of a write's time. What the walk would have changed or refused is never plain,
  * so the caller falls back to the walk for it:
  *   - bin (0xc4-0xc6): bytes, and the bytearray and memoryview that msgpack packs as bin even
  *     under strict types (the walk refuses those);

@@ -44,7 +44,7 @@
 #define SYNT_ERETIRED (-12)  /* the segment was replaced by a new one: attach again */
 #define SYNT_EBADPID (-13)   /* a pid outside what an entry stores (int32)     */
 #define SYNT_ENOSELF (-14)   /* a self write before synt_set_self in this process */
-#define SYNT_ENOTPLAIN (-15) /* synt_reg_self's meta is not plain msgpack (synt_meta_plain) */
+#define SYNT_ENOTPLAIN (-15) /* synt_put_self's meta is not plain msgpack (synt_meta_plain) */
 
 /* put() flags */
 #define SYNT_F_FORCE 1        /* registry: replace another holder (conflict resolution) */
@@ -194,9 +194,10 @@ int synt_delete_local(synt_t *t, uint32_t type, const uint8_t *key, uint32_t key
 /* The calling process's identity for the two writes below, set once per process. A forked child
  * forgets its parent's: its self writes return SYNT_ENOSELF until it sets its own. */
 void synt_set_self(int64_t pid, uint64_t start);
-/* register() by the caller itself: put_local(SYNT_REG, key, the self pid and start, meta), for a
- * meta that synt_meta_plain accepts (SYNT_ENOTPLAIN, nothing done, otherwise: checked first). */
-int synt_reg_self(synt_t *t, const uint8_t *key, uint32_t keylen, const uint8_t *meta, uint32_t metalen);
+/* register() or join() by the caller itself: put_local(type, key, the self pid and start, meta), for
+ * a meta that synt_meta_plain accepts (SYNT_ENOTPLAIN, nothing done, otherwise: checked first). */
+int synt_put_self(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, const uint8_t *meta,
+                  uint32_t metalen);
 /* unregister() by a process of node 0: delete_local(SYNT_REG, key) of an entry held by the caller
  * itself in strict mode (SYNT_F_MATCH_PID: SYNT_ENOSELF when unset), else by any process of node 0
  * (SYNT_F_MATCH_NODE). */

@@ -29,8 +29,8 @@ FLAG_STRICT = lib.SYNT_FLAG_STRICT
 # ERETIRED, and its users attach the new one (_segments).
 FLAG_RETIRED, ERETIRED = lib.SYNT_FLAG_RETIRED, lib.SYNT_ERETIRED
 EBADPID = lib.SYNT_EBADPID  # a pid outside int32, which an entry's head stores (OS pids are < 2^22)
-ENOSELF = lib.SYNT_ENOSELF  # a self write (reg_self, unreg_local) before set_self in this process
-ENOTPLAIN = lib.SYNT_ENOTPLAIN  # reg_self's meta is not what codec's walk leaves as it is (csrc/plain.c)
+ENOSELF = lib.SYNT_ENOSELF  # a self write (put_self, unreg_local) before set_self in this process
+ENOTPLAIN = lib.SYNT_ENOTPLAIN  # put_self's meta is not what codec's walk leaves as it is (csrc/plain.c)
 ETOOBIG = lib.SYNT_ETOOBIG
 meta_plain = lib.synt_meta_plain
 CHUNK = lib.SYNT_CHUNK
@@ -157,13 +157,13 @@ _new_entry = tuple.__new__  # a NamedTuple without its Python-level __new__: the
 # WAKE set when the manager sleeps.
 #   put_local(ptr, type, key, len(key), pid, start, meta, len(meta)) -> int
 #   delete_local(ptr, type, key, len(key), pid, flags) -> int
-#   reg_self(ptr, key, len(key), meta, len(meta)) -> int: register by the caller itself
+#   put_self(ptr, type, key, len(key), meta, len(meta)) -> int: register or join by the caller itself
 #   unreg_local(ptr, key, len(key)) -> int: unregister, strict mode decided in C
 # The self writes take the caller's (pid, start) from C, set by set_self(pid, start) once per process
 # (ENOSELF until then, and again in a forked child): two fewer arguments to convert per call.
 put_local = lib.synt_put_local
 delete_local = lib.synt_delete_local
-reg_self = lib.synt_reg_self
+put_self = lib.synt_put_self
 unreg_local = lib.synt_unreg_local
 set_self = lib.synt_set_self
 _INFO = struct.Struct("=IIqQqQIIIIQQ")  # synt_info_t

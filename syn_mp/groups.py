@@ -5,10 +5,11 @@ import time
 from typing import Any, Callable
 
 from . import _pids, _procinfo
-from ._table import (ALL_NODES, BY_KEY, BY_NODE, BY_PID, EFULL, EMISMATCH, ENOTFOUND, ERETIRED, F_EXPECT_VER,
-                     PG, WAKE, WITH_KEY, Table)
+from ._table import (ALL_NODES, BY_KEY, BY_NODE, BY_PID, EFULL, EMISMATCH, ENOSELF, ENOTFOUND, ENOTPLAIN, ERETIRED,
+                     ETOOBIG, F_EXPECT_VER, PG, WAKE, WITH_KEY, Table)
 from ._table import delete_local as _delete_local
 from ._table import put_local as _put_local
+from ._table import put_self as _put_self
 from ._types import Pid
 from .codec import decode, decode_name, encode_meta, encode_name
 from .errors import CapacityError, NotInGroupError, RemotePidError, UndefinedError
@@ -17,25 +18,42 @@ from ._client import wake_if_asleep as _after_write
 from ._client import wake_manager as _wake
 from .mailbox import open_mailbox
 from ._readonly import freeze
-from .registry import _META_NONE, _copier
+from .registry import _META_NONE, _become_self, _copier, _packed_meta
 
 
 def join(scope: str, group: Any, pid: _pids.PidArg = None, meta: Any = None) -> None:
     """Add a process (the caller by default) to `group`; joining again with other meta updates it."""
     t = _table(scope)
     key = encode_name(group)
-    m = _META_NONE if meta is None else encode_meta(meta)
-    if pid is None:
-        p, start = _procinfo.self_identity()
-        open_mailbox()  # before the membership is written: a member can always be sent to
+    if pid is None:  # the caller itself: C knows it, and checks the meta's bytes (registry.register)
+        p, start = _procinfo.self_identity()  # the ledger's
+        m = _META_NONE if meta is None else _packed_meta(meta)
+        own = True
     else:
         p, start = _pids.for_write(t, pid)
-    rc = _put_local(t.ptr, PG, key, len(key), p, start, m, len(m))
-    while rc == ERETIRED and t.renew():  # the segment was replaced: t now maps the new one
-        rc = _put_local(t.ptr, PG, key, len(key), p, start, m, len(m))
-    if rc < 0:
+        m = _META_NONE if meta is None else encode_meta(meta)
+        own = False
+    while True:
+        if own:
+            rc = _put_self(t.ptr, PG, key, len(key), m, len(m))
+        else:
+            rc = _put_local(t.ptr, PG, key, len(key), p, start, m, len(m))
+        if rc >= 0:
+            break
+        if rc == ENOSELF:
+            _become_self()  # opens the mailbox first: a member can always be sent to
+            continue
+        if rc == ENOTPLAIN:
+            m = encode_meta(meta)
+            open_mailbox()
+            own = False
+            continue
+        if rc == ERETIRED and t.renew():  # the segment was replaced: t now maps the new one
+            continue
         if rc == EFULL:
             raise CapacityError(f"scope {scope!r} is full")
+        if rc == ETOOBIG:
+            encode_meta(meta)  # raises EncodingError for a meta over MAX_META
         raise RuntimeError(f"join: table error {rc}")
     t.own_pg[(key, p)] = (start, m)  # the ledger: put back if the segment is rebuilt (_segments)
     if rc & WAKE:

@@ -15,7 +15,7 @@ from ._table import (BY_NODE, BY_PID, EFULL, EMISMATCH, ENOSELF, ENOTFOUND, ENOT
                      F_EXPECT_VER, F_MATCH_PID, REG, R_PROCESS_EXIT, WAKE, WITH_KEY, Entry, Table)
 from ._table import delete_local as _delete_local
 from ._table import put_local as _put_local
-from ._table import reg_self as _reg_self
+from ._table import put_self as _put_self
 from ._table import set_self as _set_self
 from ._table import unreg_local as _unreg_local
 from ._readonly import _SCALARS, freeze
@@ -38,9 +38,18 @@ def _purge_if_dead(t: Table, node: int, pid: int, start: int) -> bool:
 def _become_self() -> None:
     """This process's first self write on its node (or its first since a fork or a change of node,
     which unset the identity in C): open its mailbox, before its entry is written, so that every
-    registered process can be sent to; then give C its identity."""
+    registered process or member can be sent to; then give C its identity. The one place that sets
+    it: a set identity means an open mailbox."""
     open_mailbox()
     _set_self(*_self_identity())
+
+
+def _packed_meta(meta: Any) -> bytes:
+    """A self write's meta, for synt_put_self: packed as it is, for C to check (ENOTPLAIN: the walk)."""
+    try:
+        return _pack(meta)  # strict types: exact built-in types only
+    except Exception:
+        return encode_meta(meta)  # a subclass, a tuple, ...: normalised, or EncodingError
 
 
 def register(scope: str, name: Any, pid: _pids.PidArg = None, meta: Any = None, *,
@@ -63,13 +72,7 @@ def register(scope: str, name: Any, pid: _pids.PidArg = None, meta: Any = None, 
         # The caller itself (the hot path): its meta packed as it is, C checks that the bytes are
         # what encode_meta's walk would give (ENOTPLAIN: the walk below), and knows the caller.
         p = start = 0
-        if meta is None:
-            m = _META_NONE
-        else:
-            try:
-                m = _pack(meta)  # strict types: exact built-in types only
-            except Exception:
-                m = encode_meta(meta)  # a subclass, a tuple, ...: normalised, or EncodingError
+        m = _META_NONE if meta is None else _packed_meta(meta)
     else:
         p, start = _pids.for_write(t, pid)
         m = _META_NONE if meta is None else encode_meta(meta)
@@ -77,7 +80,7 @@ def register(scope: str, name: Any, pid: _pids.PidArg = None, meta: Any = None, 
         if p:
             rc = _put_local(t.ptr, REG, key, len(key), p, start, m, len(m))
         else:
-            rc = _reg_self(t.ptr, key, len(key), m, len(m))
+            rc = _put_self(t.ptr, REG, key, len(key), m, len(m))
         if rc >= 0:
             # the ledger: put back if the segment is rebuilt (_segments); a bare meta is the caller's
             t.own_reg[key] = (p, start, m) if p else m
@@ -300,7 +303,7 @@ def unregister(scope: str, name: Any) -> None:
                 _wake()
             return
         if rc == ENOSELF:
-            _set_self(*_self_identity())
+            _become_self()
             continue
         if rc == ERETIRED and t.renew():
             continue

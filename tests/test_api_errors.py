@@ -170,6 +170,41 @@ def test_a_forked_child_writes_as_itself_in_strict_mode(strict_node: NodeHandle)
     assert out.split("\n")[:2] == ["child [True, True, True]", "parent True"], (out, err)
 
 
+_UNREGISTER_FIRST = """
+import sys
+import syn_mp
+S = "s"
+try:
+    syn_mp.unregister(S, "never-held")  # strict: C learns who the caller is here, on an error path
+except syn_mp.UndefinedError:
+    pass
+if sys.argv[1] == "register":  # ... so this write finds the identity set already
+    syn_mp.register(S, "late")
+else:
+    syn_mp.join(S, "late-group")
+print("ready", flush=True)
+sys.stdin.readline()  # sent to: whatever reached no mailbox is lost
+print(repr(syn_mp.receive(timeout=10)), flush=True)
+"""
+
+
+@pytest.mark.parametrize("write", ["register", "join"])
+def test_a_process_whose_first_write_is_an_unregister_still_gets_messages_in_strict_mode(
+        strict_node: NodeHandle, write: str) -> None:
+    """A process's mailbox is opened when C first learns the caller's identity, whichever write
+    that is: else a process that unregistered before it registered (or joined) would hold a name
+    or a membership with no mailbox behind it, and what was sent before it first called receive()
+    would be lost."""
+    p = strict_node.python(_UNREGISTER_FIRST, write)
+    assert p.stdout.readline().strip() == "ready", p.stderr.read()
+    if write == "register":
+        syn_mp.send(S, "late", "sent")
+    else:
+        assert syn_mp.publish(S, "late-group", "sent") == 1
+    out, err = p.communicate("go\n", timeout=30)
+    assert out.strip() == "'sent'", (out, err)
+
+
 def test_not_self_error_in_strict_mode_for_writes_naming_another_process(strict_node: NodeHandle) -> None:
     node = strict_node
     populate(node)

@@ -190,13 +190,13 @@ def test_delete_with_match_pid_mismatch_keeps_the_name(make_table):
 
 
 def test_self_writes_take_the_identity_set_in_this_process_and_a_forked_child_forgets_it(make_table):
-    """reg_self / unreg_local (the API's hot path) write as the (pid, start) given to set_self;
+    """put_self / unreg_local (the API's hot path) write as the (pid, start) given to set_self;
     a forked child gets ENOSELF until it sets its own, so it never writes as its parent."""
-    from syn_mp._table import ENOSELF, reg_self, set_self, unreg_local
+    from syn_mp._table import ENOSELF, put_self, set_self, unreg_local
     t = make_table()
     me, start = os.getpid(), 4242
     set_self(me, start)
-    assert reg_self(t.ptr, b"mine", 4, b"\x01", 1) == INSERTED
+    assert put_self(t.ptr, REG, b"mine", 4, b"\x01", 1) == INSERTED
     e = t.get(REG, b"mine")
     assert (e.node, e.pid, e.start, e.meta) == (0, me, start, b"\x01")
     rfd, wfd = os.pipe()
@@ -204,11 +204,11 @@ def test_self_writes_take_the_identity_set_in_this_process_and_a_forked_child_fo
     if child == 0:
         try:
             os.close(rfd)
-            got = [reg_self(t.ptr, b"kid", 3, b"\xc0", 1)]
+            got = [put_self(t.ptr, REG, b"kid", 3, b"\xc0", 1)]
             t.set_flags(t.flags | FLAG_STRICT)
             got.append(unreg_local(t.ptr, b"mine", 4))  # strict: whose? unknown yet
             set_self(os.getpid(), 7)
-            got.append(reg_self(t.ptr, b"kid", 3, b"\xc0", 1))
+            got.append(put_self(t.ptr, REG, b"kid", 3, b"\xc0", 1))
             got.append(unreg_local(t.ptr, b"mine", 4))  # strict: the parent's, not ours
             got.append(unreg_local(t.ptr, b"kid", 3))
             os.write(wfd, repr(got).encode())
