@@ -40,10 +40,13 @@ MAX_MESSAGE = 65536
 MAX_DEPTH = 100
 TUPLE_EXT = 1
 
-# Only ever given exact built-in types and ExtTypes (the walkers below normalise
-# first, and refuse bytearray/memoryview that msgpack would pack as bin), so no
-# Python code runs inside a pack() and sharing one Packer is safe under the GIL.
-# strict_types keeps a stray tuple from being packed as a list. Floats are always
+# Given exact built-in types and ExtTypes (the walkers below normalise first, and
+# refuse bytearray/memoryview that msgpack would pack as bin), or, on register's and
+# join's hot path, the caller's meta as it is, whose bytes C then checks
+# (csrc/plain.c). strict_types packs exact built-in types only and raises for any
+# other (a tuple included, never packed as a list), so no Python code runs inside
+# a pack() and sharing one Packer is safe under the GIL; a pack that raises leaves
+# the Packer empty. Floats are always
 # 64-bit doubles (use_single_float is off), ints always in their shortest form.
 _pack: Callable[[Any], bytes] = msgpack.Packer(
     use_bin_type=True, strict_types=True, autoreset=True
