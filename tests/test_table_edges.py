@@ -30,6 +30,11 @@ def segments():
 def in_child(fn: Callable[[], object], timeout: float = 60.0) -> int:
     """Run fn in a forked child; its exit status (0: returned; 3: raised). A child killed by a
     signal (SIGSEGV, SIGBUS) fails the caller's assertion, not pytest."""
+    return wait_child(start_child(fn), timeout)
+
+
+def start_child(fn: Callable[[], object]) -> int:
+    """Fork a child that runs fn and exits 0 (returned) or 3 (raised); its pid."""
     pid = os.fork()
     if pid == 0:
         code = 3
@@ -38,6 +43,12 @@ def in_child(fn: Callable[[], object], timeout: float = 60.0) -> int:
             code = 0
         finally:
             os._exit(code)
+    return pid
+
+
+def wait_child(pid: int, timeout: float = 60.0) -> int:
+    """The wait status of a start_child child; a child still running after `timeout` is killed and
+    fails the caller ("the child hung")."""
     import time
     deadline = time.monotonic() + timeout
     while True:
@@ -260,9 +271,12 @@ def _reads_of_everything(t: Table, keys: list[bytes]) -> None:
 def test_random_bytes_flipped_anywhere_give_errors_never_a_crash(segments):
     """Fuzz the segment's bytes, not only the API: flip random bytes across the header, the
     buckets, the journal and the heap of a filled table, and read it every way after each batch,
-    in a child; it must never die of a signal or hang."""
-    rnd = random.Random(7)
+    in a child; it must never die of a signal or hang. The rounds' children run at once (each its
+    own table and seed), using every core."""
+    tables = []
+    children = {}
     for round_ in range(12):
+        rnd = random.Random(7 + round_)
         t = segments.create(capacity=256, heap=256 << 10)
         keys = [b"name-%d" % i for i in range(40)] + [b"k" * 300]
         for i, k in enumerate(keys):
@@ -272,7 +286,8 @@ def test_random_bytes_flipped_anywhere_give_errors_never_a_crash(segments):
         hot = [field(f) for f in ("seq", "undo_n", "count", "top", "free_head", "nnodes", "j_head",
                                   "j_min_valid", "w_head", "w_min_valid")]
 
-        def fuzz() -> None:
+        def fuzz(t: Table = t, keys: list = keys, rnd: random.Random = rnd, used: int = used,
+                 hot: list = hot) -> None:
             for _ in range(40):
                 for _ in range(rnd.randrange(1, 16)):
                     if rnd.random() < 0.3:
@@ -281,6 +296,10 @@ def test_random_bytes_flipped_anywhere_give_errors_never_a_crash(segments):
                         at = rnd.randrange(len(t._mm) if rnd.random() < 0.5 else min(used, len(t._mm)))
                     t._mm[at] = rnd.randrange(256)
                 _reads_of_everything(t, keys)
-        status = in_child(fuzz)
+        tables.append(t)
+        children[round_] = start_child(fuzz)
+    for round_, pid in children.items():
+        status = wait_child(pid)
         assert os.WIFEXITED(status), f"round {round_}: the reader died of signal {os.WTERMSIG(status)}"
+    for t in tables:
         segments.drop(t)
