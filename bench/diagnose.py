@@ -416,7 +416,7 @@ class Diagnose:
 
     def writes(self, node: Any) -> None:
         import syn_mp
-        from syn_mp import _client, _procinfo, codec
+        from syn_mp import _client, codec
         from syn_mp._table import REG
         from syn_mp._native import lib
         self.log("diagnostics: register + unregister")
@@ -433,12 +433,12 @@ class Diagnose:
                 reg("d", k, meta={"port": i})
                 unreg("d", k)
 
-        p, st = _procinfo.self_identity()
         tt = t._t
         keys = [codec.encode_name(f"x-{i}") for i in range(n)]
         meta = codec.encode_meta({"port": 1})
 
-        lib.synt_set_self(p, st)
+        from syn_mp.registry import _become_self
+        _become_self()  # what the first register did: the C calls below write as this process
 
         def c_only() -> None:
             put, delete = lib.synt_put_self, lib.synt_unreg_local

@@ -753,7 +753,8 @@ static void forget_self(void) { __atomic_store_n(&self_pid, 0, __ATOMIC_RELAXED)
 __attribute__((constructor)) static void self_at_load(void) { pthread_atfork(NULL, NULL, forget_self); }
 
 void synt_set_self(int64_t pid, uint64_t start) {
-    __atomic_store_n(&self_start, start, __ATOMIC_RELAXED);
+    if (pid) /* a reset (0) leaves start alone: a writer that still read the old pid reads its start */
+        __atomic_store_n(&self_start, start, __ATOMIC_RELAXED);
     __atomic_store_n(&self_pid, pid, __ATOMIC_RELEASE);
 }
 

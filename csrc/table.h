@@ -191,8 +191,9 @@ int synt_put_local(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen
                    uint64_t start, const uint8_t *meta, uint32_t metalen);
 int synt_delete_local(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, int64_t pid,
                       uint32_t flags);
-/* The calling process's identity for the two writes below, set once per process. A forked child
- * forgets its parent's: its self writes return SYNT_ENOSELF until it sets its own. */
+/* The calling process's identity for the two writes below, set at the process's first self write;
+ * pid 0 unsets it (syn_mp does on a change of node). A forked child forgets its parent's: its self
+ * writes return SYNT_ENOSELF until it sets its own. */
 void synt_set_self(int64_t pid, uint64_t start);
 /* register() or join() by the caller itself: put_local(type, key, the self pid and start, meta), for
  * a meta that synt_meta_plain accepts (SYNT_ENOTPLAIN, nothing done, otherwise: checked first). */

@@ -214,13 +214,13 @@ def set_node(n: "Node | None") -> "Node | None":
     if _node is not None:
         _node.tables = dict(_node.tables)  # the node left behind keeps its own tables
     TABLES.clear()
-    # unset the identity of self writes: the next register opens this process's mailbox on `n` first
-    # (registry._become_self)
-    set_self(0, 0)
     if n is not None:
         TABLES.update(n.tables)
         n.tables = TABLES
     _node = n
+    # unset the identity of self writes, once `n` is the node: the next self write opens this
+    # process's mailbox on `n` first (registry._become_self checks the node after setting it)
+    set_self(0, 0)
     return n
 
 

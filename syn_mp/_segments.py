@@ -18,7 +18,7 @@ import threading
 import time
 
 from . import _client, _procinfo
-from ._table import PG, REG, ETAKEN, SegmentLayoutError, SegmentOwnerError, Table
+from ._table import LIVE, PG, REG, ETAKEN, SegmentLayoutError, SegmentOwnerError, Table
 from .errors import InvalidScopeError, ManagerUnavailableError
 
 log = logging.getLogger("syn_mp.segments")
@@ -155,7 +155,7 @@ def _after_fork_in_child() -> None:
     global _lock, _watcher_pid
     _lock = threading.RLock()
     _watcher_pid = 0
-    for t in _client.TABLES.values():
+    for t in list(LIVE):  # the tables of nodes it moved away from too: a bare meta there means "mine"
         t.own_reg.clear()
         t.own_pg.clear()
     if _client.TABLES:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import weakref
 from typing import Any, Iterable, Iterator, NamedTuple
 
 import posix_ipc
@@ -180,6 +181,11 @@ def _owned_by(name: str) -> str:
         return ""
 
 
+# Every Table of this process, the tables of nodes it moved away from included: a forked child
+# empties every one's ledger (_segments), as the parent's entries are not the child's.
+LIVE: "weakref.WeakSet[Table]" = weakref.WeakSet()
+
+
 class Table:
     """One scope's segment, mapped into this process."""
 
@@ -203,6 +209,7 @@ class Table:
         # (group key, pid) -> (start, meta)
         self.own_reg: dict[bytes, tuple[int, int, bytes] | bytes] = {}
         self.own_pg: dict[tuple[bytes, int], tuple[int, bytes]] = {}
+        LIVE.add(self)
 
     def _map(self, mm: mmap.mmap) -> None:
         base = ffi.from_buffer(mm)

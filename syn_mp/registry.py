@@ -5,7 +5,7 @@ import functools
 import time
 from typing import Any, Callable
 
-from . import _pids, _procinfo
+from . import _client, _pids, _procinfo
 from ._client import TABLES as _TABLES
 from ._client import table_of as _table
 from ._client import wake_if_asleep as _after_write
@@ -40,8 +40,13 @@ def _become_self() -> None:
     which unset the identity in C): open its mailbox, before its entry is written, so that every
     registered process or member can be sent to; then give C its identity. The one place that sets
     it: a set identity means an open mailbox."""
-    open_mailbox()
-    _set_self(*_self_identity())
+    while True:
+        mb = open_mailbox()
+        _set_self(*_self_identity())
+        if mb.node is _client._node:
+            return
+        # another thread moved the process to another node meanwhile (set_node), and its reset of
+        # the identity may have come before ours: open the mailbox there, and set it again
 
 
 def _packed_meta(meta: Any) -> bytes:

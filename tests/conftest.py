@@ -176,20 +176,21 @@ def _syn_mp_segments() -> set[str]:
     return {"/" + n for n in os.listdir("/dev/shm") if n.startswith("syn_mp.")}
 
 
-# Every test session holds a shared flock on this file for its lifetime. A session that can't turn it
+# Every test session holds a shared lock on this file for its lifetime. A session that can't turn it
 # into an exclusive one is not alone on the machine: the segments that appear during a test may be
-# another session's, so the leak check below can neither blame nor unlink them.
-_SESSIONS = open(os.path.join(tempfile.gettempdir(), "syn_mp-test-sessions.lock"), "a")
-fcntl.flock(_SESSIONS, fcntl.LOCK_SH)
+# another session's, so the leak check below can neither blame nor unlink them. POSIX record locks
+# (lockf), not flock: a failed upgrade keeps the shared lock (flock drops it first, and another
+# session could find itself alone in that gap), and a forked child does not inherit them.
+_SESSIONS = open(os.path.join(tempfile.gettempdir(), "syn_mp-test-sessions.lock"), "a+")
+fcntl.lockf(_SESSIONS, fcntl.LOCK_SH)
 
 
 def _alone() -> bool:
     try:
-        fcntl.flock(_SESSIONS, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        fcntl.lockf(_SESSIONS, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # EAGAIN or EACCES: another session holds its shared lock
         return False
-    finally:
-        fcntl.flock(_SESSIONS, fcntl.LOCK_SH)
+    fcntl.lockf(_SESSIONS, fcntl.LOCK_SH)
     return True
 
 

@@ -306,3 +306,34 @@ def test_a_retired_table_refuses_writes_and_still_reads() -> None:
         assert other.put(REG, b"k2", 0, 1, 1, 1, b"\xc0")[0] >= 0
     finally:
         posix_ipc.unlink_shared_memory(name)
+
+
+def test_a_forked_child_forgets_the_ledgers_of_every_node_its_parent_used(make_node) -> None:
+    """The ledger keeps a bare meta for the process's own names, read as "mine" when it is
+    replayed: a forked child must start with every ledger empty, those of the nodes its parent
+    moved away from included, or a child that went back to such a node could put its parent's
+    names back as its own."""
+    from syn_mp._client import table_of
+    make_node("n1").use()
+    syn_mp.add_node_to_scopes(["s"])
+    syn_mp.register("s", "parent's", meta={"port": 1})
+    t1 = table_of("s")
+    assert t1.own_reg
+    make_node("n2").use()
+    syn_mp.add_node_to_scopes(["s"])
+    syn_mp.register("s", "parent's too")
+    t2 = table_of("s")
+    assert t2.own_reg and t2 is not t1
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(w, repr((len(t1.own_reg), len(t2.own_reg))).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    got = os.read(r, 100).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert got == "(0, 0)"
+    assert t1.own_reg and t2.own_reg  # the parent's stay

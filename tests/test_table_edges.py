@@ -298,8 +298,15 @@ def test_random_bytes_flipped_anywhere_give_errors_never_a_crash(segments):
                 _reads_of_everything(t, keys)
         tables.append(t)
         children[round_] = start_child(fuzz)
-    for round_, pid in children.items():
-        status = wait_child(pid)
-        assert os.WIFEXITED(status), f"round {round_}: the reader died of signal {os.WTERMSIG(status)}"
+    statuses = {}
+    for round_, pid in children.items():  # every child waited for before any verdict
+        try:
+            statuses[round_] = wait_child(pid)
+        except AssertionError:  # killed: it hung
+            statuses[round_] = None
     for t in tables:
         segments.drop(t)
+    for round_, status in statuses.items():
+        assert status is not None, f"round {round_}: the reader hung"
+        assert os.WIFEXITED(status), f"round {round_}: the reader died of signal {os.WTERMSIG(status)}"
+        assert os.WEXITSTATUS(status) == 0, f"round {round_}: a read raised something else than TableError"
