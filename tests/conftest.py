@@ -54,6 +54,27 @@ def create_as_nobody(path: str, mode: int) -> None:
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and os.stat(path).st_uid == NOBODY
 
 
+def in_fork(fn: Callable[[], Any]) -> str:
+    """repr(fn()) as computed in a forked child of this process (what a child sees after fork); a
+    child killed by a signal (a crash) fails the caller, not pytest."""
+    rfd, wfd = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(rfd)
+            os.write(wfd, repr(fn()).encode())
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    out = b""
+    while chunk := os.read(rfd, 65536):
+        out += chunk
+    os.close(rfd)
+    _, status = os.waitpid(child, 0)
+    assert os.WIFEXITED(status), f"the child crashed (status {status})"
+    return out.decode()
+
+
 def pid_alive(pid: int) -> bool:
     from syn_mp._procinfo import start_time
     return start_time(pid) is not None

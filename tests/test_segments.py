@@ -16,7 +16,7 @@ import pytest
 import syn_mp
 from syn_mp import _config
 
-from conftest import NodeHandle, Worker, create_as_nobody, wait_for
+from conftest import NodeHandle, Worker, create_as_nobody, in_fork, wait_for
 
 VERSION_OFFSET = 8  # the header: magic (u64) at 0, layout version (u64) at 8
 
@@ -324,16 +324,5 @@ def test_a_forked_child_forgets_the_ledgers_of_every_node_its_parent_used(make_n
     syn_mp.register("s", "parent's too")
     t2 = table_of("s")
     assert t2.own_reg and t2 is not t1
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.write(w, repr((len(t1.own_reg), len(t2.own_reg))).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    got = os.read(r, 100).decode()
-    os.close(r)
-    os.waitpid(pid, 0)
-    assert got == "(0, 0)"
+    assert in_fork(lambda: (len(t1.own_reg), len(t2.own_reg))) == "(0, 0)"
     assert t1.own_reg and t2.own_reg  # the parent's stay

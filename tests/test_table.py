@@ -3,6 +3,7 @@ each test creates and unlinks: semantics of every call, limits, the journal ring
 and lock-free readers against a real writer process."""
 from __future__ import annotations
 
+import ast
 import multiprocessing
 import os
 import random
@@ -14,7 +15,7 @@ from typing import Callable, Iterator
 import posix_ipc
 import pytest
 
-from conftest import raw_seq, read_all
+from conftest import in_fork, raw_seq, read_all
 
 from syn_mp._native import ffi, lib
 from syn_mp._table import (
@@ -199,26 +200,16 @@ def test_self_writes_take_the_identity_set_in_this_process_and_a_forked_child_fo
     assert put_self(t.ptr, REG, b"mine", 4, b"\x01", 1) == INSERTED
     e = t.get(REG, b"mine")
     assert (e.node, e.pid, e.start, e.meta) == (0, me, start, b"\x01")
-    rfd, wfd = os.pipe()
-    child = os.fork()
-    if child == 0:
-        try:
-            os.close(rfd)
-            got = [put_self(t.ptr, REG, b"kid", 3, b"\xc0", 1)]
-            t.set_flags(t.flags | FLAG_STRICT)
-            got.append(unreg_local(t.ptr, b"mine", 4))  # strict: whose? unknown yet
-            set_self(os.getpid(), 7)
-            got.append(put_self(t.ptr, REG, b"kid", 3, b"\xc0", 1))
-            got.append(unreg_local(t.ptr, b"mine", 4))  # strict: the parent's, not ours
-            got.append(unreg_local(t.ptr, b"kid", 3))
-            os.write(wfd, repr(got).encode())
-        finally:
-            os._exit(0)
-    os.close(wfd)
-    out = os.read(rfd, 4096).decode()
-    os.close(rfd)
-    os.waitpid(child, 0)
-    assert out == repr([ENOSELF, ENOSELF, INSERTED, EMISMATCH, 0])
+    def child() -> list[int]:
+        got = [put_self(t.ptr, REG, b"kid", 3, b"\xc0", 1)]
+        t.set_flags(t.flags | FLAG_STRICT)
+        got.append(unreg_local(t.ptr, b"mine", 4))  # strict: whose? unknown yet
+        set_self(os.getpid(), 7)
+        got.append(put_self(t.ptr, REG, b"kid", 3, b"\xc0", 1))
+        got.append(unreg_local(t.ptr, b"mine", 4))  # strict: the parent's, not ours
+        got.append(unreg_local(t.ptr, b"kid", 3))
+        return got
+    assert in_fork(child) == repr([ENOSELF, ENOSELF, INSERTED, EMISMATCH, 0])
     assert t.get(REG, b"kid") is None and t.get(REG, b"mine").pid == me
     # not strict: any process of node 0 may unregister, self set or not
     t.set_flags(t.flags & ~FLAG_STRICT)
@@ -935,23 +926,8 @@ def three_entries(make_table):
 def check_in_child(t: Table) -> str | None:
     """Run the checker in a forked child, so a checker that crashes on a bad link fails the test
     instead of killing pytest."""
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(rfd)
-            os.write(wfd, (t.check() or "<sound>").encode())
-        finally:
-            os._exit(0)
-    os.close(wfd)
-    data = b""
-    while chunk := os.read(rfd, 4096):
-        data += chunk
-    os.close(rfd)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status), f"the checker crashed (status {status})"
-    msg = data.decode()
-    return None if msg == "<sound>" else msg
+    got = in_fork(t.check)
+    return None if got == "None" else ast.literal_eval(got)
 
 
 def test_checker_catches_a_wrong_counter(three_entries):
