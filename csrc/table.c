@@ -760,9 +760,9 @@ void synt_set_self(int64_t pid, uint64_t start) {
 
 int synt_put_self(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, const uint8_t *meta,
                   uint32_t metalen) {
-    if (!synt_meta_plain(meta, metalen)) return SYNT_ENOTPLAIN;
     int64_t pid = __atomic_load_n(&self_pid, __ATOMIC_ACQUIRE);
-    if (!pid) return SYNT_ENOSELF;
+    if (!pid) return SYNT_ENOSELF; /* first: a caller told ENOTPLAIN has its identity, so its mailbox */
+    if (!synt_meta_plain(meta, metalen)) return SYNT_ENOTPLAIN;
     return synt_put(t, type, key, keylen, 0, pid, __atomic_load_n(&self_start, __ATOMIC_RELAXED),
                     realtime_ns(), meta, metalen, SYNT_F_WAKE_RC, 0, 0, 0, NULL);
 }

@@ -196,7 +196,8 @@ int synt_delete_local(synt_t *t, uint32_t type, const uint8_t *key, uint32_t key
  * writes return SYNT_ENOSELF until it sets its own. */
 void synt_set_self(int64_t pid, uint64_t start);
 /* register() or join() by the caller itself: put_local(type, key, the self pid and start, meta), for
- * a meta that synt_meta_plain accepts (SYNT_ENOTPLAIN, nothing done, otherwise: checked first). */
+ * a meta that synt_meta_plain accepts (SYNT_ENOTPLAIN, nothing done, otherwise; checked after the
+ * identity, before the lock). */
 int synt_put_self(synt_t *t, uint32_t type, const uint8_t *key, uint32_t keylen, const uint8_t *meta,
                   uint32_t metalen);
 /* unregister() by a process of node 0: delete_local(SYNT_REG, key) of an entry held by the caller

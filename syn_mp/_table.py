@@ -160,8 +160,9 @@ _new_entry = tuple.__new__  # a NamedTuple without its Python-level __new__: the
 #   delete_local(ptr, type, key, len(key), pid, flags) -> int
 #   put_self(ptr, type, key, len(key), meta, len(meta)) -> int: register or join by the caller itself
 #   unreg_local(ptr, key, len(key)) -> int: unregister, strict mode decided in C
-# The self writes take the caller's (pid, start) from C, set by set_self(pid, start) once per process
-# (ENOSELF until then, and again in a forked child): two fewer arguments to convert per call.
+# The self writes take the caller's (pid, start) from C, set by set_self(pid, start) at the process's
+# first self write, after its mailbox is opened (registry._become_self); ENOSELF until then, and again
+# in a forked child or after a change of node: two fewer arguments to convert per call.
 put_local = lib.synt_put_local
 delete_local = lib.synt_delete_local
 put_self = lib.synt_put_self

@@ -46,8 +46,8 @@ TUPLE_EXT = 1
 # (csrc/plain.c). strict_types packs exact built-in types only and raises for any
 # other (a tuple included, never packed as a list), so no Python code runs inside
 # a pack() and sharing one Packer is safe under the GIL; a pack that raises leaves
-# the Packer empty. Floats are always
-# 64-bit doubles (use_single_float is off), ints always in their shortest form.
+# the Packer empty. Floats are always 64-bit doubles (use_single_float is off), ints
+# always in their shortest form.
 _pack: Callable[[Any], bytes] = msgpack.Packer(
     use_bin_type=True, strict_types=True, autoreset=True
 ).pack

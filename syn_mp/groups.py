@@ -16,7 +16,6 @@ from .errors import CapacityError, NotInGroupError, RemotePidError, UndefinedErr
 from ._client import table_of as _table
 from ._client import wake_if_asleep as _after_write
 from ._client import wake_manager as _wake
-from .mailbox import open_mailbox
 from ._readonly import freeze
 from .registry import _META_NONE, _become_self, _copier, _packed_meta
 
@@ -43,9 +42,8 @@ def join(scope: str, group: Any, pid: _pids.PidArg = None, meta: Any = None) -> 
         if rc == ENOSELF:
             _become_self()  # opens the mailbox first: a member can always be sent to
             continue
-        if rc == ENOTPLAIN:
+        if rc == ENOTPLAIN:  # the walk normalises it or refuses it (C knew the caller: its mailbox is open)
             m = encode_meta(meta)
-            open_mailbox()
             own = False
             continue
         if rc == ERETIRED and t.renew():  # the segment was replaced: t now maps the new one

@@ -97,8 +97,7 @@ def register(scope: str, name: Any, pid: _pids.PidArg = None, meta: Any = None, 
             continue
         if rc == ENOTPLAIN:  # bytes, a tuple, deep nesting, ...: the walk normalises it or refuses it
             m = encode_meta(meta)
-            open_mailbox()
-            p, start = _self_identity()
+            p, start = _self_identity()  # (C knew it: the mailbox is open)
             continue
         if rc == ETAKEN:
             e = t.get(REG, key)
